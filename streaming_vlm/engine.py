@@ -1,0 +1,261 @@
+"""The streaming engine: one ``StreamSession`` per video stream, fed chunk by chunk.
+
+A session holds all per-stream state (cache, round counter, sampler, pixels kept for the recompute
+baseline) and nothing about where frames come from: callers hand it each chunk's frames (a file reader, a
+camera, a server). Per chunk it preprocesses the frames on the model's device, prefills the new tokens with
+explicit positions (the vision tower runs on this chunk only), decodes up to ``max_new_tokens`` until
+``<|im_end|>``, and closes the assistant turn, so that after ``step`` the cache holds exactly the stream
+layout of ``layout.py``. Logits are computed only where a token is sampled.
+
+Modes, on one code path:
+
+- ``streaming``: the StreamingVLM cache policy (sinks, vision window, text window, contiguous M-RoPE);
+- ``full``: nothing is ever evicted (full attention over the whole stream);
+- ``sliding``: no eviction, but the context restarts from scratch every ``reset_every`` seconds;
+- ``recompute``: keeps the same tokens as ``streaming`` but re-prefills them from scratch every chunk
+  (re-encoding the kept frames), with no KV reuse.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from streaming_vlm.cache import StreamingCache
+from streaming_vlm.layout import DEFAULT_QUERY, DEFAULT_SYSTEM_PROMPT, Kind, StreamLayout, TokenMeta
+from streaming_vlm.policy import CachePolicy
+from streaming_vlm.preprocess import VideoPreprocessor, VisionSpec
+from streaming_vlm.sampling import SamplingConfig, select_token
+
+MODES = ("streaming", "full", "sliding", "recompute")
+
+
+@dataclass
+class StreamConfig:
+    """Everything that decides what a stream's context holds and how commentary is sampled."""
+
+    mode: str = "streaming"
+    """One of streaming, full, sliding, recompute."""
+    query: str = DEFAULT_QUERY
+    """Instruction joined to the first chunk's user turn."""
+    previous_text: str = ""
+    """Earlier commentary or context (title, transcript so far) placed in the previous-text turn."""
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    chunk_seconds: float = 1.0
+    fps: float = 2.0
+    vision_window: int | None = 16
+    text_rounds: int | None = 16
+    text_sink: int | None = 512
+    text_window: int | None = 512
+    reset_every: float = 100.0
+    """Seconds between context restarts in ``sliding`` mode."""
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.chunk_seconds <= 0 or self.fps <= 0:
+            raise ValueError("chunk_seconds and fps must be > 0")
+        if self.reset_every <= 0:
+            raise ValueError(f"reset_every must be > 0, got {self.reset_every}")
+        self.policy()  # validates the window options
+
+    def policy(self) -> CachePolicy:
+        if self.mode in ("full", "sliding"):
+            return CachePolicy.unlimited()
+        return CachePolicy(self.vision_window, self.text_rounds, self.text_sink, self.text_window)
+
+
+@dataclass
+class ChunkResult:
+    index: int
+    start: float
+    end: float
+    text: str
+    """Commentary of this chunk, without the `` ...`` marker."""
+    token_ids: list[int]
+    """Generated (or forced) assistant content, marker included."""
+    latency_s: float
+    new_tokens: int
+    cache_tokens: int
+    prefill_tokens: int
+    logits: list[torch.Tensor] | None = None
+    """The logits each token was selected from (only with ``StreamSession(..., keep_logits=True)``)."""
+
+
+class StreamSession:
+    """Streaming commentary for one stream.
+
+    Args:
+        model: a ``Qwen2_5_VLForConditionalGeneration`` (eval mode, on its device).
+        tokenizer: its tokenizer.
+        config: ``StreamConfig``.
+        vision_spec: preprocessing geometry and pixel bounds (defaults: Qwen's patching, 100..768 x 28x28).
+        keep_logits: also return the logits of every selection (tests).
+        cache: an object implementing the ``StreamingCache`` protocol to use instead of a new one (tests).
+    """
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        config: StreamConfig | None = None,
+        vision_spec: VisionSpec | None = None,
+        keep_logits: bool = False,
+        cache=None,
+    ):
+        self.model = model
+        self.config = config or StreamConfig()
+        param = next(model.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        vcfg = model.config.vision_config
+        spec = vision_spec or VisionSpec()
+        frames_per_chunk = self.config.fps * self.config.chunk_seconds
+        if abs(frames_per_chunk - round(frames_per_chunk)) > 1e-6 or round(frames_per_chunk) % spec.temporal_patch_size:
+            raise ValueError(
+                f"fps * chunk_seconds must be a multiple of {spec.temporal_patch_size} frames, got {frames_per_chunk:g}"
+            )
+        time_interval = vcfg.tokens_per_second * spec.temporal_patch_size / self.config.fps
+        self.layout = StreamLayout(tokenizer, self.config.system_prompt, time_interval=time_interval)
+        self.preprocessor = VideoPreprocessor(spec, device=self.device, dtype=self.dtype)
+        self.merge = spec.merge_size
+        self.cache = cache if cache is not None else StreamingCache.for_model(model, self.config.policy())
+        self.keep_logits = keep_logits
+        self.generator = torch.Generator(self.device).manual_seed(self.config.seed)
+        self.round = 0
+        self._context_start: float | None = None
+        self._pixels: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # recompute mode: round -> pixels, grid
+        self.peak_cache_tokens = 0
+
+    # ---- public API -----------------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def step(self, frames, start: float, end: float, force_text: str | None = None) -> ChunkResult:
+        """Feed one chunk (uint8 frames [T, H, W, 3]) covering [start, end) s; returns its commentary.
+
+        ``force_text`` teacher-forces the commentary instead of sampling (alignment tests, replay).
+        """
+        t0 = time.perf_counter()
+        cfg = self.config
+        r = self.round
+        pixels, grid = self.preprocessor(frames)
+        llm_grid = (int(grid[0, 0]), int(grid[0, 1]) // self.merge, int(grid[0, 2]) // self.merge)
+
+        fresh = r == 0 or (cfg.mode == "sliding" and start - self._context_start >= cfg.reset_every - 1e-9)
+        parts: list[TokenMeta] = []
+        pixel_list = [pixels]
+        grid_list = [grid]
+        if fresh:
+            self.cache.reset()
+            self._pixels.clear()
+            self._context_start = start
+            parts += [self.layout.system(), self.previous_text_meta(cfg.previous_text)]
+        elif cfg.mode == "recompute":
+            kept = self._kept_meta_for_recompute(r)
+            self.cache.reset()
+            parts.append(kept)
+            rounds = kept.round[(kept.kind == Kind.VISION)].unique().tolist()
+            pixel_list = [self._pixels[q][0] for q in rounds] + pixel_list
+            grid_list = [self._pixels[q][1] for q in rounds] + grid_list
+        else:
+            self.cache.apply_policy(r)
+        query = cfg.query if fresh else None
+        parts += [self.layout.user_turn(r, start, end, llm_grid, query), self.layout.assistant_head(r)]
+        prefill = TokenMeta.cat(parts)
+        if cfg.mode == "recompute":
+            self._pixels[r] = (pixels, grid)
+
+        all_logits: list[torch.Tensor] = []
+        pv, gv = torch.cat(pixel_list), torch.cat(grid_list)
+        if force_text is not None:
+            self._forward(prefill, pv, gv, logits=False)
+            content = self.layout.assistant_content(force_text)
+            n_cached = 0
+        else:
+            logits = self._forward(prefill, pv, gv, logits=True)
+            content, n_cached = self._decode(r, logits, all_logits)
+        self._close_turn(r, content, n_cached)
+        self.peak_cache_tokens = max(self.peak_cache_tokens, self.cache.num_tokens)
+        self.round += 1
+        text_ids, _ = self.layout.split_marker(content)
+        return ChunkResult(
+            index=r,
+            start=start,
+            end=end,
+            text=self.layout.decode(text_ids).strip(),
+            token_ids=content,
+            latency_s=time.perf_counter() - t0,
+            new_tokens=len(content) if force_text is None else 0,
+            cache_tokens=self.cache.num_tokens,
+            prefill_tokens=len(prefill),
+            logits=all_logits if self.keep_logits else None,
+        )
+
+    def previous_text_meta(self, text: str) -> TokenMeta:
+        """The previous-text turn for ``text``, cut to the policy's sink and window exactly as the cache keeps it."""
+        ids = torch.tensor(self.layout.encode(text), dtype=torch.long)
+        ids = ids[self.cache.policy.keep_previous(ids.numel())]
+        return self.layout.previous_text(ids.tolist())
+
+    # ---- internals ------------------------------------------------------------------------------------------
+
+    def _forward(self, meta: TokenMeta, pixels=None, grid=None, logits: bool = True) -> torch.Tensor | None:
+        """Forward ``meta``'s tokens through the model into the cache; logits of the last token if asked."""
+        position_ids = self.cache.append(meta).to(self.device)
+        kwargs = dict(
+            input_ids=meta.ids.to(self.device).unsqueeze(0),
+            position_ids=position_ids,
+            past_key_values=self.cache,
+            use_cache=True,
+        )
+        if pixels is not None:
+            kwargs.update(pixel_values_videos=pixels, video_grid_thw=grid.to(self.device))
+        try:
+            if logits:
+                out = self.model(**kwargs, logits_to_keep=1).logits[0, -1]
+            else:
+                self.model.model(**kwargs)
+                out = None
+        finally:
+            self.cache.end_forward()
+        return out
+
+    def _decode(self, r: int, logits: torch.Tensor, all_logits: list) -> tuple[list[int], int]:
+        """Sample until a stop token or ``max_new_tokens``; returns (content ids, how many are in the cache)."""
+        scfg = self.config.sampling
+        meta = self.cache.meta
+        commentary = meta.ids[meta.kind == Kind.ASSIST_TEXT].to(self.device)
+        content: list[int] = []
+        while True:
+            if self.keep_logits:
+                all_logits.append(logits.float().cpu())
+            penalised = torch.cat([commentary, torch.tensor(content, dtype=torch.long, device=self.device)])
+            tok = select_token(logits, penalised, scfg, self.generator)
+            if tok in self.layout.stop_ids:
+                return content, len(content)
+            content.append(tok)
+            if len(content) >= scfg.max_new_tokens:
+                return content, len(content) - 1
+            logits = self._forward(TokenMeta.text([tok], Kind.ASSIST_TEXT, r), logits=True)
+
+    def _close_turn(self, r: int, content: list[int], n_cached: int) -> None:
+        """Label the content's marker and forward what is left of the turn: uncached content + ``<|im_end|>\\n``."""
+        full = self.layout.content_meta(r, content)
+        if n_cached:
+            self.cache.relabel_tail(full.kind[:n_cached])
+        rest = full.select(torch.arange(n_cached, len(full)))
+        self._forward(TokenMeta.cat([rest, self.layout.assistant_close(r)]), logits=False)
+
+    def _kept_meta_for_recompute(self, now: int) -> TokenMeta:
+        meta = self.cache.meta
+        plan = self.cache.policy.plan(meta, now)
+        if plan is not None:
+            meta = plan[1]
+        kept_rounds = set(meta.round[meta.kind == Kind.VISION].tolist())
+        for q in list(self._pixels):
+            if q not in kept_rounds:
+                del self._pixels[q]
+        return meta

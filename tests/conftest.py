@@ -1,0 +1,27 @@
+"""Shared fixtures: a tiny random Qwen2.5-VL built once per session, small frames, a small vision spec."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from streaming_vlm.models import build_tiny_model, load_model
+from streaming_vlm.preprocess import VisionSpec
+
+# Small frames keep tests fast: 56x84 -> 4x6 patches -> 2x3 = 6 LLM tokens per 2-frame chunk (h != w).
+FRAME_H, FRAME_W = 56, 84
+SMALL_SPEC = VisionSpec(min_pixels=28 * 28, max_pixels=112 * 112)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_model_dir):
+    return load_model(str(tiny_model_dir), device="cpu", dtype="fp32")
+
+
+def random_frames(seed: int, n: int = 2, h: int = FRAME_H, w: int = FRAME_W) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, h, w, 3), dtype=np.uint8)
