@@ -79,6 +79,9 @@ class ChunkResult:
     token_ids: list[int]
     """Generated (or forced) assistant content, marker included."""
     latency_s: float
+    """Wall time of the whole step: preprocessing, vision tower, prefill, decoding, closing the turn."""
+    decode_s: float
+    """Wall time of the decoding loop alone."""
     new_tokens: int
     cache_tokens: int
     prefill_tokens: int
@@ -169,6 +172,7 @@ class StreamSession:
             self._pixels[r] = (pixels, grid)
 
         all_logits: list[torch.Tensor] = []
+        decode_s = 0.0
         pv, gv = torch.cat(pixel_list), torch.cat(grid_list)
         if force_text is not None:
             self._forward(prefill, pv, gv, logits=False)
@@ -176,7 +180,9 @@ class StreamSession:
             n_cached = 0
         else:
             logits = self._forward(prefill, pv, gv, logits=True)
+            t_decode = time.perf_counter()
             content, n_cached = self._decode(r, logits, all_logits)
+            decode_s = time.perf_counter() - t_decode
         self._close_turn(r, content, n_cached)
         self.peak_cache_tokens = max(self.peak_cache_tokens, self.cache.num_tokens)
         self.round += 1
@@ -188,6 +194,7 @@ class StreamSession:
             text=self.layout.decode(text_ids).strip(),
             token_ids=content,
             latency_s=time.perf_counter() - t0,
+            decode_s=decode_s,
             new_tokens=len(content) if force_text is None else 0,
             cache_tokens=self.cache.num_tokens,
             prefill_tokens=len(prefill),

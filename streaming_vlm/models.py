@@ -26,6 +26,8 @@ import importlib.util
 import json
 import math
 import os
+import shutil
+import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -613,3 +615,32 @@ def load_model(
         device=dev,
         dtype=torch_dtype,
     )
+
+
+TINY_MODEL_ALIAS = "tiny"
+"""``--model tiny`` names the random tiny model, built offline into the user cache on first use."""
+
+
+def user_cache_dir() -> Path:
+    """``$STREAMING_VLM_CACHE``, else ``$XDG_CACHE_HOME/streaming-vlm``, else ``~/.cache/streaming-vlm``."""
+    if os.environ.get("STREAMING_VLM_CACHE"):
+        return Path(os.environ["STREAMING_VLM_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "streaming-vlm"
+
+
+def ensure_tiny_model(root: str | os.PathLike[str] | None = None) -> Path:
+    """The tiny model's directory, built (atomically) if it is not there yet."""
+    target = Path(root) if root is not None else user_cache_dir() / "tiny-model-v1"
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=target.parent))
+    build_tiny_model(staging / "model")
+    try:
+        os.replace(staging / "model", target)
+    except OSError:  # another process won the race
+        if not (target / "config.json").is_file():
+            raise
+    shutil.rmtree(staging, ignore_errors=True)
+    return target

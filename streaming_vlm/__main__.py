@@ -1,0 +1,5 @@
+import sys
+
+from streaming_vlm.cli import main
+
+sys.exit(main())

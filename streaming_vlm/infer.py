@@ -1,0 +1,332 @@
+"""``streaming-vlm infer``: streaming commentary on a video file.
+
+Wires a ``VideoReader`` (frames by time) to a ``StreamSession`` (the engine) and the output writers
+(WebVTT, JSON lines), with a progress bar and a closing summary. Options come from ``InferConfig``
+(typed, with defaults), optionally from a YAML file (``--config``), then from command-line flags.
+Bad input (a missing or unreadable video, a start past its end, an unloadable model) ends the run with one
+line on stderr and a non-zero exit code, before anything expensive happens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import torch
+import yaml
+
+from streaming_vlm.engine import MODES, StreamConfig, StreamSession
+from streaming_vlm.layout import DEFAULT_QUERY, DEFAULT_SYSTEM_PROMPT
+from streaming_vlm.sampling import SamplingConfig
+
+DEFAULT_MODEL = "mit-han-lab/StreamingVLM"
+
+
+@dataclass
+class InferConfig:
+    """Options of ``streaming-vlm infer`` (YAML keys use these names; flags use dashes)."""
+
+    video: str = ""
+    model: str = DEFAULT_MODEL
+    output: str | None = None
+    jsonl: str | None = None
+    mode: str = "streaming"
+    query: str = DEFAULT_QUERY
+    previous_text: str = ""
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    start: float = 0.0
+    duration: float | None = None
+    chunk_seconds: float = 1.0
+    fps: float = 2.0
+    min_pixels: int = 100 * 28 * 28
+    max_pixels: int = 768 * 28 * 28
+    vision_window: int | None = 16
+    text_rounds: int | None = 16
+    text_sink: int | None = 512
+    text_window: int | None = 512
+    reset_every: float = 100.0
+    max_new_tokens: int = 20
+    temperature: float = 0.9
+    top_p: float | None = None
+    top_k: int | None = None
+    repetition_penalty: float = 1.05
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "auto"
+    quiet: bool = False
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.start < 0:
+            raise ValueError(f"--start must be >= 0, got {self.start}")
+        if self.duration is not None and self.duration <= 0:
+            raise ValueError(f"--duration must be > 0, got {self.duration}")
+        if self.min_pixels > self.max_pixels:
+            raise ValueError(f"--min-pixels ({self.min_pixels}) is larger than --max-pixels ({self.max_pixels})")
+
+    def sampling(self, checkpoint_defaults: dict) -> SamplingConfig:
+        """Flags win; top-p/top-k otherwise come from the checkpoint's generation config."""
+        return SamplingConfig(
+            temperature=self.temperature,
+            top_p=self.top_p if self.top_p is not None else checkpoint_defaults.get("top_p"),
+            top_k=self.top_k if self.top_k is not None else checkpoint_defaults.get("top_k"),
+            repetition_penalty=self.repetition_penalty,
+            max_new_tokens=self.max_new_tokens,
+        )
+
+    def stream_config(self, checkpoint_defaults: dict) -> StreamConfig:
+        return StreamConfig(
+            mode=self.mode,
+            query=self.query,
+            previous_text=self.previous_text,
+            system_prompt=self.system_prompt,
+            chunk_seconds=self.chunk_seconds,
+            fps=self.fps,
+            vision_window=self.vision_window,
+            text_rounds=self.text_rounds,
+            text_sink=self.text_sink,
+            text_window=self.text_window,
+            reset_every=self.reset_every,
+            sampling=self.sampling(checkpoint_defaults),
+            seed=self.seed,
+        )
+
+
+class UsageError(Exception):
+    """Bad input named in one line; the CLI prints it and exits with status 2."""
+
+
+# ---- argument parsing ----------------------------------------------------------------------------------------
+
+
+def _window(value: str) -> int | None:
+    """A window size: a non-negative integer, or none/unlimited."""
+    if value.lower() in ("none", "unlimited", "inf"):
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'unlimited', got {value!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected >= 0 or 'unlimited', got {n}")
+    return n
+
+
+_HELP = {
+    "video": "video file to comment on, or 'demo' for the bundled 30-second synthetic clip",
+    "model": "hub id or local directory of a Qwen2.5-VL checkpoint; 'tiny' = a random tiny model (offline)",
+    "output": "WebVTT file to write (default: next to the video, <name>.vtt)",
+    "jsonl": "also write one JSON object per chunk to this file",
+    "mode": "streaming (StreamingVLM cache), full (no eviction), sliding (restart every --reset-every s), "
+    "recompute (re-prefill the kept window every chunk)",
+    "query": "instruction given with the first chunk",
+    "previous_text": "earlier commentary or context (title, transcript so far)",
+    "system_prompt": "system prompt",
+    "start": "start time in seconds",
+    "duration": "seconds to stream (default: to the end of the video)",
+    "chunk_seconds": "seconds of video per step",
+    "fps": "frames sampled per second of video",
+    "min_pixels": "minimum pixels per frame after resizing",
+    "max_pixels": "maximum pixels per frame after resizing (default 768*28*28)",
+    "vision_window": "chunks whose vision tokens stay in the cache (or 'unlimited')",
+    "text_rounds": "assistant turns kept verbatim before retiring into previous text (or 'unlimited')",
+    "text_sink": "first previous-text tokens kept (or 'unlimited')",
+    "text_window": "last previous-text tokens kept (or 'unlimited')",
+    "reset_every": "seconds between context restarts in sliding mode",
+    "max_new_tokens": "tokens generated per chunk at most",
+    "temperature": "sampling temperature; 0 = greedy",
+    "top_p": "nucleus sampling (default: the checkpoint's generation config)",
+    "top_k": "top-k sampling (default: the checkpoint's generation config)",
+    "repetition_penalty": "penalty on tokens of the commentary in context (1 = off)",
+    "seed": "random seed of the sampler",
+    "device": "auto, cpu, cuda or cuda:N",
+    "dtype": "auto (bf16 on GPU, fp32 on CPU), bf16, fp16 or fp32",
+    "quiet": "no progress bar",
+}
+_WINDOWS = {"vision_window", "text_rounds", "text_sink", "text_window"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("video", nargs="?", help=_HELP["video"])
+    parser.add_argument("--config", help="YAML file with option defaults (keys as in configs/infer.yaml)")
+    for f in fields(InferConfig):
+        if f.name == "video":
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if f.type == "bool":
+            parser.add_argument(flag, action="store_true", default=None, help=_HELP[f.name])
+            continue
+        kind = {"float": float, "int": int, "float | None": float, "int | None": int}.get(f.type, str)
+        if f.name in _WINDOWS:
+            kind = _window
+        parser.add_argument(flag, type=kind, default=None, help=f"{_HELP[f.name]} (default: {f.default})")
+
+
+def config_from_args(args: argparse.Namespace) -> InferConfig:
+    """Defaults <- YAML (``--config``) <- flags."""
+    values: dict = {}
+    if args.config:
+        path = Path(args.config)
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise UsageError(f"cannot read config {path}: {str(exc).splitlines()[0]}") from exc
+        if not isinstance(loaded, dict):
+            raise UsageError(f"config {path} must be a mapping of option names to values")
+        known = {f.name for f in fields(InferConfig)}
+        unknown = sorted(set(loaded) - known)
+        if unknown:
+            raise UsageError(f"config {path}: unknown option(s) {', '.join(unknown)}")
+        values.update(loaded)
+    for f in fields(InferConfig):
+        v = getattr(args, f.name, None)
+        if v is not None:
+            values[f.name] = v
+    if not values.get("video"):
+        raise UsageError("no video given: streaming-vlm infer VIDEO [--model M]")
+    try:
+        return InferConfig(**values)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(str(exc)) from exc
+
+
+# ---- the job -------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Summary:
+    chunks: int = 0
+    stream_seconds: float = 0.0
+    wall_s: float = 0.0
+    new_tokens: int = 0
+    decode_s: float = 0.0
+    peak_cache_tokens: int = 0
+    peak_memory_mb: float = 0.0
+    interrupted: bool = False
+
+    @property
+    def real_time_factor(self) -> float:
+        """Stream seconds processed per wall second (> 1 is faster than real time)."""
+        return self.stream_seconds / self.wall_s if self.wall_s else 0.0
+
+    def lines(self) -> list[str]:
+        ms_tok = 1000 * self.decode_s / self.new_tokens if self.new_tokens else float("nan")
+        note = " - interrupted" if self.interrupted else ""
+        return [
+            f"chunks: {self.chunks} ({self.stream_seconds:.1f} s of video){note}",
+            f"wall time: {self.wall_s:.1f} s, real-time factor: {self.real_time_factor:.2f}x",
+            f"generated: {self.new_tokens} tokens, {ms_tok:.1f} ms per generated token",
+            f"peak cache: {self.peak_cache_tokens} tokens, peak memory: {self.peak_memory_mb:.0f} MB",
+        ]
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    except ImportError:  # pragma: no cover - not on Linux
+        return 0.0
+
+
+DEMO_VIDEO = Path(__file__).parent / "assets" / "demo.mp4"
+
+
+def resolve_video_path(video: str) -> str:
+    """``demo`` names the bundled clip unless a file of that name exists."""
+    return str(DEMO_VIDEO) if video == "demo" and not Path(video).exists() else video
+
+
+def resolve_model_path(model: str) -> str:
+    from streaming_vlm.models import TINY_MODEL_ALIAS, ensure_tiny_model
+
+    return str(ensure_tiny_model()) if model == TINY_MODEL_ALIAS else model
+
+
+def run(cfg: InferConfig, stream=sys.stderr) -> Summary:
+    """Run the job; raises ``VideoError``/``ModelLoadError``/``UsageError`` on bad input."""
+    from tqdm import tqdm
+
+    from streaming_vlm.models import load_model
+    from streaming_vlm.outputs import JsonlWriter, VttWriter
+    from streaming_vlm.preprocess import VisionSpec
+    from streaming_vlm.video import VideoReader
+
+    if cfg.quiet:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    video = resolve_video_path(cfg.video)
+    reader = VideoReader(video, fps=cfg.fps, chunk_seconds=cfg.chunk_seconds, start=cfg.start,
+                         duration=cfg.duration)  # validates the video before the model loads
+    with reader:
+        loaded = load_model(resolve_model_path(cfg.model), device=cfg.device, dtype=cfg.dtype)
+        spec = VisionSpec.from_pretrained(loaded.path, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
+        session = StreamSession(loaded.model, loaded.tokenizer, cfg.stream_config(loaded.generation_defaults),
+                                vision_spec=spec)
+        vtt_path = cfg.output or (Path(video).stem + ".vtt" if video == str(DEMO_VIDEO) else
+                                  str(Path(video).with_suffix(".vtt")))
+        summary = Summary()
+        t0 = time.perf_counter()
+        with VttWriter(vtt_path) as vtt, (JsonlWriter(cfg.jsonl) if cfg.jsonl else _Null()) as jsonl:
+            bar = tqdm(total=reader.num_chunks(), unit="chunk", disable=cfg.quiet, file=stream, dynamic_ncols=True)
+            try:
+                for chunk in reader.chunks():
+                    res = session.step(chunk.frames, chunk.start, chunk.end)
+                    vtt.write(res.start, res.end, res.text)
+                    jsonl.write({"index": res.index, "start": round(res.start, 3), "end": round(res.end, 3),
+                                 "text": res.text, "latency_s": round(res.latency_s, 4), "new_tokens": res.new_tokens,
+                                 "cache_tokens": res.cache_tokens})
+                    summary.chunks += 1
+                    summary.stream_seconds += res.end - res.start
+                    summary.new_tokens += res.new_tokens
+                    summary.decode_s += res.decode_s
+                    summary.peak_cache_tokens = max(summary.peak_cache_tokens, res.cache_tokens)
+                    frames_per_s = len(chunk.frames) / res.latency_s if res.latency_s else 0.0
+                    bar.set_postfix_str(f"t={res.end:.0f}s fps={frames_per_s:.1f} | {res.text[-40:]}", refresh=False)
+                    bar.update(1)
+            except KeyboardInterrupt:
+                summary.interrupted = True
+            finally:
+                bar.close()
+        summary.wall_s = time.perf_counter() - t0
+        summary.peak_memory_mb = _peak_memory_mb(session.device)
+    return summary
+
+
+class _Null:
+    def write(self, *_):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+
+def main(args: argparse.Namespace) -> int:
+    from streaming_vlm.models import ModelLoadError
+    from streaming_vlm.video import VideoError
+
+    warnings.formatwarning = lambda msg, category, *a, **k: f"streaming-vlm: warning: {msg}\n"
+    try:
+        cfg = config_from_args(args)
+        summary = run(cfg)
+    except (UsageError, VideoError, ModelLoadError) as exc:
+        print(f"streaming-vlm: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # e.g. an output path that cannot be written
+        print(f"streaming-vlm: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        return 2
+    for line in summary.lines():
+        print(line, file=sys.stderr)
+    return 130 if summary.interrupted else 0
+

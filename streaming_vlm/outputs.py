@@ -1,0 +1,66 @@
+"""Commentary outputs: WebVTT subtitles and JSON lines, one record per chunk, flushed as they come.
+
+Both writers open their file once, write each chunk as soon as it is produced and flush it, so an
+interrupted run keeps everything it wrote. They know nothing about models or videos beyond a chunk's
+start, end and text.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+def vtt_timestamp(seconds: float) -> str:
+    """``HH:MM:SS.mmm`` (hours grow past 99 for very long streams)."""
+    ms = max(0, int(round(seconds * 1000)))
+    h, rem = divmod(ms, 3_600_000)
+    m, rem = divmod(rem, 60_000)
+    s, ms = divmod(rem, 1000)
+    return f"{h:02d}:{m:02d}:{s:02d}.{ms:03d}"
+
+
+class _LineFile:
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if self.path.parent and not self.path.parent.exists():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
+
+    def _write(self, text: str) -> None:
+        self._f.write(text)
+        self._f.flush()
+
+    def close(self) -> None:
+        if not self._f.closed:
+            self._f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class VttWriter(_LineFile):
+    """WebVTT: a header, then one cue per chunk with its commentary (without the `` ...`` marker)."""
+
+    def __init__(self, path: str | os.PathLike):
+        super().__init__(path)
+        self._write("WEBVTT\n\n")
+        self._cue = 0
+
+    def write(self, start: float, end: float, text: str) -> None:
+        self._cue += 1
+        # a cue payload may not contain a blank line or "-->"; commentary is one printable line
+        payload = " ".join("".join(c if c.isprintable() else " " for c in text).split()).replace("-->", "->")
+        self._write(f"{self._cue}\n{vtt_timestamp(start)} --> {vtt_timestamp(end)}\n{payload}\n\n")
+
+
+class JsonlWriter(_LineFile):
+    """One JSON object per chunk."""
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._write(json.dumps(record, ensure_ascii=False) + "\n")
