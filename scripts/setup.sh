@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Install streaming-vlm with its test tools on a fresh machine (Python >= 3.10; no GPU or model hub needed).
+#   bash scripts/setup.sh            # into the active virtual environment, else into ./.venv
+#   EXTRAS=dev,train bash scripts/setup.sh
+# torch goes in first so nothing later pulls a CUDA build: a working torch already installed (e.g. a GPU
+# build) is kept; otherwise torch==$TORCH_VERSION is installed. Later installs are constrained to it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+EXTRAS="${EXTRAS:-dev}"
+TORCH_VERSION="${TORCH_VERSION:-2.13.0}"
+
+if [ -n "${VIRTUAL_ENV:-}" ]; then
+  PY="$VIRTUAL_ENV/bin/python"
+else
+  [ -x .venv/bin/python ] || "${PYTHON:-python3}" -m venv .venv
+  PY=.venv/bin/python
+fi
+pip() { "$PY" -m pip --disable-pip-version-check -q "$@"; }
+
+pip install --upgrade pip
+"$PY" -c "import torch" 2>/dev/null || pip install "torch==$TORCH_VERSION"
+installed_torch=$("$PY" -c "import torch; print(torch.__version__.split('+')[0])")
+constraints=$(mktemp)
+trap 'rm -f "$constraints"' EXIT
+echo "torch==$installed_torch" >"$constraints"
+pip install -c "$constraints" -e ".[$EXTRAS]"
+
+# Tests compare our preprocessing with transformers' video processor, which needs torchvision. Where no
+# working torchvision exists (CPU-only torch), a matching build goes *beside* the environment: importable
+# there, it would break `import transformers` models. Only the reference test's child process loads it.
+if [[ ",$EXTRAS," == *",dev,"* ]] && ! "$PY" -c "import torchvision" 2>/dev/null; then
+  minor=$(echo "$installed_torch" | cut -d. -f2)
+  target=$("$PY" -c "import sys; print(sys.prefix)")/hf-reference-torchvision
+  pip install --no-deps --target "$target" "torchvision==0.$((minor + 15)).*" \
+    || echo "setup: no torchvision for torch $installed_torch; the HF-processor reference test will skip" >&2
+fi
+"$PY" -m streaming_vlm --help >/dev/null
+echo "setup: streaming-vlm installed into $("$PY" -c 'import sys; print(sys.prefix)') (torch $installed_torch)"
