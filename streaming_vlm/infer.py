@@ -68,6 +68,14 @@ class InferConfig:
             raise ValueError(f"--duration must be > 0, got {self.duration}")
         if self.min_pixels > self.max_pixels:
             raise ValueError(f"--min-pixels ({self.min_pixels}) is larger than --max-pixels ({self.max_pixels})")
+        if not (self.fps > 0 and self.chunk_seconds > 0):
+            raise ValueError(f"--fps and --chunk-seconds must be > 0, got {self.fps:g} and {self.chunk_seconds:g}")
+        frames = self.fps * self.chunk_seconds
+        n = round(frames)
+        if n < 2 or n % 2 or abs(frames - n) > 1e-9 * frames:  # Qwen2.5-VL encodes frames in pairs
+            raise ValueError(f"--fps * --chunk-seconds must be an even whole number of frames per chunk, "
+                             f"got {self.fps:g} * {self.chunk_seconds:g} = {frames:g}")
+        self.stream_config({})  # the sampling, window and reset options, checked before anything loads
 
     def sampling(self, checkpoint_defaults: dict) -> SamplingConfig:
         """Flags win; top-p/top-k otherwise come from the checkpoint's generation config."""
@@ -158,13 +166,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         if f.name == "video":
             continue
         flag = "--" + f.name.replace("_", "-")
+        # an option left off the command line is absent from the namespace: None from a window flag is 'unlimited'
         if f.type == "bool":
-            parser.add_argument(flag, action="store_true", default=None, help=_HELP[f.name])
+            parser.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=_HELP[f.name])
             continue
         kind = {"float": float, "int": int, "float | None": float, "int | None": int}.get(f.type, str)
         if f.name in _WINDOWS:
             kind = _window
-        parser.add_argument(flag, type=kind, default=None, help=f"{_HELP[f.name]} (default: {f.default})")
+        parser.add_argument(flag, type=kind, default=argparse.SUPPRESS,
+                            help=f"{_HELP[f.name]} (default: {f.default})")
 
 
 def config_from_args(args: argparse.Namespace) -> InferConfig:
@@ -183,10 +193,10 @@ def config_from_args(args: argparse.Namespace) -> InferConfig:
         if unknown:
             raise UsageError(f"config {path}: unknown option(s) {', '.join(unknown)}")
         values.update(loaded)
+    given = vars(args)
     for f in fields(InferConfig):
-        v = getattr(args, f.name, None)
-        if v is not None:
-            values[f.name] = v
+        if f.name in given and (given[f.name] is not None or f.name in _WINDOWS):
+            values[f.name] = given[f.name]
     if not values.get("video"):
         raise UsageError("no video given: streaming-vlm infer VIDEO [--model M]")
     try:
@@ -250,11 +260,20 @@ def resolve_model_path(model: str) -> str:
     return str(ensure_tiny_model()) if model == TINY_MODEL_ALIAS else model
 
 
-def run(cfg: InferConfig, stream=sys.stderr) -> Summary:
+def _check_output(path: str) -> None:
+    """Fail before the model loads when an output cannot be created under an existing non-directory."""
+    parent = Path(path).parent
+    while not parent.exists() and parent != parent.parent:  # the writers create missing folders
+        parent = parent.parent
+    if parent.exists() and not parent.is_dir():
+        raise UsageError(f"cannot write {path}: {parent} is not a directory")
+
+
+def run(cfg: InferConfig, stream=None) -> Summary:
     """Run the job; raises ``VideoError``/``ModelLoadError``/``UsageError`` on bad input."""
     from tqdm import tqdm
 
-    from streaming_vlm.models import load_model
+    from streaming_vlm.models import load_model, resolve_device, resolve_dtype
     from streaming_vlm.outputs import JsonlWriter, VttWriter
     from streaming_vlm.preprocess import VisionSpec
     from streaming_vlm.video import VideoReader
@@ -263,16 +282,24 @@ def run(cfg: InferConfig, stream=sys.stderr) -> Summary:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+    stream = stream if stream is not None else sys.stderr  # looked up now: sys.stderr may have been replaced
+    try:
+        resolve_dtype(cfg.dtype, resolve_device(cfg.device))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     video = resolve_video_path(cfg.video)
     reader = VideoReader(video, fps=cfg.fps, chunk_seconds=cfg.chunk_seconds, start=cfg.start,
                          duration=cfg.duration)  # validates the video before the model loads
     with reader:
+        vtt_path = cfg.output or (Path(video).stem + ".vtt" if video == str(DEMO_VIDEO) else
+                                  str(Path(video).with_suffix(".vtt")))
+        for path in (vtt_path, cfg.jsonl):
+            if path:
+                _check_output(path)
         loaded = load_model(resolve_model_path(cfg.model), device=cfg.device, dtype=cfg.dtype)
         spec = VisionSpec.from_pretrained(loaded.path, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
         session = StreamSession(loaded.model, loaded.tokenizer, cfg.stream_config(loaded.generation_defaults),
                                 vision_spec=spec)
-        vtt_path = cfg.output or (Path(video).stem + ".vtt" if video == str(DEMO_VIDEO) else
-                                  str(Path(video).with_suffix(".vtt")))
         summary = Summary()
         t0 = time.perf_counter()
         with VttWriter(vtt_path) as vtt, (JsonlWriter(cfg.jsonl) if cfg.jsonl else _Null()) as jsonl:
@@ -316,6 +343,7 @@ def main(args: argparse.Namespace) -> int:
     from streaming_vlm.models import ModelLoadError
     from streaming_vlm.video import VideoError
 
+    default_format = warnings.formatwarning
     warnings.formatwarning = lambda msg, category, *a, **k: f"streaming-vlm: warning: {msg}\n"
     try:
         cfg = config_from_args(args)
@@ -326,7 +354,11 @@ def main(args: argparse.Namespace) -> int:
     except OSError as exc:  # e.g. an output path that cannot be written
         print(f"streaming-vlm: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # before streaming started (interrupts while streaming end the stream cleanly)
+        print("streaming-vlm: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        warnings.formatwarning = default_format
     for line in summary.lines():
         print(line, file=sys.stderr)
     return 130 if summary.interrupted else 0
-
