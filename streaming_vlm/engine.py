@@ -136,10 +136,12 @@ class StreamSession:
     # ---- public API -----------------------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def step(self, frames, start: float, end: float, force_text: str | None = None) -> ChunkResult:
+    def step(self, frames, start: float, end: float, force_text: str | None = None,
+             question: str | None = None) -> ChunkResult:
         """Feed one chunk (uint8 frames [T, H, W, 3]) covering [start, end) s; returns its commentary.
 
-        ``force_text`` teacher-forces the commentary instead of sampling (alignment tests, replay).
+        ``force_text`` teacher-forces the commentary instead of sampling (alignment tests, replay);
+        ``question`` is asked in this chunk's user turn.
         """
         t0 = time.perf_counter()
         cfg = self.config
@@ -165,8 +167,8 @@ class StreamSession:
             grid_list = [self._pixels[q][1] for q in rounds] + grid_list
         else:
             self.cache.apply_policy(r)
-        query = cfg.query if fresh else None
-        parts += [self.layout.user_turn(r, start, end, llm_grid, query), self.layout.assistant_head(r)]
+        text = self.layout.user_text(cfg.query if fresh else None, question)
+        parts += [self.layout.user_turn(r, start, end, llm_grid, text), self.layout.assistant_head(r)]
         prefill = TokenMeta.cat(parts)
         if cfg.mode == "recompute":
             self._pixels[r] = (pixels, grid)
@@ -235,8 +237,10 @@ class StreamSession:
         scfg = self.config.sampling
         meta = self.cache.meta
         commentary = meta.ids[meta.kind == Kind.ASSIST_TEXT].to(self.device)
+        forbidden = torch.tensor(self.layout.forbidden_ids, device=self.device)
         content: list[int] = []
         while True:
+            logits = logits.index_fill(0, forbidden, float("-inf"))
             if self.keep_logits:
                 all_logits.append(logits.float().cpu())
             penalised = torch.cat([commentary, torch.tensor(content, dtype=torch.long, device=self.device)])

@@ -135,6 +135,11 @@ class StreamLayout:
         self._user_head = [self.im_start, *self.encode("user"), *self.newline]
         self._assistant_head = [self.im_start, *self.encode("assistant"), *self.newline]
         self._turn_end = [self.im_end, *self.newline]
+        # tokens commentary may never contain: they would break the turn structure or the vision blocks
+        self.forbidden_ids = sorted(
+            {self.im_start, self.vision_start, self.vision_end, self.video_pad}
+            | {i for i in (self._optional_id("<|image_pad|>"), self._optional_id("<|vision_pad|>")) if i is not None}
+        )
         self.stop_ids = {self.im_end}
         eos = getattr(tokenizer, "eos_token_id", None)
         if eos is not None:
@@ -149,6 +154,12 @@ class StreamLayout:
         if tid is None or (self.tokenizer.unk_token_id is not None and tid == self.tokenizer.unk_token_id):
             raise ValueError(f"the tokenizer has no special token {token}: is this a Qwen2.5-VL tokenizer?")
         return int(tid)
+
+    def _optional_id(self, token: str) -> int | None:
+        try:
+            return self._special_id(token)
+        except ValueError:
+            return None
 
     def encode(self, text: str) -> list[int]:
         """Plain-text ids, no special tokens added."""
@@ -208,6 +219,11 @@ class StreamLayout:
                 TokenMeta.text([*self.encode(query or ""), *self._turn_end], Kind.USER, round),
             ]
         )
+
+    @staticmethod
+    def user_text(query: str | None, question: str | None) -> str | None:
+        """Text after a chunk's vision block: the query (first chunk) and/or a question asked in that second."""
+        return "\n".join(t for t in (query, question) if t) or None
 
     def assistant_head(self, round: int) -> TokenMeta:
         return TokenMeta.text(self._assistant_head, Kind.ASSIST_HEAD, round)
