@@ -1,0 +1,1 @@
+"""Training data: annotation records, seek indexes, the overlapped-window builder, samples, collation."""

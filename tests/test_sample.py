@@ -1,0 +1,128 @@
+"""Training samples: the alignment with the inference cache, labels, word assignment, pixel budgets."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from streaming_vlm.data.annotations import QA, AnnotationError, StreamRecord, Word
+from streaming_vlm.data.sample import IGNORE_INDEX, SampleBuilder, SampleConfig
+from streaming_vlm.engine import StreamConfig, StreamSession
+from streaming_vlm.layout import Kind
+from streaming_vlm.sampling import SamplingConfig
+from streaming_vlm.synthetic import write_synthetic_video
+from streaming_vlm.video import VideoReader
+from tests.conftest import SMALL_SPEC
+
+PREVIOUS = "The match opened with a long spell of passing in midfield before the first real chance came. " * 3
+CFG = SampleConfig(text_sink=6, text_window=8, min_pixels=SMALL_SPEC.min_pixels, max_pixels=SMALL_SPEC.max_pixels)
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory):
+    return write_synthetic_video(tmp_path_factory.mktemp("v") / "clip.mp4", 40, fps=10, width=84, height=56)
+
+
+def record(a: float, w: float) -> StreamRecord:
+    words = [
+        Word(a - 3.0, a - 2.5, "before"),  # ends before the window: previous text, not a chunk
+        Word(a + 0.1, a + 0.4, "red"),
+        Word(a + 0.5, a + 1.0, "ball"),  # ends exactly at the end of chunk 0: chunk 0
+        Word(a + 2.2, a + 2.7, "enters"),
+        Word(a + 2.8, a + 3.3, "left"),
+        Word(a + 6.0, a + 6.9, "score"),
+        Word(a + 7.1, a + 7.6, "two"),
+        Word(a + w - 0.5, a + w + 0.2, "after"),  # ends after the window: dropped
+    ]
+    return StreamRecord("clip.mp4", a, a + w, previous=PREVIOUS, words=words,
+                        qa=[QA(a + 4.5, "What colour was the ball?", "Red.")], source="toy.jsonl:1")
+
+
+def test_sample_equals_the_inference_cache(tiny, video):
+    """The core guarantee: streaming the window with the same previous text and the sample's commentary
+    teacher-forced leaves the cache holding exactly the sample's token ids and position ids."""
+    a, w = 7.0, 10.0
+    rec = record(a, w)
+    builder = SampleBuilder(tiny.tokenizer, SMALL_SPEC, CFG)
+    sample = builder.build(rec, video)
+
+    n_frames = len(sample.chunks) * builder.frames_per_chunk
+    spec = dataclasses.replace(SMALL_SPEC, max_pixels=CFG.frame_max_pixels(n_frames))
+    config = StreamConfig(previous_text=rec.previous, query=CFG.query, vision_window=int(w), text_rounds=int(w),
+                          text_sink=CFG.text_sink, text_window=CFG.text_window,
+                          sampling=SamplingConfig(temperature=0))
+    session = StreamSession(tiny.model, tiny.tokenizer, config, vision_spec=spec)
+    with VideoReader(video, fps=CFG.fps, chunk_seconds=CFG.chunk_seconds, start=a, duration=w) as reader:
+        for chunk, plan in zip(reader.chunks(), sample.chunks, strict=True):
+            assert (chunk.start, chunk.end) == (plan.start, plan.end)
+            session.step(chunk.frames, chunk.start, chunk.end, force_text=plan.assistant_text, question=plan.question)
+    cache = session.cache
+    assert torch.equal(cache.meta.ids, sample.input_ids)
+    assert torch.equal(cache.positions, sample.position_ids)
+    assert torch.equal(cache.meta.kind, sample.meta.kind)
+    # the window really exercised the interesting parts
+    assert len(sample.chunks) == 10
+    assert int((sample.meta.kind == Kind.PREV_TEXT).sum()) == CFG.text_sink + CFG.text_window
+    assert any(p.question for p in sample.chunks)
+
+
+def test_labels_hand_checked(tiny, video):
+    builder = SampleBuilder(tiny.tokenizer, SMALL_SPEC, CFG)
+    sample = builder.build(record(7.0, 3.0), video)
+    tok = tiny.tokenizer
+    texts = [p.assistant_text for p in sample.chunks]
+    assert texts == [" red ball", "", " enters"]
+    supervised = sample.labels[sample.labels != IGNORE_INDEX]
+    assert tok.decode(supervised) == " red ball ...<|im_end|> ...<|im_end|> enters ...<|im_end|>"
+    # labels are the input ids where supervised, and the newline after <|im_end|> is not supervised
+    sup = sample.labels != IGNORE_INDEX
+    assert torch.equal(sample.labels[sup], sample.input_ids[sup])
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    ends = torch.nonzero(sample.input_ids == im_end).flatten()
+    assert not bool(sup[ends[:2]].any())  # the system and previous-text turns end unsupervised
+    assert bool(sup[ends[-1]]) and not bool(sup[ends[-1] + 1])
+    # nothing outside assistant turns is supervised
+    kinds = sample.meta.kind[sup]
+    assert bool(((kinds == Kind.ASSIST_TEXT) | (kinds == Kind.ASSIST_END)).all())
+    assert sample.num_supervised == len(supervised)
+    assert sample.video_grid_thw.shape == (3, 3) and sample.position_ids.shape == (3, len(sample.input_ids))
+
+
+def test_word_and_question_assignment(tiny):
+    builder = SampleBuilder(tiny.tokenizer, SMALL_SPEC, CFG)
+    plans = builder.plan(record(7.0, 10.0))
+    assert [p.text for p in plans] == [" red ball", "", " enters", " left", "", "", " score", " two", "", ""]
+    assert [p.question for p in plans][4] == "What colour was the ball?"
+    assert plans[4].assistant_text == "Red.\n"
+    assert (plans[0].start, plans[-1].end) == (7.0, 17.0)
+
+
+def test_previous_text_cut_matches_the_cache_policy(tiny):
+    builder = SampleBuilder(tiny.tokenizer, SMALL_SPEC, CFG)
+    ids = builder.layout.encode(PREVIOUS)
+    assert builder.previous_ids(PREVIOUS) == ids[:6] + ids[-8:]
+    full = SampleBuilder(tiny.tokenizer, SMALL_SPEC, dataclasses.replace(CFG, text_sink=None, text_window=None))
+    assert full.previous_ids(PREVIOUS) == ids
+
+
+def test_pixel_budget_and_frame_cap(tiny):
+    cfg = SampleConfig()
+    assert cfg.frame_max_pixels(48) == 768 * 28 * 28  # a 24-s window: the inference cap
+    assert cfg.frame_max_pixels(480) == int(24576 * 28 * 28 * 2 / 480)  # 4 minutes: fewer pixels per frame
+    assert cfg.frame_max_pixels(10_000) == 100 * 28 * 28  # never below the minimum
+    builder = SampleBuilder(tiny.tokenizer, SMALL_SPEC, cfg)
+    long = StreamRecord("x.mp4", 0.0, 300.0, words=[Word(1.0, 1.5, "hi")])
+    assert len(builder.plan(long)) == 240  # 480 frames at 2 fps
+
+
+def test_bad_records(tiny, video, tmp_path):
+    builder = SampleBuilder(tiny.tokenizer, SMALL_SPEC, CFG)
+    empty = StreamRecord("clip.mp4", 2.0, 6.0, words=[Word(30.0, 30.5, "late")], source="toy.jsonl:7")
+    with pytest.raises(AnnotationError, match="toy.jsonl:7: empty transcript"):
+        builder.build(empty, video)
+    from streaming_vlm.video import VideoError
+
+    with pytest.raises(VideoError):
+        builder.build(record(1.0, 3.0), tmp_path / "missing.mp4")
