@@ -48,10 +48,16 @@ def _bench(sub) -> None:
     p.set_defaults(run=run)
 
 
+def _data(sub) -> None:
+    from streaming_vlm.data import cli
+
+    cli.add_parser(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="streaming-vlm", description="StreamingVLM: commentary on endless video.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (_infer, _tiny_model, _bench):
+    for add in (_infer, _tiny_model, _bench, _data):
         add(sub)
     return parser
 
