@@ -130,8 +130,10 @@ class StreamingLayer(DynamicLayer):
         self._refresh_views()
 
     def reset(self) -> None:
-        self._bufs, self._len, self.orig_keys = {}, 0, None
-        super().reset()
+        # self-contained: what DynamicLayer.reset does differs between transformers releases
+        self._bufs, self._len = {}, 0
+        self.keys = self.values = self.orig_keys = None
+        self.is_initialized = False
 
 
 class StreamingCache(Cache):
