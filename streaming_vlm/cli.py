@@ -54,10 +54,16 @@ def _data(sub) -> None:
     cli.add_parser(sub)
 
 
+def _train(sub) -> None:
+    from streaming_vlm.train import cli as train_cli
+
+    train_cli.add_parser(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="streaming-vlm", description="StreamingVLM: commentary on endless video.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (_infer, _tiny_model, _bench, _data):
+    for add in (_infer, _tiny_model, _bench, _data, _train):
         add(sub)
     return parser
 

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# SFT stage 2 (anneal the stage-1 model on the fg subset); hyper-parameters live in configs/sft_stage2.yaml.
+#   DATASET_PATH=/data/Inf-Stream-Train bash scripts/sft_stage_2.sh [--key value ...]   # e.g. --max_steps 10
+# Env (defaults): DATASET_PATH (data/Inf-Stream-Train), MODEL (checkpoints/sft_stage1, the stage-1 output),
+#   OUTPUT_DIR (checkpoints/sft_stage2), NPROC (number of GPUs, 1 without), WANDB_PROJECT.
+# Re-running resumes from the newest complete checkpoint in OUTPUT_DIR. W&B logs offline unless
+# WANDB_API_KEY is set in your environment (never write it here); WANDB_MODE overrides.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export DATASET_PATH="${DATASET_PATH:-data/Inf-Stream-Train}"
+export WANDB_PROJECT="${WANDB_PROJECT:-StreamingVLM_SFT_stage_2}"
+export TOKENIZERS_PARALLELISM=false
+export PYTORCH_CUDA_ALLOC_CONF="${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}"
+export TORCH_NCCL_HEARTBEAT_TIMEOUT_SEC="${TORCH_NCCL_HEARTBEAT_TIMEOUT_SEC:-1800}"
+MODEL="${MODEL:-checkpoints/sft_stage1}"
+OUTPUT_DIR="${OUTPUT_DIR:-checkpoints/sft_stage2}"
+NPROC="${NPROC:-$(python -c 'import torch; print(max(torch.cuda.device_count(), 1))')}"
+
+exec torchrun --standalone --nproc_per_node="$NPROC" -m streaming_vlm.train --config configs/sft_stage2.yaml \
+  --pretrained_model_name_or_path "$MODEL" --output_dir "$OUTPUT_DIR" "$@"

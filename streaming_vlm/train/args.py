@@ -1,0 +1,273 @@
+"""Training arguments: typed dataclasses, read from a YAML file with command-line overrides.
+
+Contract
+--------
+* :class:`ModelArguments` and :class:`DataArguments` hold what is ours; everything else is a standard
+  ``transformers.TrainingArguments`` field. Names follow the reference launch scripts
+  (``--pretrained_model_name_or_path``, ``--train_annotation_paths``, ``--eval_annotation_paths``,
+  ``--text_sink``, ``--text_sliding_window`` ...), so their command lines keep working.
+* :func:`parse_args` reads ``--config FILE.yaml`` (keys are argument names), turns it into argument strings
+  placed *before* the command-line ones, so the command line wins; ``null`` in the YAML sets a field to
+  ``None``. Unknown YAML keys raise :class:`ConfigError`; unknown command-line flags are an argparse error.
+* Machine-dependent flags are adapted, with a warning, so that GPU configs also run on a CPU-only machine
+  (tests, smoke runs): without CUDA, ``tf32`` is dropped, ``bf16`` falls back to float32, and a DeepSpeed run
+  sets ``use_cpu`` (so that accelerate builds a gloo process group).
+  ``--deepspeed none`` turns DeepSpeed off. ``overwrite_output_dir`` (gone from transformers 5) is accepted
+  and ignored: training resumes from the newest complete checkpoint in ``output_dir`` instead.
+  ``warmup_ratio`` becomes ``warmup_steps`` (a float below 1 is a ratio) where transformers dropped it.
+
+Nothing is parsed at import time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from streaming_vlm.data.sample import SampleConfig
+from streaming_vlm.layout import DEFAULT_QUERY
+
+__all__ = ["ConfigError", "DataArguments", "ModelArguments", "load_config", "parse_args"]
+
+logger = logging.getLogger(__name__)
+
+# Reference launch-line flags that transformers no longer has; accepted and ignored, with the reason.
+RETIRED_ARGUMENTS = {
+    "overwrite_output_dir": "removed in transformers 5; training resumes from the newest complete checkpoint "
+    "in output_dir (use a new output_dir to start over)",
+}
+
+# Reference flags that transformers renamed: old name -> new name. Translated only when the installed
+# TrainingArguments no longer has the old name.
+RENAMED_ARGUMENTS = {
+    "warmup_ratio": "warmup_steps",  # transformers 5 reads a float warmup_steps in [0, 1) as a ratio
+}
+
+_NONE_WORDS = ("", "none", "null")
+
+
+class ConfigError(ValueError):
+    """A configuration file or value that cannot be used; the message names the file or key."""
+
+
+@dataclass
+class ModelArguments:
+    pretrained_model_name_or_path: str = field(
+        metadata={"help": "Qwen2.5-VL checkpoint: hub id (Qwen/Qwen2.5-VL-7B-Instruct) or local directory."}
+    )
+    freeze_vision_tower: bool = field(
+        default=True, metadata={"help": "Freeze the vision tower (model.model.visual), as the reference does."}
+    )
+    train_merger: bool = field(
+        default=False,
+        metadata={"help": "Keep the vision tower's patch merger trainable when the tower is frozen."},
+    )
+    attn_implementation: str | None = field(
+        default=None,
+        metadata={"help": "sdpa, flash_attention_2 or eager; default: flash_attention_2 on CUDA when installed."},
+    )
+
+
+@dataclass
+class DataArguments:
+    train_annotation_paths: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Training JSONL files (relative to dataset_path); list a file twice to upsample it."},
+    )
+    eval_annotation_paths: list[str] | None = field(
+        default=None, metadata={"help": "Evaluation JSONL files (relative to dataset_path)."}
+    )
+    dataset_path: str | None = field(
+        default_factory=lambda: os.environ.get("DATASET_PATH"),
+        metadata={"help": "Root of relative annotation and video paths (default: $DATASET_PATH)."},
+    )
+    text_sink: int | None = field(
+        default=512, metadata={"help": "Previous-text tokens kept from the start (null: keep all)."}
+    )
+    text_sliding_window: int | None = field(
+        default=512, metadata={"help": "Previous-text tokens kept from the end (null: keep all)."}
+    )
+    fps: float = field(default=2.0, metadata={"help": "Frames per second sampled from the video."})
+    min_pixels: int = field(default=100 * 28 * 28, metadata={"help": "Per-frame minimum pixel count."})
+    max_pixels: int = field(default=768 * 28 * 28, metadata={"help": "Per-frame maximum pixel count."})
+    total_pixels: int = field(
+        default=24576 * 28 * 28, metadata={"help": "Pixel budget of a whole sample (long clips get fewer per frame)."}
+    )
+    max_frames: int = field(default=480, metadata={"help": "Frames per sample at most (480 = 4 min at 2 fps)."})
+    query: str = field(default=DEFAULT_QUERY, metadata={"help": "User query joined to the first chunk's turn."})
+    max_bad_sample_fraction: float = field(
+        default=0.05,
+        metadata={"help": "Stop when more than this fraction of samples cannot be built (checked after 20)."},
+    )
+
+    def __post_init__(self) -> None:
+        if isinstance(self.train_annotation_paths, str):
+            self.train_annotation_paths = [self.train_annotation_paths]
+        if isinstance(self.eval_annotation_paths, str):
+            self.eval_annotation_paths = [self.eval_annotation_paths]
+        if not self.train_annotation_paths:
+            raise ConfigError("train_annotation_paths is required: one or more annotation JSONL files")
+        for name in ("text_sink", "text_sliding_window"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ConfigError(f"{name} must be >= 0 or null, got {value}")
+        if self.fps <= 0:
+            raise ConfigError(f"fps must be > 0, got {self.fps}")
+        if not 0 < self.min_pixels <= self.max_pixels:
+            raise ConfigError(f"need 0 < min_pixels <= max_pixels, got {self.min_pixels} and {self.max_pixels}")
+        if not 0.0 <= self.max_bad_sample_fraction <= 1.0:
+            raise ConfigError(f"max_bad_sample_fraction must be in [0, 1], got {self.max_bad_sample_fraction}")
+
+    def sample_config(self) -> SampleConfig:
+        """The :class:`SampleConfig` these arguments describe."""
+        return SampleConfig(
+            text_sink=self.text_sink,
+            text_window=self.text_sliding_window,
+            fps=self.fps,
+            query=self.query,
+            min_pixels=self.min_pixels,
+            max_pixels=self.max_pixels,
+            total_pixels=self.total_pixels,
+            max_frames=self.max_frames,
+        )
+
+
+def _argument_parser():
+    from transformers import HfArgumentParser, TrainingArguments
+
+    return HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+
+
+def load_config(path: str | os.PathLike) -> dict[str, Any]:
+    """The mapping in a YAML config file (empty file: ``{}``); :class:`ConfigError` if unreadable."""
+    path = Path(path)
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc.strerror or exc})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML ({' '.join(str(exc).split())})") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping of argument names to values, got {type(values).__name__}")
+    return values
+
+
+def _as_argv(key: str, value: Any) -> list[str]:
+    """One YAML entry as command-line strings (``--key=value``, or ``--key v1 v2`` for lists)."""
+    if isinstance(value, bool):
+        return [f"--{key}={'true' if value else 'false'}"]
+    if isinstance(value, (list, tuple)):
+        return [f"--{key}", *(str(v) for v in value)] if value else []
+    if isinstance(value, dict):
+        return [f"--{key}={json.dumps(value)}"]
+    return [f"--{key}={value}"]
+
+
+def _renamed(old: str, value: Any, known: set[str], source: str) -> tuple[str, Any]:
+    """``(name, value)`` to use for a reference argument that transformers may have renamed."""
+    new = RENAMED_ARGUMENTS.get(old)
+    if new is None or old in known:
+        return old, value
+    if old == "warmup_ratio":
+        try:
+            ratio = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{source}: warmup_ratio must be a number, got {value!r}") from None
+        if not 0.0 <= ratio < 1.0:
+            raise ConfigError(f"{source}: warmup_ratio must be in [0, 1), got {ratio}")
+        return new, ratio
+    return new, value
+
+
+def _yaml_to_argv(values: dict[str, Any], known: set[str], source: str, parser) -> list[str]:
+    values = dict(_renamed(k, v, known, source) for k, v in values.items())
+    unknown = [k for k in values if k not in known and k not in RETIRED_ARGUMENTS]
+    if unknown:
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hints.append(f"{key} (did you mean {close[0]}?)" if close else str(key))
+        raise ConfigError(
+            f"{source}: unknown key(s): {', '.join(hints)}; keys must be ModelArguments, DataArguments or "
+            "TrainingArguments fields"
+        )
+    argv: list[str] = []
+    for key, value in values.items():
+        if key in RETIRED_ARGUMENTS:
+            logger.warning("%s: ignoring %s: %s", source, key, RETIRED_ARGUMENTS[key])
+        elif value is None:
+            parser.set_defaults(**{key: None})
+        else:
+            argv += _as_argv(key, value)
+    return argv
+
+
+def _adapt_to_machine(ns: argparse.Namespace) -> None:
+    import torch
+
+    if str(ns.deepspeed).strip().lower() in _NONE_WORDS or ns.deepspeed is None:
+        ns.deepspeed = None
+    if torch.cuda.is_available():
+        return
+    if ns.tf32:
+        logger.warning("tf32 needs a CUDA GPU; none here, so it is left off")
+        ns.tf32 = None
+    if ns.bf16 and not ns.use_cpu:
+        logger.warning("bf16 training needs a GPU here (or --use_cpu true); training in float32 instead")
+        ns.bf16 = False
+    if ns.deepspeed and not ns.use_cpu:
+        # accelerate sets up a (gloo) process group on a CPU-only machine only when told it is a CPU run
+        logger.info("DeepSpeed without CUDA: running on CPU with a gloo process group")
+        ns.use_cpu = True
+
+
+def parse_args(argv: Sequence[str] | None = None):
+    """``(ModelArguments, DataArguments, TrainingArguments)`` from ``--config FILE.yaml`` and the command line.
+
+    Command-line ``--key value`` pairs override the file. ``--help`` prints every argument and exits.
+    """
+    from transformers import TrainingArguments
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=None)
+    for name in RETIRED_ARGUMENTS:
+        pre.add_argument(f"--{name}", nargs="?", const="true", default=None)
+    known = {f.name for dtype in (ModelArguments, DataArguments, TrainingArguments) for f in dataclasses.fields(dtype)}
+    renamed = [old for old in RENAMED_ARGUMENTS if old not in known]
+    for name in renamed:
+        pre.add_argument(f"--{name}", default=None)
+    early, rest = pre.parse_known_args(argv)
+    for name, reason in RETIRED_ARGUMENTS.items():
+        if getattr(early, name) is not None:
+            logger.warning("ignoring --%s: %s", name, reason)
+    for old in renamed:
+        if getattr(early, old) is not None:
+            new, value = _renamed(old, getattr(early, old), known, f"--{old}")
+            rest.append(f"--{new}={value}")
+
+    parser = _argument_parser()
+    from_file = _yaml_to_argv(load_config(early.config), known, str(early.config), parser) if early.config else []
+    ns = parser.parse_args(from_file + rest)
+    _adapt_to_machine(ns)
+
+    values = vars(ns)
+    out = []
+    for dtype in (ModelArguments, DataArguments, TrainingArguments):
+        names = {f.name for f in dataclasses.fields(dtype) if f.init}
+        out.append(dtype(**{k: v for k, v in values.items() if k in names}))
+    model_args, data_args, training_args = out
+    return model_args, data_args, training_args

@@ -1,0 +1,307 @@
+"""Supervised fine-tuning of Qwen2.5-VL on streaming commentary: the Trainer subclass and the run around it.
+
+Contract
+--------
+* :class:`StreamingSFTTrainer` is ``transformers.Trainer`` with two differences:
+
+  - **Loss = token mean over the whole gradient-accumulation window**, across processes. Qwen2.5-VL sets
+    ``accepts_loss_kwargs = False``, so the stock Trainer never counts ``num_items_in_batch`` for it;
+    :meth:`~StreamingSFTTrainer.get_batch_samples` counts the supervised (shifted) label tokens of the window
+    itself (summed over ranks when ``average_tokens_across_devices``), and :meth:`~StreamingSFTTrainer.compute_loss`
+    returns ``sum of token cross-entropy in this micro-batch / tokens in the window``, times the world size
+    because DDP/DeepSpeed average gradients over ranks. Summed over the window this is exactly the mean over
+    its tokens, however they are split into micro-batches. Logits are computed only where the next token is
+    supervised (``logits_to_keep``), which saves the (L, vocab) tensor for vision and prompt tokens.
+  - ``supervised_tokens`` (tokens behind each training log entry, all ranks) is added to the training logs.
+
+* :func:`prepare_model` loads the model for training: dtype from ``bf16``/``fp16``, the vision tower frozen
+  (optionally keeping its merger trainable), ``use_cache`` off, non-reentrant activation checkpointing.
+* :func:`run_training` wires everything: W&B mode, Liger fallback, datasets (failures logged to
+  ``<output_dir>/bad_samples.jsonl`` and summarised at the end), auto-resume from the newest complete
+  checkpoint in ``output_dir`` unless ``resume_from_checkpoint`` names one (or is ``false``: start fresh),
+  training, final save (with the source's preprocessor configs).
+
+Nothing here runs at import time.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import re
+import shutil
+from collections.abc import MutableMapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers import Trainer
+
+from streaming_vlm.data.collator import StreamingCollator
+from streaming_vlm.data.dataset import BadSampleReport, StreamingSFTDataset
+from streaming_vlm.data.sample import IGNORE_INDEX, SampleBuilder
+from streaming_vlm.preprocess import VisionSpec
+
+__all__ = [
+    "StreamingSFTTrainer",
+    "build_trainer",
+    "configure_wandb",
+    "disable_unavailable_liger",
+    "find_resume_checkpoint",
+    "prepare_model",
+    "run_training",
+]
+
+logger = logging.getLogger(__name__)
+
+BAD_SAMPLES_FILE = "bad_samples.jsonl"
+_CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
+
+
+class StreamingSFTTrainer(Trainer):
+    """``Trainer`` with a token-mean loss over the accumulation window and supervised-token logging."""
+
+    # compute_loss already divides by the window's token count: the Trainer must not divide by the steps again
+    loss_is_scaled_for_ga = True
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._supervised_since_log = 0
+
+    def _window_token_count(self, batches: list[dict[str, Any]], device) -> torch.Tensor:
+        """Supervised prediction targets (labels shifted by one) in ``batches``, summed over ranks if asked."""
+        count = sum(int((b["labels"][..., 1:] != IGNORE_INDEX).sum()) for b in batches)
+        total = torch.tensor(count, dtype=torch.long, device=device)
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            total = self.accelerator.gather(total).sum()
+        return total
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if num_items is None and batches and "labels" in batches[0]:
+            num_items = self._window_token_count(batches, device)
+        if num_items is not None:
+            self._supervised_since_log += int(num_items)
+        return batches, num_items
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """Token cross-entropy summed over this micro-batch, divided by ``num_items_in_batch`` (the window's
+        supervised tokens) when given, else by this micro-batch's own count (evaluation)."""
+        inputs = dict(inputs)
+        labels = inputs.pop("labels")
+        inputs.pop("skip_logits", None)  # Trainer's Liger eval flag: we always need logits
+        targets = labels[:, 1:]  # targets[b, i] is predicted from position i
+        keep = (targets != IGNORE_INDEX).any(dim=0).nonzero().squeeze(-1)  # positions any row needs
+        outputs = model(**inputs, logits_to_keep=keep, use_cache=False)
+        logits = outputs.logits  # (B, len(keep), vocab)
+        wanted = targets[:, keep]
+        loss_sum = F.cross_entropy(
+            logits.float().reshape(-1, logits.shape[-1]), wanted.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+        )
+        if num_items_in_batch is None:
+            loss = loss_sum / (wanted != IGNORE_INDEX).sum().clamp(min=1)
+        else:
+            loss = loss_sum / num_items_in_batch
+            if self.args.average_tokens_across_devices and self.args.world_size > 1:
+                loss = loss * self.args.world_size  # ranks' gradients are averaged, not summed
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:  # a training log entry (evaluation entries carry eval_loss)
+            logs["supervised_tokens"] = self._supervised_since_log
+            self._supervised_since_log = 0
+        super().log(logs, start_time)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Setup helpers
+# ------------------------------------------------------------------------------------------------------------
+
+
+def configure_wandb(report_to, environ: MutableMapping[str, str] | None = None) -> str | None:
+    """When W&B is a log target: offline unless ``WANDB_API_KEY`` is set (an explicit ``WANDB_MODE`` wins).
+
+    Returns the W&B mode in effect, or ``None`` when W&B is not used.
+    """
+    environ = os.environ if environ is None else environ
+    targets = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    if "wandb" not in targets and "all" not in targets:
+        return None
+    if not environ.get("WANDB_MODE") and not environ.get("WANDB_API_KEY"):
+        environ["WANDB_MODE"] = "offline"
+        logger.info("WANDB_API_KEY is not set: W&B logs offline (wandb sync later, or set the key)")
+    return environ.get("WANDB_MODE", "online")
+
+
+def disable_unavailable_liger(training_args) -> bool:
+    """Turn ``use_liger_kernel`` off, with a warning, when it cannot run here; returns whether it stays on."""
+    if not training_args.use_liger_kernel:
+        return False
+    reason = None
+    if not torch.cuda.is_available():
+        reason = "no CUDA device"
+    elif importlib.util.find_spec("liger_kernel") is None:
+        reason = "liger_kernel is not installed"
+    else:
+        try:
+            from liger_kernel.transformers import apply_liger_kernel_to_qwen2_5_vl  # noqa: F401
+        except Exception as exc:  # any import failure of an optional kernel package just means "not here"
+            reason = f"its Qwen2.5-VL hook does not import ({type(exc).__name__}: {exc})"
+    if reason is None:
+        return True
+    logger.warning("use_liger_kernel requested but %s: training without Liger kernels", reason)
+    training_args.use_liger_kernel = False
+    return False
+
+
+def find_resume_checkpoint(output_dir: str | os.PathLike | None) -> str | None:
+    """The newest complete checkpoint in ``output_dir``: the highest ``checkpoint-N`` holding
+    ``trainer_state.json`` (written last by the Trainer, so a checkpoint cut short by a crash has none)."""
+    if not output_dir or not Path(output_dir).is_dir():
+        return None
+    found = []
+    for child in Path(output_dir).iterdir():
+        match = _CHECKPOINT_DIR.match(child.name)
+        if match and child.is_dir() and (child / "trainer_state.json").is_file():
+            found.append((int(match.group(1)), child))
+    return str(max(found)[1]) if found else None
+
+
+def attach_deepspeed_to_process_group(training_args) -> None:
+    """Let DeepSpeed's communication layer use the process group accelerate created.
+
+    On GPUs accelerate initialises distributed through DeepSpeed and this is a no-op. On a CPU-only machine it
+    creates a plain gloo group that DeepSpeed does not know about, so ZeRO-3's partitioned loading
+    (``zero.Init`` inside ``from_pretrained``) would see a world of one process and reject the batch sizes.
+    """
+    import torch.distributed as dist
+
+    if training_args.deepspeed and dist.is_available() and dist.is_initialized():
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend=dist.get_backend())
+
+
+def _compute_dtype(training_args) -> torch.dtype:
+    if training_args.bf16:
+        return torch.bfloat16
+    if training_args.fp16:
+        return torch.float16
+    return torch.float32
+
+
+def prepare_model(model_args, training_args):
+    """``(model, tokenizer)`` ready for training (see the module docstring)."""
+    from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+
+    from streaming_vlm.models import default_attn_implementation
+
+    path = model_args.pretrained_model_name_or_path
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    attn = model_args.attn_implementation or default_attn_implementation(device)
+    # Created after TrainingArguments, so under ZeRO-3 from_pretrained loads the weights already partitioned.
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+        path, dtype=_compute_dtype(training_args), attn_implementation=attn
+    )
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model.config.use_cache = False
+
+    if model_args.freeze_vision_tower:
+        visual = model.model.visual
+        visual.requires_grad_(False)
+        if model_args.train_merger:
+            visual.merger.requires_grad_(True)
+    elif model_args.train_merger:
+        logger.info("train_merger has no effect: the whole vision tower is trainable")
+
+    # Non-reentrant checkpointing works with a frozen input side (no enable_input_require_grads needed).
+    for name in ("activation_checkpointing_kwargs", "gradient_checkpointing_kwargs"):
+        if hasattr(training_args, name) and not getattr(training_args, name):
+            setattr(training_args, name, {"use_reentrant": False})
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    logger.info("model %s: %d of %d parameters trainable (%s)", path, trainable, total, model.dtype)
+    return model, tokenizer
+
+
+def _copy_preprocessor_files(source: str, output_dir: str) -> None:
+    """Keep the source checkpoint's preprocessor configs beside the saved model (a local directory, or a hub id
+    already in the local cache; nothing is downloaded)."""
+    for name in ("preprocessor_config.json", "video_preprocessor_config.json", "chat_template.json"):
+        src: Path | None = Path(source) / name
+        if not src.is_file():
+            src = None
+            if not Path(source).exists():
+                from huggingface_hub import try_to_load_from_cache
+
+                try:
+                    cached = try_to_load_from_cache(source, name)
+                except ValueError:  # not a valid repo id
+                    cached = None
+                src = Path(cached) if isinstance(cached, str) else None
+        if src is not None and not (Path(output_dir) / name).exists():
+            shutil.copyfile(src, Path(output_dir) / name)
+
+
+def build_trainer(model_args, data_args, training_args) -> StreamingSFTTrainer:
+    """Model, datasets, collator and callbacks assembled into a :class:`StreamingSFTTrainer`."""
+    if training_args.output_dir is None:
+        raise ValueError("output_dir is required")
+    evaluating = str(getattr(training_args.eval_strategy, "value", training_args.eval_strategy)) != "no"
+    if evaluating and not data_args.eval_annotation_paths:
+        raise ValueError(f"eval_strategy={training_args.eval_strategy} needs eval_annotation_paths")
+    configure_wandb(training_args.report_to)
+    disable_unavailable_liger(training_args)
+
+    attach_deepspeed_to_process_group(training_args)
+    model, tokenizer = prepare_model(model_args, training_args)
+    spec = VisionSpec.from_pretrained(model_args.pretrained_model_name_or_path)
+    builder = SampleBuilder(
+        tokenizer, spec, data_args.sample_config(), tokens_per_second=model.config.vision_config.tokens_per_second
+    )
+    failure_log = Path(training_args.output_dir) / BAD_SAMPLES_FILE
+
+    def dataset(paths, split):
+        return StreamingSFTDataset(
+            paths,
+            builder,
+            dataset_path=data_args.dataset_path,
+            failure_log=failure_log,
+            max_bad_sample_fraction=data_args.max_bad_sample_fraction,
+            split=split,
+        )
+
+    train_dataset = dataset(data_args.train_annotation_paths, "train")
+    eval_dataset = dataset(data_args.eval_annotation_paths, "eval") if data_args.eval_annotation_paths else None
+    return StreamingSFTTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=StreamingCollator(tokenizer.pad_token_id),
+        processing_class=tokenizer,
+        callbacks=[BadSampleReport(failure_log)],
+    )
+
+
+def run_training(model_args, data_args, training_args) -> dict[str, float]:
+    """Train (resuming when a complete checkpoint exists), save the final model; returns the train metrics."""
+    trainer = build_trainer(model_args, data_args, training_args)
+    resume = training_args.resume_from_checkpoint
+    if resume is not None and str(resume).strip().lower() in ("false", "no", "none"):
+        resume = None  # explicitly start from the pretrained weights, whatever is in output_dir
+    elif not resume:
+        resume = find_resume_checkpoint(training_args.output_dir)
+    if resume:
+        logger.info("resuming from %s", resume)
+    result = trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model()
+    trainer.save_state()
+    if trainer.is_world_process_zero():
+        _copy_preprocessor_files(model_args.pretrained_model_name_or_path, training_args.output_dir)
+    metrics = dict(result.metrics)
+    trainer.log_metrics("train", metrics)
+    trainer.save_metrics("train", metrics)
+    return metrics
