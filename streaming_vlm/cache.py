@@ -213,6 +213,19 @@ class StreamingCache(Cache):
             raise RuntimeError("a forward did not store the appended tokens in every layer")
         self._pending = None
 
+    def abort_forward(self) -> None:
+        """Undo the last ``append`` after a failed forward: layers that stored its tokens drop them."""
+        if self._pending is None:
+            return
+        meta, pos = self._parts.pop()
+        self._next_pos = int(pos[0, 0]) if len(meta) else self._next_pos
+        kept = self.num_tokens
+        for layer in self.layers:
+            if layer.is_initialized and layer._len > kept:
+                layer._len = kept
+                layer._refresh_views()
+        self._pending = None
+
     def relabel_tail(self, kinds: torch.Tensor) -> None:
         """Set the kinds of the last ``len(kinds)`` cached tokens (e.g. a generated `` ...`` marker)."""
         self._consolidate()

@@ -228,8 +228,10 @@ class StreamSession:
             else:
                 self.model.model(**kwargs)
                 out = None
-        finally:
-            self.cache.end_forward()
+        except BaseException:
+            self.cache.abort_forward()  # leave the cache as before this forward, then surface the real error
+            raise
+        self.cache.end_forward()
         return out
 
     def _decode(self, r: int, logits: torch.Tensor, all_logits: list) -> tuple[list[int], int]:

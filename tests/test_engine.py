@@ -175,3 +175,24 @@ def test_reference_positions_agree_with_rule(tiny):
     ref.end_forward()
     assert torch.equal(ref.positions, session.cache.positions)
     assert reference_positions(ref.tokens, 2.0)[-1] == tuple(session.cache.positions[:, -1].tolist())
+
+
+def test_failed_forward_surfaces_its_error_and_leaves_the_cache_as_before(tiny, monkeypatch):
+    session = _session(tiny)
+    session.step(random_frames(0), 0, 1, force_text="kick-off")
+    cache = session.cache
+    ids, pos, nxt = cache.meta.ids.clone(), cache.positions.clone(), cache.next_position
+    lengths = [layer.get_seq_length() for layer in cache.layers]
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("boom in layer 1")
+
+    # layer 0 stores the new tokens, layer 1 fails: the cache must drop the half-stored forward
+    monkeypatch.setattr(tiny.model.model.language_model.layers[1], "forward", boom)
+    with pytest.raises(RuntimeError, match="boom in layer 1"):
+        session.step(random_frames(1), 1, 2)
+    monkeypatch.undo()
+    assert torch.equal(cache.meta.ids, ids) and torch.equal(cache.positions, pos)
+    assert cache.next_position == nxt and [layer.get_seq_length() for layer in cache.layers] == lengths
+    session.step(random_frames(1), 1, 2, force_text="the stream goes on")  # and the session is still usable
+    assert session.round == 2
