@@ -274,7 +274,7 @@ def run(cfg: InferConfig, stream=None) -> Summary:
     from tqdm import tqdm
 
     from streaming_vlm.models import load_model, resolve_device, resolve_dtype
-    from streaming_vlm.outputs import JsonlWriter, VttWriter
+    from streaming_vlm.outputs import JsonlWriter, VttWriter, one_line
     from streaming_vlm.preprocess import VisionSpec
     from streaming_vlm.video import VideoReader
 
@@ -317,7 +317,8 @@ def run(cfg: InferConfig, stream=None) -> Summary:
                     summary.decode_s += res.decode_s
                     summary.peak_cache_tokens = max(summary.peak_cache_tokens, res.cache_tokens)
                     frames_per_s = len(chunk.frames) / res.latency_s if res.latency_s else 0.0
-                    bar.set_postfix_str(f"t={res.end:.0f}s fps={frames_per_s:.1f} | {res.text[-40:]}", refresh=False)
+                    bar.set_postfix_str(f"t={res.end:.0f}s fps={frames_per_s:.1f} | {one_line(res.text)[-40:]}",
+                                        refresh=False)
                     bar.update(1)
             except KeyboardInterrupt:
                 summary.interrupted = True

@@ -22,6 +22,11 @@ def vtt_timestamp(seconds: float) -> str:
     return f"{h:02d}:{m:02d}:{s:02d}.{ms:03d}"
 
 
+def one_line(text: str) -> str:
+    """Printable single-line text: control characters and runs of whitespace become one space."""
+    return " ".join("".join(c if c.isprintable() else " " for c in text).split())
+
+
 class _LineFile:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -54,8 +59,7 @@ class VttWriter(_LineFile):
 
     def write(self, start: float, end: float, text: str) -> None:
         self._cue += 1
-        # a cue payload may not contain a blank line or "-->"; commentary is one printable line
-        payload = " ".join("".join(c if c.isprintable() else " " for c in text).split()).replace("-->", "->")
+        payload = one_line(text).replace("-->", "->")  # a cue payload may hold no blank line and no "-->"
         self._write(f"{self._cue}\n{vtt_timestamp(start)} --> {vtt_timestamp(end)}\n{payload}\n\n")
 
 
