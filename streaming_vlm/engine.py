@@ -205,9 +205,7 @@ class StreamSession:
 
     def previous_text_meta(self, text: str) -> TokenMeta:
         """The previous-text turn for ``text``, cut to the policy's sink and window exactly as the cache keeps it."""
-        ids = torch.tensor(self.layout.encode(text), dtype=torch.long)
-        ids = ids[self.cache.policy.keep_previous(ids.numel())]
-        return self.layout.previous_text(ids.tolist())
+        return self.layout.previous_text(self.cache.policy.cut_previous(self.layout.encode(text)))
 
     # ---- internals ------------------------------------------------------------------------------------------
 

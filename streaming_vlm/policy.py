@@ -61,6 +61,10 @@ class CachePolicy:
             return torch.arange(n)
         return torch.cat([torch.arange(self.text_sink), torch.arange(n - self.text_window, n)])
 
+    def cut_previous(self, ids: list[int]) -> list[int]:
+        """Previous-text content ids as the cache keeps them (inference prefills and training samples use this)."""
+        return torch.tensor(ids, dtype=torch.long)[self.keep_previous(len(ids))].tolist()
+
     def plan(self, meta: TokenMeta, now: int) -> tuple[torch.Tensor, TokenMeta] | None:
         """The kept tokens before chunk ``now``: (order, new meta), or None when nothing changes.
 

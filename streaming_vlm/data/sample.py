@@ -141,8 +141,7 @@ class SampleBuilder:
 
     def previous_ids(self, text: str) -> list[int]:
         """Previous text ids cut to the first ``text_sink`` and last ``text_window`` tokens."""
-        ids = torch.tensor(self.layout.encode(text), dtype=torch.long)
-        return ids[self.policy.keep_previous(ids.numel())].tolist()
+        return self.policy.cut_previous(self.layout.encode(text))
 
     def tokens(self, record: StreamRecord, plans: list[ChunkPlan], grids: list[tuple[int, int, int]]
                ) -> tuple[TokenMeta, torch.Tensor]:
