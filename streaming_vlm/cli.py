@@ -60,10 +60,16 @@ def _train(sub) -> None:
     train_cli.add_parser(sub)
 
 
+def _eval(sub) -> None:
+    from streaming_vlm.eval import cli
+
+    cli.add_parser(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="streaming-vlm", description="StreamingVLM: commentary on endless video.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (_infer, _tiny_model, _bench, _data, _train):
+    for add in (_infer, _tiny_model, _bench, _data, _train, _eval):
         add(sub)
     return parser
 

@@ -1,0 +1,1 @@
+"""Evaluation: the benchmark runner and pairwise LLM judging."""

@@ -1,0 +1,23 @@
+"""``streaming-vlm eval BENCHMARK ...``: one subcommand per benchmark module, imported only when it runs."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+BENCHMARKS = {
+    "efficiency": "streaming_vlm.eval.efficiency",
+}
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("eval", help="evaluations: " + ", ".join(BENCHMARKS),
+                              description="Run an evaluation; `streaming-vlm eval BENCHMARK --help` for its options.")
+    p.add_argument("benchmark", choices=sorted(BENCHMARKS))
+    p.add_argument("args", nargs=argparse.REMAINDER, help="the benchmark's own options")
+
+    def run(args) -> int:
+        return importlib.import_module(BENCHMARKS[args.benchmark]).main(args.args)
+
+    p.set_defaults(run=run)
+    return p

@@ -1,0 +1,373 @@
+"""Pairwise LLM judging through an OpenAI-compatible chat API.
+
+A :class:`Judge` asks a chat model which of two commentaries is better, under a fixed :class:`Rubric`, with
+deterministic settings (temperature 0, a fixed seed, a short token budget). :meth:`Judge.compare` asks both
+answer orders, so a judge that always picks the first slot scores a tie, not a win. Replies are parsed
+strictly: only the rubric's exact verdict strings count; anything else is ``"invalid"`` and is counted and
+reported, never mapped to a side. API and connection errors are retried with capped exponential backoff a
+bounded number of times, then raise :class:`JudgeError`. Every completed reply is cached in a JSONL file keyed
+by a hash of (model, messages, settings), so a rerun of the same comparisons makes no API calls.
+
+The ``openai`` package (the ``eval`` extra) is imported only when a :class:`Judge` is built without a client.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+VERDICTS = ("A", "B")
+INVALID = "invalid"
+MAX_BACKOFF_S = 60.0
+
+
+class JudgeError(RuntimeError):
+    """The judge API could not be reached or kept failing after the allowed retries."""
+
+
+@dataclass(frozen=True)
+class JudgeConfig:
+    """How to reach the judge model and with which settings.
+
+    ``base_url`` None uses the client's default (``OPENAI_BASE_URL`` or api.openai.com). The key is read from
+    the environment variable named by ``api_key_env``; when it is unset the client gets ``"EMPTY"``, which is
+    what a local endpoint (vLLM, SGLang) expects. ``max_retries`` is the number of retries after the first
+    attempt; the wait before retry ``k`` (0-based) is ``min(backoff_s * 2**k, 60)`` seconds.
+    """
+
+    model: str = "gpt-4o-mini"
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    temperature: float = 0.0
+    seed: int | None = 42
+    max_tokens: int = 16
+    max_retries: int = 5
+    backoff_s: float = 1.0
+    timeout_s: float = 60.0
+    cache_path: str | None = None
+
+
+def _normalise(text: str) -> str:
+    """Whitespace collapsed, surrounding quotes/backticks and trailing periods removed, lower case."""
+    text = " ".join(text.split())
+    prev = None
+    while text != prev:
+        prev = text
+        text = text.strip().strip("\"'`").rstrip(".").strip()
+    return text.lower()
+
+
+@dataclass(frozen=True)
+class Rubric:
+    """A fixed judging rubric: the system prompt, the user prompt template and the exact verdict strings.
+
+    ``user_template`` is filled with ``str.format`` using ``reference``, ``a``, ``b`` and ``context``
+    (an unused placeholder is simply ignored).
+    """
+
+    name: str
+    system: str
+    user_template: str
+    verdict_a: str
+    verdict_b: str
+
+    def parse(self, reply: str | None) -> str:
+        """``"A"``, ``"B"`` or ``"invalid"``.
+
+        A clean verdict is the whole reply equal to ``verdict_a`` or ``verdict_b``, ignoring case, surrounding
+        whitespace and quotes, and a trailing period. Anything else (both verdicts, neither, extra prose, an
+        empty reply) is invalid.
+        """
+        if reply is None:
+            return INVALID
+        got = _normalise(reply)
+        if not got:
+            return INVALID
+        if got == _normalise(self.verdict_a):
+            return "A"
+        if got == _normalise(self.verdict_b):
+            return "B"
+        return INVALID
+
+    def messages(self, a: str, b: str, reference: str, context: str = "") -> list[dict[str, str]]:
+        """The chat messages asking to judge ``a`` (slot A) against ``b`` (slot B)."""
+        user = self.user_template.format(reference=reference, a=a, b=b, context=context or "(none)")
+        return [{"role": "system", "content": self.system}, {"role": "user", "content": user}]
+
+
+# Inf-Streams-Eval style: a strict single-letter A/B judge for live sports commentary.
+COMMENTARY_RUBRIC = Rubric(
+    name="commentary",
+    system=(
+        "You are a strict evaluator of live sports commentary. You are given a reference transcript of what "
+        "happened on screen and two candidate commentaries, A and B, for the same video segment. Decide which "
+        "candidate is better, applying these criteria in order; a later criterion only breaks a tie on the "
+        "earlier ones:\n"
+        "1. Consistency and accuracy: agreement with the on-screen information in the reference transcript "
+        "(players, teams, scores, actions, timing). Invented or contradicted facts weigh heavily against a "
+        "candidate.\n"
+        "2. Broadcast tone and pacing: sounds like a live broadcaster, follows the action as it happens, "
+        "neither silent through key moments nor rambling.\n"
+        "Ignore length except where it affects the criteria above. Do not favour a candidate for its position. "
+        "Answer with exactly one letter, A or B, and nothing else."
+    ),
+    user_template=(
+        "Earlier context:\n{context}\n\n"
+        "Reference transcript:\n{reference}\n\n"
+        "Commentary A:\n{a}\n\n"
+        "Commentary B:\n{b}\n\n"
+        "Which commentary is better? Answer with exactly one letter: A or B."
+    ),
+    verdict_a="A",
+    verdict_b="B",
+)
+
+# LiveSports-3K-CC style (LiveCC's protocol): alignment with the human commentary, semantics first, style second.
+LIVECC_RUBRIC = Rubric(
+    name="livecc",
+    system=(
+        "You are an expert judge of sports video commentary. You are given the human commentary for a video "
+        "segment and two machine commentaries, A and B. Decide which machine commentary is better aligned with "
+        "the human commentary. Judge semantic alignment first: the same events, entities and facts as the human "
+        "commentary, without contradictions or invented content. Only when the two are equally aligned in "
+        "meaning, judge stylistic alignment: tone, wording and pacing like the human commentator. Do not favour "
+        "a commentary for its position or its length. Answer with exactly one of these two sentences and nothing "
+        "else:\n"
+        "Commentary A is better aligned with the human commentary\n"
+        "Commentary B is better aligned with the human commentary"
+    ),
+    user_template=(
+        "Previous commentary:\n{context}\n\n"
+        "Human commentary:\n{reference}\n\n"
+        "Commentary A:\n{a}\n\n"
+        "Commentary B:\n{b}\n\n"
+        "Which commentary is better aligned with the human commentary?"
+    ),
+    verdict_a="Commentary A is better aligned with the human commentary",
+    verdict_b="Commentary B is better aligned with the human commentary",
+)
+
+
+@dataclass
+class PairVerdict:
+    """Verdicts for one pair (x, y) asked in both orders, both expressed so that ``"A"`` means x won.
+
+    ``first`` was asked with x in slot A and y in slot B; ``second`` with y in slot A and x in slot B, then
+    mapped back. Each is ``"A"``, ``"B"`` or ``"invalid"``.
+    """
+
+    first: str
+    second: str
+
+    @property
+    def wins_x(self) -> int:
+        return (self.first == "A") + (self.second == "A")
+
+    @property
+    def wins_y(self) -> int:
+        return (self.first == "B") + (self.second == "B")
+
+    @property
+    def invalid(self) -> int:
+        return (self.first == INVALID) + (self.second == INVALID)
+
+
+def _swap(verdict: str) -> str:
+    return {"A": "B", "B": "A"}.get(verdict, INVALID)
+
+
+@dataclass
+class _Cache:
+    """Append-only JSONL of ``{"key": ..., "reply": ...}``; a truncated last line is ignored."""
+
+    path: Path | None
+    entries: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.path is None or not self.path.exists():
+            return
+        with self.path.open(encoding="utf-8") as f:
+            for line in f:
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(rec, dict) and isinstance(rec.get("key"), str) and isinstance(rec.get("reply"), str):
+                    self.entries[rec["key"]] = rec["reply"]
+
+    def get(self, key: str) -> str | None:
+        return self.entries.get(key)
+
+    def put(self, key: str, reply: str) -> None:
+        self.entries[key] = reply
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps({"key": key, "reply": reply}, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def _retryable(exc: BaseException) -> bool:
+    """Connection errors, timeouts, rate limits and 408/409/5xx statuses; other 4xx errors fail at once."""
+    import openai
+
+    if isinstance(exc, (openai.APIConnectionError, openai.RateLimitError)):  # APITimeoutError is a connection error
+        return True
+    if isinstance(exc, openai.APIStatusError):
+        return exc.status_code in (408, 409) or exc.status_code >= 500
+    return isinstance(exc, openai.APIError)  # e.g. a malformed response body
+
+
+class Judge:
+    """Asks a chat model for pairwise verdicts under one rubric; see the module docstring.
+
+    ``client`` is any object with ``client.chat.completions.create(...)`` like ``openai.OpenAI``; when None an
+    ``openai.OpenAI`` is built from the config with the client's own retries disabled (retries happen here).
+    ``stats`` counts ``calls`` (requests sent, failed ones included), ``cache_hits``, ``retries`` and
+    ``invalid`` (unparseable verdicts seen by :meth:`compare`).
+    """
+
+    def __init__(
+        self, config: JudgeConfig, rubric: Rubric, client: Any = None, sleep: Callable[[float], None] = time.sleep
+    ) -> None:
+        self.config = config
+        self.rubric = rubric
+        if client is None:
+            import openai
+
+            client = openai.OpenAI(
+                base_url=config.base_url,
+                api_key=os.environ.get(config.api_key_env) or "EMPTY",
+                timeout=config.timeout_s,
+                max_retries=0,
+            )
+        self.client = client
+        self._sleep = sleep
+        self._cache = _Cache(Path(config.cache_path) if config.cache_path else None)
+        self.stats: dict[str, int] = {"calls": 0, "cache_hits": 0, "retries": 0, "invalid": 0}
+
+    def _settings(self) -> dict[str, Any]:
+        c = self.config
+        out: dict[str, Any] = {"temperature": c.temperature, "max_tokens": c.max_tokens}
+        if c.seed is not None:
+            out["seed"] = c.seed
+        return out
+
+    def cache_key(self, messages: list[dict[str, str]]) -> str:
+        """SHA-256 of the model, the messages and the sampling settings."""
+        blob = json.dumps(
+            {"model": self.config.model, "messages": messages, "settings": self._settings()},
+            sort_keys=True,
+            ensure_ascii=False,
+        )
+        return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+    def ask(self, messages: list[dict[str, str]]) -> str:
+        """The reply text of one deterministic chat completion (cached; retried with backoff)."""
+        key = self.cache_key(messages)
+        cached = self._cache.get(key)
+        if cached is not None:
+            self.stats["cache_hits"] += 1
+            return cached
+        attempts = self.config.max_retries + 1
+        for attempt in range(attempts):
+            self.stats["calls"] += 1
+            try:
+                resp = self.client.chat.completions.create(
+                    model=self.config.model, messages=messages, **self._settings()
+                )
+            except Exception as exc:
+                if not _retryable(exc):
+                    raise JudgeError(f"judge request failed: {type(exc).__name__}: {_one_line(exc)}") from exc
+                if attempt + 1 >= attempts:
+                    raise JudgeError(
+                        f"judge request failed after {attempts} attempts: {type(exc).__name__}: {_one_line(exc)}"
+                    ) from exc
+                wait = min(self.config.backoff_s * 2**attempt, MAX_BACKOFF_S)
+                log.warning(
+                    "judge request failed (%s); retry %d/%d in %.2fs",
+                    type(exc).__name__,
+                    attempt + 1,
+                    self.config.max_retries,
+                    wait,
+                )
+                self.stats["retries"] += 1
+                self._sleep(wait)
+                continue
+            reply = (resp.choices[0].message.content if resp.choices else None) or ""
+            self._cache.put(key, reply)
+            return reply
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def judge(self, a: str, b: str, reference: str, context: str = "") -> str:
+        """One verdict (``"A"``, ``"B"`` or ``"invalid"``) with ``a`` in slot A and ``b`` in slot B."""
+        verdict = self.rubric.parse(self.ask(self.rubric.messages(a, b, reference, context)))
+        if verdict == INVALID:
+            self.stats["invalid"] += 1
+        return verdict
+
+    def compare(self, x: str, y: str, reference: str, context: str = "") -> PairVerdict:
+        """Judge x against y in both orders; both verdicts are returned with ``"A"`` meaning x won."""
+        first = self.judge(x, y, reference, context)
+        second = _swap(self.judge(y, x, reference, context))
+        return PairVerdict(first=first, second=second)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300]
+
+
+def win_rate(verdicts: list[PairVerdict]) -> dict[str, Any]:
+    """Totals over pairs judged in both orders.
+
+    ``win_rate_x`` is x's share of the valid judgements (None when none is valid); ``win_rate_x_over_2n`` is
+    LiveCC's definition, x's wins over all ``2N`` judgements, invalid ones counting as non-wins.
+    """
+    wins_x = sum(v.wins_x for v in verdicts)
+    wins_y = sum(v.wins_y for v in verdicts)
+    invalid = sum(v.invalid for v in verdicts)
+    total = 2 * len(verdicts)
+    valid = wins_x + wins_y
+    return {
+        "wins_x": wins_x,
+        "wins_y": wins_y,
+        "invalid": invalid,
+        "judgements": total,
+        "win_rate_x": wins_x / valid if valid else None,
+        "win_rate_x_over_2n": wins_x / total if total else None,
+    }
+
+
+def bootstrap_ci(values: list[float], n: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of the mean of ``values`` (``n`` resamples, seeded)."""
+    if not values:
+        raise ValueError("bootstrap_ci needs at least one value")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    if n < 1:
+        raise ValueError(f"n must be positive, got {n}")
+    rng = random.Random(seed)
+    k = len(values)
+    means = sorted(sum(rng.choices(values, k=k)) / k for _ in range(n))
+    alpha = (1.0 - level) / 2.0
+    return _quantile(means, alpha), _quantile(means, 1.0 - alpha)
+
+
+def _quantile(sorted_values: list[float], q: float) -> float:
+    """Linear-interpolated quantile of already sorted values (numpy's default method)."""
+    pos = q * (len(sorted_values) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)

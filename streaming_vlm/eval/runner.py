@@ -1,0 +1,154 @@
+"""The evaluation runner, written once for every benchmark: rank sharding, resumable JSONL, aggregation.
+
+A benchmark hands the runner its items (each with a unique ``id``) and a function that turns one item into
+a JSON-serialisable record. Under ``torchrun`` each rank takes every ``world``-th item and appends its
+records to its own ``<name>.rank<r>.jsonl`` (flushed and fsynced per item), so a rerun skips what is done;
+rank 0 then merges all ranks' files into ``<name>.jsonl``. Without torchrun it is one process, rank 0.
+It knows nothing about models, prompts or scores.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size) from torchrun's environment; (0, 1) otherwise."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def shard(items: Sequence[Any], rank: int, world: int) -> list[Any]:
+    """Every ``world``-th item starting at ``rank``: disjoint, covering, balanced, order kept."""
+    if not 0 <= rank < world:
+        raise ValueError(f"rank {rank} is not in a world of {world}")
+    return list(items[rank::world])
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Records of a JSONL file; a truncated last line (an interrupted write) is ignored."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                log.warning("%s: ignoring an incomplete line", path)
+    return out
+
+
+def append_jsonl(path: str | Path, record: dict) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _drop_torn_tail(path: Path) -> None:
+    """Cut an incomplete last line (a write interrupted by a crash) so appends start on a fresh line."""
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with open(path, "r+b") as f:
+            f.truncate(data.rfind(b"\n") + 1)
+        log.warning("%s: dropped an incomplete last line", path)
+
+
+def _barrier(world: int) -> None:
+    """Wait for every rank (a torch.distributed barrier when running under torchrun)."""
+    if world <= 1:
+        return
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    dist.barrier()
+
+
+def run_items(
+    name: str,
+    items: Iterable[dict],
+    fn: Callable[[dict], dict],
+    out_dir: str | Path,
+    *,
+    progress: bool = True,
+) -> list[dict] | None:
+    """Evaluate ``items`` with ``fn`` (one record per item, carrying the item's ``id``), resumably.
+
+    Returns all records merged (on rank 0, in item order) or None on other ranks.
+    """
+    from tqdm import tqdm
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rank, world = rank_and_world()
+    items = list(items)
+    ids = [it["id"] for it in items]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"{name}: item ids are not unique")
+    mine = shard(items, rank, world)
+    part = out / f"{name}.rank{rank}.jsonl"
+    _drop_torn_tail(part)
+    done = {r["id"] for r in read_jsonl(part)}
+    todo = [it for it in mine if it["id"] not in done]
+    if done:
+        log.info("%s: rank %d resumes, %d of %d items already done", name, rank, len(mine) - len(todo), len(mine))
+    for item in tqdm(todo, desc=f"{name} (rank {rank})", disable=not progress or not todo):
+        t0 = time.perf_counter()
+        record = fn(item)
+        record.setdefault("id", item["id"])
+        record.setdefault("elapsed_s", round(time.perf_counter() - t0, 4))
+        append_jsonl(part, record)
+    _barrier(world)
+    if rank != 0:
+        return None
+    merged: dict[Any, dict] = {}
+    for r in range(world):
+        for rec in read_jsonl(out / f"{name}.rank{r}.jsonl"):
+            merged[rec["id"]] = rec
+    missing = [i for i in ids if i not in merged]
+    if missing:
+        raise RuntimeError(f"{name}: {len(missing)} items have no result (first: {missing[0]!r})")
+    records = [merged[i] for i in ids]
+    with open(out / f"{name}.jsonl", "w", encoding="utf-8") as f:
+        for rec in records:
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    return records
+
+
+def write_results(path: str | Path, results: dict) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return path
+
+
+def format_table(rows: Sequence[dict], columns: Sequence[str] | None = None) -> str:
+    """A plain-text table of ``rows`` (dicts), floats with 4 significant digits."""
+    if not rows:
+        return "(no rows)"
+    columns = list(columns or rows[0].keys())
+
+    def cell(v):
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    cells = [[cell(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join(lines)
