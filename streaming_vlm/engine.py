@@ -89,6 +89,16 @@ class ChunkResult:
     """The logits each token was selected from (only with ``StreamSession(..., keep_logits=True)``)."""
 
 
+@dataclass
+class ChoiceResult:
+    index: int
+    """Index of the chosen option."""
+    option: str
+    logprobs: list[float]
+    """Log-probability of each option's answer (option + newline), given the context."""
+    latency_s: float
+
+
 class StreamSession:
     """Streaming commentary for one stream.
 
@@ -144,38 +154,10 @@ class StreamSession:
         ``question`` is asked in this chunk's user turn.
         """
         t0 = time.perf_counter()
-        cfg = self.config
         r = self.round
-        pixels, grid = self.preprocessor(frames)
-        llm_grid = (int(grid[0, 0]), int(grid[0, 1]) // self.merge, int(grid[0, 2]) // self.merge)
-
-        fresh = r == 0 or (cfg.mode == "sliding" and start - self._context_start >= cfg.reset_every - 1e-9)
-        parts: list[TokenMeta] = []
-        pixel_list = [pixels]
-        grid_list = [grid]
-        if fresh:
-            self.cache.reset()
-            self._pixels.clear()
-            self._context_start = start
-            parts += [self.layout.system(), self.previous_text_meta(cfg.previous_text)]
-        elif cfg.mode == "recompute":
-            kept = self._kept_meta_for_recompute(r)
-            self.cache.reset()
-            parts.append(kept)
-            rounds = kept.round[(kept.kind == Kind.VISION)].unique().tolist()
-            pixel_list = [self._pixels[q][0] for q in rounds] + pixel_list
-            grid_list = [self._pixels[q][1] for q in rounds] + grid_list
-        else:
-            self.cache.apply_policy(r)
-        text = self.layout.user_text(cfg.query if fresh else None, question)
-        parts += [self.layout.user_turn(r, start, end, llm_grid, text), self.layout.assistant_head(r)]
-        prefill = TokenMeta.cat(parts)
-        if cfg.mode == "recompute":
-            self._pixels[r] = (pixels, grid)
-
+        prefill, pv, gv = self._prepare_chunk(frames, start, end, question)
         all_logits: list[torch.Tensor] = []
         decode_s = 0.0
-        pv, gv = torch.cat(pixel_list), torch.cat(grid_list)
         if force_text is not None:
             self._forward(prefill, pv, gv, logits=False)
             content = self.layout.assistant_content(force_text)
@@ -203,14 +185,76 @@ class StreamSession:
             logits=all_logits if self.keep_logits else None,
         )
 
+    def _prepare_chunk(self, frames, start: float, end: float, question: str | None):
+        """Apply the cache policy for the next chunk and build its prefill: (meta, pixels, grids)."""
+        cfg = self.config
+        r = self.round
+        pixels, grid = self.preprocessor(frames)
+        llm_grid = (int(grid[0, 0]), int(grid[0, 1]) // self.merge, int(grid[0, 2]) // self.merge)
+
+        fresh = r == 0 or (cfg.mode == "sliding" and start - self._context_start >= cfg.reset_every - 1e-9)
+        parts: list[TokenMeta] = []
+        pixel_list = [pixels]
+        grid_list = [grid]
+        if fresh:
+            self.cache.reset()
+            self._pixels.clear()
+            self._context_start = start
+            parts += [self.layout.system(), self.previous_text_meta(cfg.previous_text)]
+        elif cfg.mode == "recompute":
+            kept = self._kept_meta_for_recompute(r)
+            self.cache.reset()
+            parts.append(kept)
+            rounds = kept.round[(kept.kind == Kind.VISION)].unique().tolist()
+            pixel_list = [self._pixels[q][0] for q in rounds] + pixel_list
+            grid_list = [self._pixels[q][1] for q in rounds] + grid_list
+        else:
+            self.cache.apply_policy(r)
+        text = self.layout.user_text(cfg.query if fresh else None, question)
+        parts += [self.layout.user_turn(r, start, end, llm_grid, text), self.layout.assistant_head(r)]
+        if cfg.mode == "recompute":
+            self._pixels[r] = (pixels, grid)
+        return TokenMeta.cat(parts), torch.cat(pixel_list), torch.cat(grid_list)
+
+    @torch.inference_mode()
+    def choose(self, frames, start: float, end: float, question: str, options: list[str]) -> ChoiceResult:
+        """Feed one chunk with ``question`` and answer it by picking the most likely of ``options``.
+
+        Each option is scored as a whole sequence, ``option`` then a newline (how answers are laid out in
+        training), so options sharing a prefix ("1" and "10") are told apart. Scoring forwards are rolled
+        back; the chosen answer then closes the turn and the stream goes on.
+        """
+        if not options:
+            raise ValueError("choose() needs at least one option")
+        t0 = time.perf_counter()
+        r = self.round
+        prefill, pv, gv = self._prepare_chunk(frames, start, end, question)
+        first = torch.log_softmax(self._forward(prefill, pv, gv, logits=True).float(), dim=-1)
+        scores = []
+        for option in options:
+            ids = self.layout.encode(option + "\n")
+            lp = float(first[ids[0]])
+            if len(ids) > 1:
+                meta = TokenMeta.text(ids[:-1], Kind.ASSIST_TEXT, r)
+                logits = self._forward(meta, logits=True, all_positions=True, keep=False)
+                lp += float(torch.log_softmax(logits.float(), dim=-1).gather(1, torch.tensor(ids[1:])[:, None]).sum())
+            scores.append(lp)
+        best = max(range(len(options)), key=scores.__getitem__)
+        self._close_turn(r, self.layout.assistant_content(options[best] + "\n"), 0)
+        self.peak_cache_tokens = max(self.peak_cache_tokens, self.cache.num_tokens)
+        self.round += 1
+        return ChoiceResult(best, options[best], scores, time.perf_counter() - t0)
+
     def previous_text_meta(self, text: str) -> TokenMeta:
         """The previous-text turn for ``text``, cut to the policy's sink and window exactly as the cache keeps it."""
         return self.layout.previous_text(self.cache.policy.cut_previous(self.layout.encode(text)))
 
     # ---- internals ------------------------------------------------------------------------------------------
 
-    def _forward(self, meta: TokenMeta, pixels=None, grid=None, logits: bool = True) -> torch.Tensor | None:
-        """Forward ``meta``'s tokens through the model into the cache; logits of the last token if asked."""
+    def _forward(self, meta: TokenMeta, pixels=None, grid=None, logits: bool = True, all_positions: bool = False,
+                 keep: bool = True) -> torch.Tensor | None:
+        """Forward ``meta``'s tokens through the model into the cache; logits of the last token if asked (of
+        every token with ``all_positions``). ``keep=False`` rolls the cache back afterwards (scoring)."""
         position_ids = self.cache.append(meta).to(self.device)
         kwargs = dict(
             input_ids=meta.ids.to(self.device).unsqueeze(0),
@@ -222,14 +266,18 @@ class StreamSession:
             kwargs.update(pixel_values_videos=pixels, video_grid_thw=grid.to(self.device))
         try:
             if logits:
-                out = self.model(**kwargs, logits_to_keep=1).logits[0, -1]
+                out = self.model(**kwargs, logits_to_keep=0 if all_positions else 1).logits[0]
+                out = out if all_positions else out[-1]
             else:
                 self.model.model(**kwargs)
                 out = None
         except BaseException:
             self.cache.abort_forward()  # leave the cache as before this forward, then surface the real error
             raise
-        self.cache.end_forward()
+        if keep:
+            self.cache.end_forward()
+        else:
+            self.cache.abort_forward()
         return out
 
     def _decode(self, r: int, logits: torch.Tensor, all_logits: list) -> tuple[list[int], int]:

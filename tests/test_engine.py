@@ -196,3 +196,42 @@ def test_failed_forward_surfaces_its_error_and_leaves_the_cache_as_before(tiny, 
     assert cache.next_position == nxt and [layer.get_seq_length() for layer in cache.layers] == lengths
     session.step(random_frames(1), 1, 2, force_text="the stream goes on")  # and the session is still usable
     assert session.round == 2
+
+
+def test_choose_scores_whole_options_like_a_stock_forward(tiny):
+    """Options are scored as sequences (so "1" and "10" differ), scoring leaves no trace, the answer closes the turn."""
+    session = _session(tiny, mode="full")
+    twin = _session(tiny, mode="full")
+    pixels, grids = [], []
+    for k in range(3):
+        frames = random_frames(k)
+        pv, grid = session.preprocessor(frames)
+        pixels.append(pv)
+        grids.append(grid)
+        session.step(frames, k, k + 1, force_text="a pass")
+        twin.step(frames, k, k + 1, force_text="a pass")
+    frames = random_frames(3)
+    pv, grid = session.preprocessor(frames)
+    pixels.append(pv)
+    grids.append(grid)
+    options = ["1", "10", "red ball"]
+    result = session.choose(frames, 3, 4, "How many goals?", options)
+    twin.step(frames, 3, 4, force_text=options[result.index] + "\n", question="How many goals?")
+    assert torch.equal(session.cache.meta.ids, twin.cache.meta.ids)  # scoring forwards were rolled back
+    assert torch.equal(session.cache.positions, twin.cache.positions)
+
+    meta = session.cache.meta
+    head_end = int(torch.nonzero((meta.kind == Kind.ASSIST_HEAD) & (meta.round == 3)).max())
+    context = meta.ids[: head_end + 1]
+    model = tiny.model
+    for option, score in zip(options, result.logprobs, strict=True):
+        ids = torch.tensor(session.layout.encode(option + "\n"))
+        seq = torch.cat([context, ids]).unsqueeze(0)
+        mm = (seq == model.config.video_token_id).long() * 2
+        with torch.inference_mode():
+            logits = model(input_ids=seq, pixel_values_videos=torch.cat(pixels), video_grid_thw=torch.cat(grids),
+                           mm_token_type_ids=mm).logits[0].float()
+        lp = torch.log_softmax(logits[len(context) - 1 : -1], dim=-1).gather(1, ids[:, None]).sum()
+        assert abs(float(lp) - score) < 1e-4, (option, float(lp), score)
+    assert result.index == max(range(3), key=result.logprobs.__getitem__)
+    assert len(set(result.logprobs)) == 3  # "1" and "10" are told apart
