@@ -356,6 +356,13 @@ def write_figure(doc: dict[str, Any], path: str | os.PathLike[str]) -> Path:
         f"{meta['vision_tokens_per_chunk']} vision tokens/chunk, max {meta['max_new_tokens']} new tokens/chunk",
         fontsize=10,
     )
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path: str | os.PathLike[str]) -> Path:
+    """Write a matplotlib figure (creating folders) and close it."""
+    import matplotlib.pyplot as plt
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

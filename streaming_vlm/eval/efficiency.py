@@ -315,11 +315,7 @@ def write_figure(doc: dict[str, Any], path: str | os.PathLike[str]) -> Path:
         f"tokens/chunk, sliding reset every {meta['reset_every']:g} s",
         fontsize=10,
     )
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return bench.save_figure(fig, path)
 
 
 # ------------------------------------------------------------------------------------------------------------
