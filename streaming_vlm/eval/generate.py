@@ -1,0 +1,71 @@
+"""Streaming commentary over a span of a video, shared by every benchmark that generates text.
+
+``stream_span`` decodes ``[start, end)`` of a video chunk by chunk (one sequential pass) and feeds each chunk
+to a fresh :class:`~streaming_vlm.engine.StreamSession`, yielding the engine's ``ChunkResult`` per chunk.
+The benchmark decides the query, the previous text and the mode through ``StreamConfig``; this module knows
+nothing about datasets, prompts or scores.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from streaming_vlm.engine import ChunkResult, StreamConfig, StreamSession
+from streaming_vlm.models import LoadedModel
+from streaming_vlm.preprocess import VisionSpec
+
+
+@dataclass
+class EvalModel:
+    """A loaded checkpoint and the preprocessing geometry every benchmark uses with it."""
+
+    loaded: LoadedModel
+    spec: VisionSpec
+
+
+def load_eval_model(
+    model: str,
+    *,
+    device: str = "auto",
+    dtype: str = "auto",
+    min_pixels: int = 100 * 28 * 28,
+    max_pixels: int = 768 * 28 * 28,
+) -> EvalModel:
+    """Load ``model`` (hub id, directory or ``tiny``) once; raises ``ModelLoadError`` with a one-line message."""
+    from streaming_vlm.infer import resolve_model_path
+    from streaming_vlm.models import load_model
+
+    loaded = load_model(resolve_model_path(model), device=device, dtype=dtype)
+    spec = VisionSpec.from_pretrained(loaded.path, min_pixels=min_pixels, max_pixels=max_pixels)
+    return EvalModel(loaded, spec)
+
+
+def new_session(model: EvalModel, config: StreamConfig) -> StreamSession:
+    """A fresh stream (empty cache) for ``model`` under ``config``."""
+    return StreamSession(model.loaded.model, model.loaded.tokenizer, config, vision_spec=model.spec)
+
+
+def stream_span(
+    model: EvalModel,
+    video: str | os.PathLike[str],
+    config: StreamConfig,
+    *,
+    start: float = 0.0,
+    end: float | None = None,
+) -> Iterator[ChunkResult]:
+    """Commentary on ``[start, end)`` of ``video`` (to the video's end when ``end`` is None), chunk by chunk.
+
+    Raises ``VideoError`` for an unreadable video and ``ValueError`` when ``end <= start``.
+    """
+    from streaming_vlm.video import VideoReader
+
+    if end is not None and end <= start:
+        raise ValueError(f"span end {end:g} is not after its start {start:g}")
+    duration = None if end is None else end - start
+    session = new_session(model, config)
+    with VideoReader(video, fps=config.fps, chunk_seconds=config.chunk_seconds, start=start,
+                     duration=duration) as reader:
+        for chunk in reader.chunks():
+            yield session.step(chunk.frames, chunk.start, chunk.end)
