@@ -7,6 +7,11 @@ import importlib
 
 BENCHMARKS = {
     "efficiency": "streaming_vlm.eval.efficiency",
+    "ovobench": "streaming_vlm.eval.ovobench",
+    "vqa": "streaming_vlm.eval.vqa",
+    "inf-stream": "streaming_vlm.eval.inf_stream",
+    "livesports": "streaming_vlm.eval.livesports",
+    "synth": "streaming_vlm.eval.synth",
 }
 
 
