@@ -60,6 +60,12 @@ def _train(sub) -> None:
     train_cli.add_parser(sub)
 
 
+def _synth(sub) -> None:
+    from streaming_vlm.world import cli
+
+    cli.add_parser(sub)
+
+
 def _eval(sub) -> None:
     from streaming_vlm.eval import cli
 
@@ -69,7 +75,7 @@ def _eval(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="streaming-vlm", description="StreamingVLM: commentary on endless video.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (_infer, _tiny_model, _bench, _data, _train, _eval):
+    for add in (_infer, _tiny_model, _bench, _data, _train, _synth, _eval):
         add(sub)
     return parser
 

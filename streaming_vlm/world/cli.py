@@ -1,0 +1,69 @@
+"""``streaming-vlm synth``: write streams of the synthetic world (videos + annotations), or the demo's training set."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+
+
+def _positive(kind):
+    def parse(value: str):
+        try:
+            x = kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+        if not x > 0:
+            raise argparse.ArgumentTypeError(f"expected a number > 0, got {value!r}")
+        return x
+
+    return parse
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "synth", help="synthetic stream world: videos with word-timestamped commentary",
+        description="Write synthetic streams (mp4 + annotations in the SFT format) to OUT_DIR. With --seed, one "
+                    "stream; with --split, STREAMS streams from that split's fixed seeds (train, valid, test never "
+                    "overlap); with --training-set, the demo model's two SFT stages' window files.")
+    p.add_argument("out_dir", help="directory to write (created); use it as $DATASET_PATH")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--seed", type=int, help="write the one stream with this seed (annotation: stream.jsonl)")
+    which.add_argument("--split", choices=["train", "valid", "test"],
+                       help="write streams of this split (<split>.jsonl)")
+    which.add_argument("--training-set", action="store_true", help="write the demo model's SFT data")
+    p.add_argument("--streams", type=_positive(int), default=1, help="streams to write with --split (default 1)")
+    p.add_argument("--minutes", type=_positive(float), default=10.0, help="length of each stream (default 10)")
+    p.add_argument("--density", type=float, default=None, help="probability that a second shows an object (0.25)")
+    p.add_argument("--speed", type=float, default=None, help="object speed in pixels per second (12)")
+    p.add_argument("--whistle-rate", type=float, default=None, help="probability that a second is a whistle (1/60)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=main)
+    return p
+
+
+def main(args: argparse.Namespace) -> int:
+    from streaming_vlm.world import dataset
+    from streaming_vlm.world.script import WorldConfig
+
+    try:
+        changes = {k: v for k, v in (("density", args.density), ("speed", args.speed),
+                                     ("whistle_rate", args.whistle_rate)) if v is not None}
+        config = replace(WorldConfig(), **changes)
+        if args.training_set:
+            spec = replace(dataset.TrainingSetSpec(), minutes=args.minutes)
+            files = dataset.make_training_set(args.out_dir, spec, config, progress=not args.quiet)
+            print("wrote " + ", ".join(str(f) for f in files.values()))
+            return 0
+        if args.split:
+            specs = dataset.split_specs(args.split, args.streams, args.minutes, config)
+            path = dataset.write_streams(args.out_dir, specs, f"{args.split}.jsonl", progress=not args.quiet)
+        else:
+            seed = 0 if args.seed is None else args.seed
+            specs = [dataset.StreamSpec(seed, int(round(args.minutes * 60)), config, f"stream_{seed}")]
+            path = dataset.write_streams(args.out_dir, specs, "stream.jsonl", progress=not args.quiet)
+    except ValueError as exc:
+        print(f"streaming-vlm: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {len(specs)} stream(s) to {path}")
+    return 0

@@ -1,0 +1,63 @@
+"""The demo model's starting point: a tokenizer for the world's vocabulary and a small random Qwen2.5-VL.
+
+``build_demo_init(out_dir)`` writes a randomly initialised checkpoint (the Qwen2.5-VL classes, a byte-level BPE
+tokenizer with Qwen's special tokens whose vocabulary covers the world's commentary, the stream layout's
+strings and time stamps) plus ``streaming_vlm.json``, the stream settings the demo is trained and run with
+(small frames, short text windows). ``scripts/train_demo.sh`` trains it with the two SFT stages.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from streaming_vlm.layout import DEFAULT_QUERY, DEFAULT_SYSTEM_PROMPT, END_MARKER, PREVIOUS_TEXT_ROLE
+from streaming_vlm.models import STREAM_DEFAULTS_FILE, build_tiny_model, build_tiny_tokenizer
+from streaming_vlm.world.script import DEFAULT_WORLD, WorldConfig, corpus
+
+DEMO_TEXT: dict[str, Any] = {
+    "hidden_size": 192,
+    "intermediate_size": 512,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 6,
+    "num_key_value_heads": 2,
+}
+"""Text tower of the demo (head_dim 32); the vision tower is the tiny model's (2 blocks, width 64)."""
+
+DEMO_VOCAB = 640
+
+
+def demo_stream_defaults(config: WorldConfig = DEFAULT_WORLD) -> dict[str, Any]:
+    """Settings every run of the demo uses unless told otherwise (written to ``streaming_vlm.json``)."""
+    pixels = config.size * config.size
+    return {
+        "min_pixels": pixels,
+        "max_pixels": pixels,
+        "fps": 2.0,
+        "query": DEFAULT_QUERY,
+        "system_prompt": DEFAULT_SYSTEM_PROMPT,
+        "text_sink": 128,
+        "text_window": 128,
+        "max_new_tokens": 12,
+        "temperature": 0.0,
+    }
+
+
+def demo_corpus(config: WorldConfig = DEFAULT_WORLD) -> list[str]:
+    """What the demo tokenizer is trained on: each world sentence several times, layout strings, time stamps."""
+    lines = [DEFAULT_SYSTEM_PROMPT, DEFAULT_QUERY, PREVIOUS_TEXT_ROLE, "system", "user", "assistant", END_MARKER]
+    sentences = corpus(config)
+    lines += [" " + " ".join(sentences[i : i + 8]) for i in range(0, len(sentences), 8)] * 20
+    lines += [f"Time={t}.0-{t + 1}.0s" for t in range(0, 4000)]
+    return lines
+
+
+def build_demo_init(out_dir: str | os.PathLike[str], seed: int = 0, config: WorldConfig = DEFAULT_WORLD) -> Path:
+    """Write the untrained demo checkpoint to ``out_dir``; returns its path."""
+    tokenizer = build_tiny_tokenizer(demo_corpus(config), vocab_size=DEMO_VOCAB)
+    out = build_tiny_model(out_dir, seed=seed, tokenizer=tokenizer, **DEMO_TEXT)
+    (out / STREAM_DEFAULTS_FILE).write_text(json.dumps(demo_stream_defaults(config), indent=2) + "\n",
+                                            encoding="utf-8")
+    return out

@@ -1,0 +1,175 @@
+"""The synthetic stream world's script: what happens each second, what the commentator says, how to read it back.
+
+Every second of a stream either is quiet, shows one **object** (a red, blue, yellow or black ball or bar, moving)
+for exactly that second, or shows a **whistle** (the whole pitch flashes white). The commentator calls each
+object in the second it is on screen and then announces the running **count**: the number of objects since the
+last whistle (``red ball! count 5``); a whistle is called ``whistle! count 0``. The count is never drawn, so it
+can only be known from earlier commentary: the world's non-visible fact. Quiet seconds have no words (the
+stream's `` ...`` marker).
+
+The script is a pure function of ``(seed, WorldConfig)``, generated second by second, so a stream of any length
+costs constant memory. ``parse_commentary`` turns commentary text back into calls; it is the single definition
+of the world's grammar, used to score models.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from streaming_vlm.data.annotations import Word
+
+COLOURS = ("red", "blue", "yellow", "black")
+SHAPES = ("ball", "bar")
+WHISTLE = "whistle"
+QUERY = "Commentate on this match"
+"""The instruction the demo model is trained and run with (the engine's default query)."""
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    """How a stream looks and how busy it is. The defaults are the demo model's world."""
+
+    size: int = 56
+    """Frame width and height in pixels (a multiple of 28: 2x2 vision tokens per frame pair at 56)."""
+    fps: int = 8
+    """Video frame rate."""
+    density: float = 0.25
+    """Probability that a second shows an object."""
+    whistle_rate: float = 1 / 60
+    """Probability that a second is a whistle."""
+    max_count: int = 30
+    """A whistle always follows the object that brings the count to this."""
+    speed: float = 12.0
+    """Object speed in pixels per second."""
+
+    def __post_init__(self) -> None:
+        if self.size < 28 or self.size % 28:
+            raise ValueError(f"size must be a positive multiple of 28, got {self.size}")
+        if self.fps < 2:
+            raise ValueError(f"fps must be >= 2, got {self.fps}")
+        if not 0 <= self.density <= 1 or not 0 <= self.whistle_rate <= 1 or self.density + self.whistle_rate > 1:
+            raise ValueError("density and whistle_rate must be probabilities with a sum <= 1")
+        if not 1 <= self.max_count <= 99:
+            raise ValueError(f"max_count must be in 1..99, got {self.max_count}")
+        if not (math.isfinite(self.speed) and self.speed >= 0):
+            raise ValueError(f"speed must be >= 0, got {self.speed}")
+
+
+DEFAULT_WORLD = WorldConfig()
+
+
+@dataclass(frozen=True)
+class Event:
+    """One second with something on screen."""
+
+    second: int
+    kind: str
+    """``"object"`` or ``"whistle"``."""
+    count: int
+    """The count announced in this second (0 for a whistle)."""
+    colour: str = ""
+    shape: str = ""
+    x: float = 0.0
+    """Object centre at the start of the second, in pixels."""
+    y: float = 0.0
+    vx: float = 0.0
+    """Velocity in pixels per second."""
+    vy: float = 0.0
+
+    @property
+    def label(self) -> str:
+        """What a correct call names: ``"red ball"`` or ``"whistle"``."""
+        return WHISTLE if self.kind == WHISTLE else f"{self.colour} {self.shape}"
+
+    @property
+    def text(self) -> str:
+        return f"{self.label}! count {self.count}"
+
+
+def events(seed: int, seconds: int, config: WorldConfig = DEFAULT_WORLD) -> Iterator[Event]:
+    """The stream's events in time order, for seconds ``0 .. seconds-1`` (generated lazily)."""
+    rng = np.random.default_rng([seed, 0x5EED])
+    count, forced_whistle = 0, False
+    margin = config.size * 0.3
+    for second in range(seconds):
+        u = rng.random()
+        if forced_whistle or u < config.whistle_rate:
+            forced_whistle, count = False, 0
+            yield Event(second, WHISTLE, 0)
+        elif u < config.whistle_rate + config.density:
+            count += 1
+            forced_whistle = count >= config.max_count
+            angle = rng.uniform(0, 2 * math.pi)
+            yield Event(
+                second,
+                "object",
+                count,
+                colour=COLOURS[rng.integers(len(COLOURS))],
+                shape=SHAPES[rng.integers(len(SHAPES))],
+                x=float(rng.uniform(margin, config.size - margin)),
+                y=float(rng.uniform(margin, config.size - margin)),
+                vx=config.speed * math.cos(angle),
+                vy=config.speed * math.sin(angle),
+            )
+
+
+def words(event: Event) -> list[Word]:
+    """The commentary of ``event`` as timed words, all ending inside its second (so they belong to its chunk)."""
+    parts = event.text.split()
+    step = 0.8 / len(parts)
+    t0 = event.second + 0.1
+    return [Word(round(t0 + i * step, 3), round(t0 + (i + 1) * step, 3), w) for i, w in enumerate(parts)]
+
+
+def transcript(seed: int, seconds: int, config: WorldConfig = DEFAULT_WORLD) -> Iterator[Word]:
+    for event in events(seed, seconds, config):
+        yield from words(event)
+
+
+def corpus(config: WorldConfig = DEFAULT_WORLD) -> list[str]:
+    """Every sentence the commentator can say (for building the demo tokenizer's vocabulary)."""
+    lines = [f"{WHISTLE}! count 0"]
+    for n in range(1, config.max_count + 1):
+        lines += [f"{c} {s}! count {n}" for c in COLOURS for s in SHAPES]
+    return lines
+
+
+# ---- reading commentary back ---------------------------------------------------------------------------------
+
+_CALL = re.compile(
+    r"(?P<label>whistle|(?:" + "|".join(COLOURS) + r") (?:" + "|".join(SHAPES) + r"))!?(?: count (?P<count>\d+))?"
+)
+
+
+@dataclass(frozen=True)
+class Call:
+    """One call read from commentary: what was named, and the count announced with it (None if missing)."""
+
+    label: str
+    count: int | None
+
+
+@dataclass(frozen=True)
+class Reading:
+    calls: tuple[Call, ...]
+    garbled: bool
+    """Text that is not empty and not a sequence of well-formed calls."""
+
+
+def parse_commentary(text: str) -> Reading:
+    """Read one chunk's commentary. Calls are read wherever they are; anything else makes it garbled."""
+    text = " ".join(text.replace("...", " ").split()).lower()
+    calls, rest, pos = [], [], 0
+    for m in _CALL.finditer(text):
+        rest.append(text[pos : m.start()])
+        pos = m.end()
+        count = m.group("count")
+        calls.append(Call(m.group("label"), int(count) if count is not None else None))
+    rest.append(text[pos:])
+    leftover = "".join(rest).strip(" ,.!")
+    return Reading(tuple(calls), garbled=bool(leftover))

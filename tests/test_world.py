@@ -1,0 +1,149 @@
+"""The synthetic world: deterministic script, frames that show it, annotations the SFT validator accepts."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+
+from streaming_vlm.cli import main as cli_main
+from streaming_vlm.data.annotations import iter_records
+from streaming_vlm.data.validate import validate_file
+from streaming_vlm.video import VideoReader
+from streaming_vlm.world import dataset
+from streaming_vlm.world.render import FLASH, RGB, pitch
+from streaming_vlm.world.script import WHISTLE, WorldConfig, corpus, events, parse_commentary, words
+
+
+def test_script_is_deterministic_lazy_and_seed_dependent():
+    a = list(events(7, 600))
+    assert a == list(events(7, 600))
+    assert a != list(events(8, 600))
+    # lazily generated: the first events of a 30-year stream come at once, and are the same events
+    assert list(itertools.islice(events(7, 10**9), 20)) == a[:20]
+    # a prefix of a longer stream is the shorter stream
+    assert list(events(7, 300)) == [e for e in a if e.second < 300]
+
+
+def test_the_count_is_the_running_count_since_the_last_whistle():
+    cfg = WorldConfig(max_count=5, density=0.5)
+    count, seen = 0, 0
+    for e in events(3, 2000, cfg):
+        if e.kind == WHISTLE:
+            count = 0
+        else:
+            count += 1
+            seen += 1
+        assert e.count == count <= cfg.max_count
+    assert seen > 500
+
+
+def test_density_and_whistle_rate_are_what_the_config_says():
+    cfg = WorldConfig(density=0.3, whistle_rate=0.02, max_count=99)
+    ev = list(events(11, 20000, cfg))
+    objects = sum(e.kind == "object" for e in ev) / 20000
+    whistles = sum(e.kind == WHISTLE for e in ev) / 20000
+    assert abs(objects - 0.3) < 0.015 and abs(whistles - 0.02) < 0.005
+
+
+def test_words_belong_to_their_second_and_parse_back():
+    for e in events(5, 300):
+        ws = words(e)
+        assert all(e.second < w.start < w.end <= e.second + 1 for w in ws)
+        reading = parse_commentary(" " + " ".join(w.text for w in ws) + " ...")
+        assert reading.calls == (type(reading.calls[0])(e.label, e.count),) and not reading.garbled
+
+
+def test_grammar():
+    for line in corpus():
+        r = parse_commentary(line)
+        assert len(r.calls) == 1 and r.calls[0].count is not None and not r.garbled
+    r = parse_commentary(" red ball! blue bar! count 3")
+    assert [c.label for c in r.calls] == ["red ball", "blue bar"] and r.calls[0].count is None and not r.garbled
+    assert parse_commentary("red ball! count 4 what a goal").garbled
+    assert parse_commentary("green ball! count 1").garbled  # not a colour of this world
+    assert parse_commentary("  ...").calls == () and not parse_commentary(" ...").garbled
+
+
+def test_frames_show_the_script(tmp_path):
+    cfg = WorldConfig()
+    spec = dataset.StreamSpec(4, 40, cfg, "s")
+    rec = dataset.write_stream(tmp_path, spec)
+    by_second = {e.second: e for e in events(4, 40, cfg)}
+    assert any(e.kind == "object" for e in by_second.values())
+    empty = pitch(cfg.size).astype(int)
+    with VideoReader(tmp_path / spec.video) as reader:
+        assert reader.info.width == reader.info.height == cfg.size
+        for chunk in reader.chunks():
+            f = chunk.frames.astype(int)
+            e = by_second.get(chunk.index)
+            if e is None:  # quiet: the empty pitch up to compression noise
+                assert np.abs(f - empty).mean() < 6
+            elif e.kind == WHISTLE:
+                assert np.abs(f - np.array(FLASH)).mean() < 6
+            else:  # the object's colour covers a good part of the frame, in both frames of the second
+                near = (np.abs(f - np.array(RGB[e.colour])).sum(-1) < 80).sum(axis=(1, 2))
+                assert (near > 0.05 * cfg.size**2).all(), (chunk.index, e, near)
+    assert rec.video_end == 40.0 and rec.words == [w for e in events(4, 40, cfg) for w in words(e)]
+
+
+def test_rewriting_a_stream_gives_the_same_video_frames(tmp_path):
+    spec = dataset.StreamSpec(9, 6, WorldConfig(), "s")
+    dataset.write_stream(tmp_path / "a", spec)
+    dataset.write_stream(tmp_path / "b", spec)
+
+    def frames(root):
+        with VideoReader(root / spec.video) as r:
+            return np.concatenate([c.frames for c in r.chunks()])
+
+    assert np.array_equal(frames(tmp_path / "a"), frames(tmp_path / "b"))
+
+
+def test_splits_never_share_seeds():
+    seeds = {s: {dataset.split_seed(s, i) for i in (0, 1, 999_999)} for s in dataset.SPLIT_BASE}
+    assert not (seeds["train"] & seeds["valid"]) and not (seeds["valid"] & seeds["test"])
+    assert not (seeds["train"] & seeds["test"])
+    with pytest.raises(ValueError, match="unknown split"):
+        dataset.split_seed("dev", 0)
+
+
+def test_split_files_pass_the_sft_validator(tmp_path):
+    path = dataset.write_streams(tmp_path, dataset.split_specs("test", 2, 0.5), "test.jsonl", progress=False)
+    report = validate_file(path, dataset_path=tmp_path)
+    assert report.ok and report.records == 2, report.lines()
+    recs = [r for _, r in iter_records(path)]
+    assert [r.video for r in recs] == ["videos/test_2000000.mp4", "videos/test_2000001.mp4"]
+
+
+def test_training_set_windows(tmp_path):
+    spec = dataset.TrainingSetSpec(stage1_streams=2, stage2_streams=1, valid_streams=1, minutes=1.0)
+    files = dataset.make_training_set(tmp_path, spec, progress=False)
+    n = {}
+    for name, path in files.items():
+        report = validate_file(path, dataset_path=tmp_path)
+        assert report.ok, report.lines()
+        assert (tmp_path / f"{name}_windows_seeks.jsonl").is_file()
+        n[name] = report.records
+    assert n == {"stage1": 2 * 4, "stage2": 4, "valid": 4}  # 60-s streams: windows at 0, 12, 24, 36
+    # stage-1 streams vary around the default world; stage 2 is the default world on other seeds
+    worlds = json.loads((tmp_path / "stage1_streams_world.json").read_text())
+    assert len({w["config"]["density"] for w in worlds}) == 2
+    stage2 = json.loads((tmp_path / "stage2_streams_world.json").read_text())
+    assert stage2[0]["seed"] == 2 and stage2[0]["config"] == json.loads(json.dumps(WorldConfig().__dict__))
+    # a later window carries the earlier commentary as its previous text
+    later = [r for _, r in iter_records(files["stage2"]) if r.video_start == 36.0][0]
+    earlier = [e for e in events(2, 36) if e.second < 36]
+    if earlier:
+        assert later.previous.split()[-4:] == earlier[-1].text.split()
+
+
+def test_synth_cli(tmp_path, capsys):
+    assert cli_main(["synth", str(tmp_path / "one"), "--seed", "3", "--minutes", "0.2", "--quiet"]) == 0
+    assert (tmp_path / "one" / "videos" / "stream_3.mp4").is_file()
+    assert validate_file(tmp_path / "one" / "stream.jsonl", dataset_path=tmp_path / "one").ok
+    assert cli_main(["synth", str(tmp_path / "x"), "--density", "0.99", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["streaming-vlm: error: density and whistle_rate must be probabilities with a sum <= 1"]
+    assert not (tmp_path / "x" / "stream.jsonl").exists()
