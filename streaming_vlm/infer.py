@@ -13,7 +13,7 @@ import argparse
 import sys
 import time
 import warnings
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -23,7 +23,8 @@ from streaming_vlm.engine import MODES, StreamConfig, StreamSession
 from streaming_vlm.layout import DEFAULT_QUERY, DEFAULT_SYSTEM_PROMPT
 from streaming_vlm.sampling import SamplingConfig
 
-DEFAULT_MODEL = "mit-han-lab/StreamingVLM"
+DEFAULT_MODEL = "demo"
+"""The bundled demo checkpoint (trained on the synthetic world); real models are one ``--model`` away."""
 
 
 @dataclass
@@ -58,6 +59,8 @@ class InferConfig:
     device: str = "auto"
     dtype: str = "auto"
     quiet: bool = False
+    explicit: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
+    """Options the user set (YAML or flags); the others may come from the checkpoint's ``streaming_vlm.json``."""
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -127,7 +130,8 @@ def _window(value: str) -> int | None:
 
 _HELP = {
     "video": "video file to comment on, or 'demo' for the bundled 30-second synthetic clip",
-    "model": "hub id or local directory of a Qwen2.5-VL checkpoint; 'tiny' = a random tiny model (offline)",
+    "model": "hub id or local directory of a Qwen2.5-VL checkpoint; 'demo' = the bundled demo model, "
+             "'tiny' = a random tiny model (both offline)",
     "output": "WebVTT file to write (default: next to the video, <name>.vtt)",
     "jsonl": "also write one JSON object per chunk to this file",
     "mode": "streaming (StreamingVLM cache), full (no eviction), sliding (restart every --reset-every s), "
@@ -163,7 +167,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("video", nargs="?", help=_HELP["video"])
     parser.add_argument("--config", help="YAML file with option defaults (keys as in configs/infer.yaml)")
     for f in fields(InferConfig):
-        if f.name == "video":
+        if f.name in ("video", "explicit"):
             continue
         flag = "--" + f.name.replace("_", "-")
         # an option left off the command line is absent from the namespace: None from a window flag is 'unlimited'
@@ -195,12 +199,12 @@ def config_from_args(args: argparse.Namespace) -> InferConfig:
         values.update(loaded)
     given = vars(args)
     for f in fields(InferConfig):
-        if f.name in given and (given[f.name] is not None or f.name in _WINDOWS):
+        if f.name in given and f.name != "explicit" and (given[f.name] is not None or f.name in _WINDOWS):
             values[f.name] = given[f.name]
     if not values.get("video"):
         raise UsageError("no video given: streaming-vlm infer VIDEO [--model M]")
     try:
-        return InferConfig(**values)
+        return InferConfig(**values, explicit=frozenset(values))
     except (TypeError, ValueError) as exc:
         raise UsageError(str(exc)) from exc
 
@@ -254,10 +258,35 @@ def resolve_video_path(video: str) -> str:
     return str(DEMO_VIDEO) if video == "demo" and not Path(video).exists() else video
 
 
-def resolve_model_path(model: str) -> str:
-    from streaming_vlm.models import TINY_MODEL_ALIAS, ensure_tiny_model
+DEMO_MODEL = Path(__file__).parent / "assets" / "demo_model"
+DEMO_MODEL_ALIAS = "demo"
 
-    return str(ensure_tiny_model()) if model == TINY_MODEL_ALIAS else model
+
+def resolve_model_path(model: str) -> str:
+    """``tiny`` builds (once) and names the random tiny model; ``demo`` names the bundled demo checkpoint."""
+    from streaming_vlm.models import TINY_MODEL_ALIAS, ModelLoadError, ensure_tiny_model
+
+    if model == TINY_MODEL_ALIAS:
+        return str(ensure_tiny_model())
+    if model == DEMO_MODEL_ALIAS and not Path(model).exists():
+        if not (DEMO_MODEL / "model.safetensors").is_file():
+            raise ModelLoadError(f"the demo model is not in this install ({DEMO_MODEL}); "
+                                 "train it with SHIP=1 bash scripts/train_demo.sh, or pass --model")
+        return str(DEMO_MODEL)
+    return model
+
+
+def with_checkpoint_defaults(cfg: InferConfig, model_path: str) -> InferConfig:
+    """``cfg`` with every option the user did not set taken from the checkpoint's ``streaming_vlm.json``."""
+    from streaming_vlm.models import stream_defaults
+
+    if not Path(model_path).is_dir():
+        return cfg
+    chosen = {k: v for k, v in stream_defaults(model_path).items() if k not in cfg.explicit}
+    try:
+        return replace(cfg, **chosen) if chosen else cfg
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"{model_path}: bad stream defaults: {exc}") from None
 
 
 def _check_output(path: str) -> None:
@@ -288,15 +317,24 @@ def run(cfg: InferConfig, stream=None) -> Summary:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     video = resolve_video_path(cfg.video)
-    reader = VideoReader(video, fps=cfg.fps, chunk_seconds=cfg.chunk_seconds, start=cfg.start,
-                         duration=cfg.duration)  # validates the video before the model loads
+
+    def open_reader(c: InferConfig) -> VideoReader:
+        return VideoReader(video, fps=c.fps, chunk_seconds=c.chunk_seconds, start=c.start, duration=c.duration)
+
+    reader = open_reader(cfg)  # validates the video before any model is touched
+    model_path = resolve_model_path(cfg.model)
+    sampled = (cfg.fps, cfg.chunk_seconds)
+    cfg = with_checkpoint_defaults(cfg, model_path)
+    if (cfg.fps, cfg.chunk_seconds) != sampled:
+        reader.close()
+        reader = open_reader(cfg)
     with reader:
         vtt_path = cfg.output or (Path(video).stem + ".vtt" if video == str(DEMO_VIDEO) else
                                   str(Path(video).with_suffix(".vtt")))
         for path in (vtt_path, cfg.jsonl):
             if path:
                 _check_output(path)
-        loaded = load_model(resolve_model_path(cfg.model), device=cfg.device, dtype=cfg.dtype)
+        loaded = load_model(model_path, device=cfg.device, dtype=cfg.dtype)
         spec = VisionSpec.from_pretrained(loaded.path, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
         session = StreamSession(loaded.model, loaded.tokenizer, cfg.stream_config(loaded.generation_defaults),
                                 vision_spec=spec)

@@ -512,6 +512,31 @@ def _hub_offline() -> bool:
     )
 
 
+STREAM_DEFAULTS_FILE = "streaming_vlm.json"
+"""Optional file in a checkpoint directory: the stream settings (pixels, query, windows, sampling) it was trained
+for, used by ``infer`` and the evaluations for every option the user does not set."""
+
+STREAM_DEFAULT_KEYS = frozenset({
+    "min_pixels", "max_pixels", "fps", "query", "system_prompt", "vision_window", "text_rounds", "text_sink",
+    "text_window", "max_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty",
+})
+
+
+def stream_defaults(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The checkpoint's ``streaming_vlm.json`` (``{}`` when absent); ``ModelLoadError`` when it is malformed."""
+    file = Path(path) / STREAM_DEFAULTS_FILE
+    if not file.is_file():
+        return {}
+    try:
+        values = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{file}: cannot read: {_one_line(exc)}") from None
+    if not isinstance(values, dict) or set(values) - STREAM_DEFAULT_KEYS:
+        unknown = sorted(set(values) - STREAM_DEFAULT_KEYS) if isinstance(values, dict) else []
+        raise ModelLoadError(f"{file}: expected a mapping of stream options; unknown: {', '.join(unknown) or '-'}")
+    return values
+
+
 def _generation_defaults(source: str, is_local: bool, local_only: bool) -> dict[str, Any]:
     from transformers import GenerationConfig
 

@@ -42,6 +42,7 @@ from transformers import Trainer
 from streaming_vlm.data.collator import StreamingCollator
 from streaming_vlm.data.dataset import BadSampleReport, StreamingSFTDataset
 from streaming_vlm.data.sample import IGNORE_INDEX, SampleBuilder
+from streaming_vlm.models import STREAM_DEFAULTS_FILE
 from streaming_vlm.preprocess import VisionSpec
 
 __all__ = [
@@ -227,9 +228,10 @@ def prepare_model(model_args, training_args):
 
 
 def _copy_preprocessor_files(source: str, output_dir: str) -> None:
-    """Keep the source checkpoint's preprocessor configs beside the saved model (a local directory, or a hub id
-    already in the local cache; nothing is downloaded)."""
-    for name in ("preprocessor_config.json", "video_preprocessor_config.json", "chat_template.json"):
+    """Keep the source checkpoint's preprocessor configs and stream defaults beside the saved model (a local
+    directory, or a hub id already in the local cache; nothing is downloaded)."""
+    for name in ("preprocessor_config.json", "video_preprocessor_config.json", "chat_template.json",
+                 STREAM_DEFAULTS_FILE):
         src: Path | None = Path(source) / name
         if not src.is_file():
             src = None

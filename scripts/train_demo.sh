@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Train the demo model from scratch on the synthetic world (about 25 min on 2 CPU cores):
+#   bash scripts/train_demo.sh            # then: streaming-vlm infer demo --model checkpoints/demo_stage2
+# Env (defaults): DATA (data/world), CKPT (checkpoints), SHIP=1 copies the result into the package
+# (streaming_vlm/assets/demo_model, the default model of `streaming-vlm infer`).
+# Each step is skipped when its output exists; training resumes from its newest checkpoint.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DATA="${DATA:-data/world}"
+CKPT="${CKPT:-checkpoints}"
+export DATASET_PATH="$DATA"
+export TOKENIZERS_PARALLELISM=false
+PY="${PYTHON:-python}"
+
+[ -f "$DATA/stage2_windows_seeks.jsonl" ] || "$PY" -m streaming_vlm synth "$DATA" --training-set --minutes 6
+[ -f "$CKPT/demo_init/model.safetensors" ] || "$PY" -c \
+  "from streaming_vlm.world.demo import build_demo_init; build_demo_init('$CKPT/demo_init')"
+
+SECONDS=0
+"$PY" -m streaming_vlm.train --config configs/demo_stage1.yaml \
+  --pretrained_model_name_or_path "$CKPT/demo_init" --output_dir "$CKPT/demo_stage1" "$@"
+"$PY" -m streaming_vlm.train --config configs/demo_stage2.yaml \
+  --pretrained_model_name_or_path "$CKPT/demo_stage1" --output_dir "$CKPT/demo_stage2" "$@"
+echo "trained both stages in $((SECONDS / 60)) min $((SECONDS % 60)) s"
+
+if [ "${SHIP:-0}" = 1 ]; then
+  "$PY" -m streaming_vlm.world.ship "$CKPT/demo_stage2" streaming_vlm/assets/demo_model
+fi
