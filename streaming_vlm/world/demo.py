@@ -42,6 +42,7 @@ def demo_stream_defaults(config: WorldConfig = DEFAULT_WORLD) -> dict[str, Any]:
         "text_window": 128,
         "max_new_tokens": 12,
         "temperature": 0.0,
+        "repetition_penalty": 1.0,
     }
 
 
