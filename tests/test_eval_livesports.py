@@ -1,0 +1,363 @@
+"""LiveSports-3K-CC end to end: a tiny dataset in the real on-disk layout, the tiny model, a scripted local judge.
+
+The fixture is a copy of ``stdKonjac/LiveSports-3K`` in miniature: ``LiveSports-3K-CC.json`` with the real
+columns and ``videos/*.mp4`` generated here. The judge is ``tests/openai_stub.py``, scripted by which slot holds
+the baseline's caption, so the verdicts and therefore every count and the win rate are known by hand.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("openai")
+
+from streaming_vlm.eval import livesports  # noqa: E402
+from streaming_vlm.eval.judge import bootstrap_ci  # noqa: E402
+from streaming_vlm.synthetic import write_synthetic_video  # noqa: E402
+from tests.openai_stub import openai_stub  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+VERDICT_A = livesports.LIVESPORTS_RUBRIC.verdict_a
+VERDICT_B = livesports.LIVESPORTS_RUBRIC.verdict_b
+
+# (video_id, event_id, begin, end, title, preasr_text, human commentary, class, baseline caption or None)
+EVENTS = [
+    ("vidA_000001", 3, 0.5, 2.5, "Opening goal", "Kick-off in the rain.", "REF one: he shoots, he scores!", "Soccer",
+     "BASELINE strong: a shot and a goal."),
+    ("vidA_000001", 7, 2.0, 4.0, "Corner kick", "One nil.", "REF two: corner swung in.", "Soccer",
+     "BASELINE weak: people on grass."),
+    ("vidB_000002", 1, 0.0, 2.0, "", "", "REF three: tip-off.", "Basketball",
+     "BASELINE split: the game starts."),
+    ("vidB_000002", 2, 1.2, 3.2, "Fast break", "Tip-off won by the home side.", "REF four: dunk!", "Basketball",
+     "BASELINE garbage: slam dunk."),
+    ("vidB_000002", 4, 2.5, 4.0, "Timeout", "Dunk.", "REF five: timeout called.", "Basketball", None),
+]  # fmt: skip
+BASELINE = {f"{v}_{e}": cap for v, e, *_, cap in EVENTS if cap is not None}
+ROLE = {"strong": "baseline", "weak": "model", "split": "A", "garbage": "garbage"}
+VIDEO_SECONDS = {"vidA_000001": 5, "vidB_000002": 4}
+COMMON = ["--max-pixels", str(56 * 56), "--max-new-tokens", "3", "--device", "cpu", "--dtype", "fp32"]
+
+
+def _row(video_id, event_id, begin, end, title, preasr, reference, sport):
+    """One annotation row with every column of the real LiveSports-3K-CC.json (ASR fields are JSON strings)."""
+    return {
+        "video_id": video_id,
+        "url": f"https://www.youtube.com/watch?v={video_id}",
+        "event_id": event_id,
+        "begin": begin,
+        "end": end,
+        "event_type": 1,
+        "video": f"{video_id}.mp4",
+        "class": sport,
+        "event_title": title,
+        "event_asr": json.dumps([[begin, end, reference]]),
+        "event_asr_text": reference,
+        "preasr": json.dumps([[0.0, begin, preasr]] if preasr else []),
+        "preasr_text": preasr,
+    }
+
+
+ROWS = [_row(*ev[:8]) for ev in EVENTS]
+
+
+def _slots(messages):
+    """(Commentary A, Commentary B, Human Commentary) of a LiveCC judge prompt."""
+    text = messages[-1]["content"]
+
+    def block(name):
+        return text.split(f"---{name}---\n", 1)[1].split("\n----------\n", 1)[0]
+
+    return block("Commentary A"), block("Commentary B"), block("Human Commentary")
+
+
+def scripted_judge(messages, body):
+    """Prefers by which baseline caption is in the prompt; one garbage reply (see EVENTS)."""
+    a, b, _ = _slots(messages)
+    baseline_slot = "A" if a in BASELINE.values() else "B"
+    caption = a if baseline_slot == "A" else b
+    role = ROLE[caption.split()[1].rstrip(":")]
+    if role == "A":  # a position-biased judge: always slot A
+        return VERDICT_A
+    if role == "garbage":
+        return VERDICT_A if baseline_slot == "A" else "Both commentaries are equally good."
+    winner = baseline_slot if role == "baseline" else {"A": "B", "B": "A"}[baseline_slot]
+    return VERDICT_A if winner == "A" else VERDICT_B
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("LiveSports-3K")
+    for i, (video_id, seconds) in enumerate(VIDEO_SECONDS.items()):
+        write_synthetic_video(root / "videos" / f"{video_id}.mp4", seconds, fps=4, width=84, height=56, seed=i)
+    (root / "LiveSports-3K-CC.json").write_text(json.dumps(ROWS, indent=1))
+    baseline = root / "captions" / "GPT-4o.jsonl"
+    baseline.parent.mkdir()
+    with open(baseline, "w") as f:
+        for video_id, event_id, begin, end, *_, cap in EVENTS:
+            if cap is not None:
+                f.write(json.dumps({"video_id": video_id, "event_id": event_id, "begin": begin, "end": end,
+                                    "pred": cap}) + "\n")  # fmt: skip
+    return root, baseline
+
+
+def _run(argv, env_dir=None):
+    """main(argv) with $LIVESPORTS3K_PATH set to ``env_dir`` (or unset); returns (rc, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        if env_dir is None:
+            mp.delenv(livesports.ENV_VAR, raising=False)
+        else:
+            mp.setenv(livesports.ENV_VAR, str(env_dir))
+        mp.setenv("STUB_JUDGE_KEY", "sk-stub")
+        rc = livesports.main(argv)
+    return rc, out.getvalue(), err.getvalue()
+
+
+def _argv(out, baseline, url, *extra):
+    return [
+        "--model", "tiny-ckpt", "--output-dir", str(out), "--baseline", str(baseline),
+        "--judge-base-url", url, "--judge-model", "stub-judge", "--judge-api-key-env", "STUB_JUDGE_KEY", *COMMON,
+        *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, dataset, tiny_model_dir):
+    """One full run (generate + judge) with the dataset found through $LIVESPORTS3K_PATH."""
+    from streaming_vlm.eval import generate
+
+    root, baseline = dataset
+    out = tmp_path_factory.mktemp("results")
+    spans = []
+
+    def spy(model, video, config, *, start, end):  # records what each event's stream was given
+        spans.append((Path(video), config.query, config.previous_text, start, end))
+        return real_stream_span(model, video, config, start=start, end=end)
+
+    real_stream_span = generate.stream_span
+    with openai_stub(scripted_judge) as stub, pytest.MonkeyPatch.context() as mp:
+        mp.setattr(generate, "stream_span", spy)
+        argv = _argv(out, baseline, stub.base_url)
+        argv[argv.index("tiny-ckpt")] = str(tiny_model_dir)
+        rc, stdout, stderr = _run([*argv, "--model-name", "tiny"], env_dir=root)
+    assert rc == 0, stderr
+    return {"out": out, "requests": stub.requests, "stdout": stdout, "stderr": stderr, "argv": argv, "spans": spans}
+
+
+def _results(out):
+    return json.loads((out / "judges" / "GPT-4o_tiny.json").read_text())
+
+
+def test_win_rate_over_2n_and_counts_match_the_hand_computed_verdicts(run):
+    s = _results(run["out"])["summary"]
+    # Per event (model wins, baseline wins, invalid): strong (0,2,0), weak (2,0,0), split (1,1,0), garbage (0,1,1).
+    assert s["judged_events"] == 4 and s["judgements"] == 8
+    assert (s["model_wins"], s["baseline_wins"], s["invalid"]) == (3, 4, 1)
+    assert s["win_rate_over_2n"] == 3 / 8 and s["win_rate_over_2n_percent"] == 37.5
+    assert s["win_rate_valid"] == pytest.approx(3 / 7)
+    assert (s["model_wins_ab"], s["model_wins_ba"], s["baseline_wins_ab"], s["baseline_wins_ba"]) == (2, 1, 1, 3)
+    assert (s["ties"], s["pairs_model_both"], s["pairs_baseline_both"], s["pairs_with_invalid"]) == (1, 1, 1, 1)
+    lo, hi = bootstrap_ci([0.0, 1.0, 0.5, 0.0])
+    assert s["win_rate_over_2n_ci"] == [lo, hi] and lo <= 0.375 <= hi
+
+
+def test_invalid_and_unjudged_events_are_reported(run):
+    res = _results(run["out"])
+    assert res["unjudged"] == {"missing_model_pred": [], "missing_baseline_pred": ["vidB_000002_4"],
+                               "missing_reference": []}  # fmt: skip
+    assert res["invalid_examples"] == [
+        {"id": "vidB_000002_2", "order": "ab", "reply": "Both commentaries are equally good."}
+    ]
+    assert res["by_class"]["Soccer"] == {"judged_events": 2, "model_wins": 2, "invalid": 0, "win_rate_over_2n": 0.5}
+    assert res["by_class"]["Basketball"]["invalid"] == 1 and res["by_class"]["Basketball"]["model_wins"] == 1
+    verdicts = [json.loads(line) for line in (run["out"] / "judges" / "GPT-4o_tiny.jsonl").read_text().splitlines()]
+    assert [(v["id"], v["ab_winner"], v["ba_winner"]) for v in verdicts] == [
+        ("vidA_000001_3", "GPT-4o", "GPT-4o"),
+        ("vidA_000001_7", "tiny", "tiny"),
+        ("vidB_000002_1", "tiny", "GPT-4o"),
+        ("vidB_000002_2", "invalid", "GPT-4o"),
+    ]
+    assert "1 event(s) not judged" in run["stderr"]
+    table = run["stdout"].splitlines()
+    assert "win rate % (/2N)" in table[-3] and "37.5" in table[-1] and "2/1" in table[-1]
+
+
+def test_both_orders_are_asked_with_livecc_prompt_and_deterministic_settings(run):
+    preds = {f"{r['video_id']}_{r['event_id']}": r["pred"] for r in map(json.loads, _lines(run["out"] / "tiny.jsonl"))}
+    asked = []
+    for req in run["requests"]:
+        body = req["body"]
+        assert body["model"] == "stub-judge" and body["temperature"] == 0 and body["seed"] == 42
+        assert [m["role"] for m in body["messages"]] == ["user"]  # LiveCC sends one user turn
+        assert req["headers"]["authorization"] == "Bearer sk-stub"
+        a, b, ref = _slots(body["messages"])
+        model_first = b in BASELINE.values()
+        asked.append(("model first" if model_first else "baseline first", a if model_first else b, ref))
+    # 4 judged events x 2 orders, model in slot A first; nothing asked for the event without a baseline caption.
+    keys = ["vidA_000001_3", "vidA_000001_7", "vidB_000002_1", "vidB_000002_2"]
+    refs = {f"{v}_{e}": ref for v, e, _, _, _, _, ref, *_ in EVENTS}
+    assert asked == [(o, preds[k], refs[k]) for k in keys for o in ("model first", "baseline first")]
+    first = run["requests"][0]["body"]["messages"][0]["content"]
+    assert first == livesports.LIVESPORTS_RUBRIC.user_template.format(
+        a=preds["vidA_000001_3"], b=BASELINE["vidA_000001_3"], reference=refs["vidA_000001_3"]
+    )
+
+
+def _lines(path):
+    return path.read_text().splitlines()
+
+
+def test_each_event_streams_its_span_with_title_and_pre_event_speech(run, dataset):
+    root, _ = dataset
+    instruction = livesports.COMMENTATOR_INSTRUCTION
+    assert run["spans"] == [
+        (root / "videos" / "vidA_000001.mp4", instruction + 'This is a video titled "Opening goal".\n',
+         "Kick-off in the rain.", 0.5, 2.5),
+        (root / "videos" / "vidA_000001.mp4", instruction + 'This is a video titled "Corner kick".\n', "One nil.",
+         2.0, 4.0),
+        (root / "videos" / "vidB_000002.mp4", instruction, "", 0.0, 2.0),
+        (root / "videos" / "vidB_000002.mp4", instruction + 'This is a video titled "Fast break".\n',
+         "Tip-off won by the home side.", 1.2, 3.2),
+        (root / "videos" / "vidB_000002.mp4", instruction + 'This is a video titled "Timeout".\n', "Dunk.", 2.5,
+         4.0),
+    ]  # fmt: skip
+
+
+def test_predictions_file_is_livecc_format_and_equals_a_direct_stream(run, dataset, tiny_model_dir):
+    from streaming_vlm.eval.generate import load_eval_model, stream_span
+
+    root, _ = dataset
+    rows = [json.loads(line) for line in _lines(run["out"] / "tiny.jsonl")]
+    assert [list(r) for r in rows] == [["video_id", "event_id", "begin", "end", "pred"]] * len(EVENTS)
+    assert [(r["video_id"], r["event_id"], r["begin"], r["end"]) for r in rows] == [ev[:4] for ev in EVENTS]
+    records = [json.loads(line) for line in _lines(run["out"] / "generate" / "tiny.jsonl")]
+    assert [r["chunks"] for r in records] == [2, 2, 2, 2, 2]  # 1-s chunks over begin..end (the last may be partial)
+    # The same event streamed directly: LiveCC's instruction + title as the query, the pre-event speech as context.
+    model = load_eval_model(str(tiny_model_dir), device="cpu", dtype="fp32", min_pixels=56 * 56, max_pixels=56 * 56)
+    args = livesports.build_parser().parse_args(COMMON)
+    for ev, row in zip(livesports.load_events(root / "LiveSports-3K-CC.json"), rows, strict=True):
+        config = livesports.stream_config(ev, args)
+        assert config.previous_text == ev.preasr_text and config.sampling.temperature == 0.9
+        assert config.sampling.repetition_penalty == 1.05 and config.text_sink == config.text_window == 512
+        chunks = stream_span(model, root / "videos" / ev.video, config, start=ev.begin, end=ev.end)
+        assert row["pred"] == " ".join(c.text for c in chunks if c.text)
+    assert livesports.build_query("Opening goal") == (
+        livesports.COMMENTATOR_INSTRUCTION + 'This is a video titled "Opening goal".\n'
+    )
+    assert livesports.build_query("") == livesports.COMMENTATOR_INSTRUCTION
+
+
+def test_rerun_makes_no_api_call_and_no_generation(run, dataset, monkeypatch):
+    root, _ = dataset
+    before = _results(run["out"])
+    gen_lines = _lines(run["out"] / "generate" / "tiny.rank0.jsonl")
+
+    def no_model(*a, **k):
+        raise AssertionError("the model must not be loaded: every event is already generated")
+
+    monkeypatch.setattr("streaming_vlm.eval.generate.load_eval_model", no_model)
+    with openai_stub(lambda messages, body: "should never be asked") as stub:
+        argv = [*run["argv"], "--model-name", "tiny", "--judge-base-url", stub.base_url]
+        rc, _, stderr = _run(argv, env_dir=root)
+        assert rc == 0, stderr
+        rc, _, stderr = _run([*argv, "--phase", "judge"], env_dir=root)
+        assert rc == 0, stderr
+        assert stub.requests == []
+    after = _results(run["out"])
+    assert after["summary"] == before["summary"] and after["invalid_examples"] == before["invalid_examples"]
+    assert after["judge"]["requests"] == 0 and after["judge"]["cache_hits"] >= 8
+    assert _lines(run["out"] / "generate" / "tiny.rank0.jsonl") == gen_lines
+
+
+def test_missing_dataset_path_is_a_one_line_error(tmp_path):
+    rc, out, err = _run(["--model", "tiny", "--phase", "generate", "--output-dir", str(tmp_path)])
+    assert rc == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("streaming-vlm eval livesports: error:")
+    assert livesports.ENV_VAR in err and "--data-dir" in err
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("no_video", "video file(s) not found"),
+        ("no_baseline_flag", "needs --baseline"),
+        ("bad_baseline", "line 2 is not JSON"),
+        ("bad_annotations", "missing column(s) begin"),
+        ("changed_settings", "other settings (temperature)"),
+        ("no_data_dir", "dataset directory not found"),
+    ],
+)
+def test_bad_inputs_fail_before_any_work(case, message, dataset, tmp_path, run):
+    root, baseline = dataset
+    argv = ["--data-dir", str(root), "--model", "tiny", "--output-dir", str(tmp_path), "--baseline", str(baseline),
+            *COMMON]  # fmt: skip
+    if case == "no_video":
+        argv += ["--video-dir", str(tmp_path)]
+    elif case == "no_baseline_flag":
+        argv = argv[: argv.index("--baseline")] + argv[argv.index("--baseline") + 2 :]
+    elif case == "bad_baseline":
+        bad = tmp_path / "bad.jsonl"
+        bad.write_text(_lines(baseline)[0] + "\n{not json\n")
+        argv += ["--baseline", str(bad), "--phase", "judge", "--predictions", str(baseline), "--model-name", "x"]
+    elif case == "bad_annotations":
+        ann = tmp_path / "ann.json"
+        ann.write_text(json.dumps([{k: v for k, v in ROWS[0].items() if k != "begin"}]))
+        argv += ["--annotations", str(ann)]
+    elif case == "changed_settings":
+        argv = [*run["argv"], "--model-name", "tiny", "--temperature", "0.5"]
+    elif case == "no_data_dir":
+        argv[argv.index(str(root))] = str(tmp_path / "absent")
+    rc, _, err = _run(argv, env_dir=root)
+    assert rc == 2 and message in err and err.count("\n") == 1, err
+
+
+def test_annotations_in_every_real_layout_give_the_same_events(dataset, tmp_path):
+    root, _ = dataset
+    expected = livesports.load_events(livesports.find_annotations(root))
+    assert [e.key for e in expected] == [f"{v}_{e}" for v, e, *_ in EVENTS]
+    first = ("vidA_000001", 3, 0.5, 2.5, "vidA_000001.mp4", "Opening goal", "Kick-off in the rain.")
+    assert expected[0] == livesports.Event(*first, "REF one: he shoots, he scores!", "Soccer")
+    # The videos folder itself as the dataset path (the reference's LIVESPORTS3K_PATH) finds the annotations above.
+    assert livesports.find_annotations(root / "videos") == [root / "LiveSports-3K-CC.json"]
+    assert livesports.default_video_dir(root) == root / "videos"
+    assert livesports.default_video_dir(root / "videos") == root / "videos"
+    # JSON lines; pandas' default column-oriented JSON; event ids as strings or floats.
+    jsonl = tmp_path / "cc.jsonl"
+    jsonl.write_text("".join(json.dumps({**r, "event_id": str(r["event_id"])}) + "\n" for r in ROWS))
+    columns = tmp_path / "cc.json"
+    columns.write_text(json.dumps({k: {str(i): r[k] for i, r in enumerate(ROWS)} for k in ROWS[0]}))
+    assert livesports.load_events(jsonl) == expected
+    assert livesports.load_events(columns) == expected
+    # The Hub's parquet conversion: LiveSports_3K_CC/test/0000.parquet, with nulls for empty text.
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    shard = tmp_path / "hub" / "LiveSports_3K_CC" / "test" / "0000.parquet"
+    shard.parent.mkdir(parents=True)
+    rows = [{**r, "event_id": float(r["event_id"]), "preasr_text": r["preasr_text"] or None} for r in ROWS]
+    pq.write_table(pa.Table.from_pylist(rows), shard)
+    assert livesports.find_annotations(tmp_path / "hub") == [shard]
+    assert livesports.load_events([shard]) == expected
+
+
+def test_prediction_files_key_by_video_and_event(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text(
+        '{"video_id": "v", "event_id": 3, "begin": 0, "end": 1, "pred": "a"}\n'
+        '{"video_id": "v", "event_id": "4", "begin": 0, "end": 1, "pred": null}\n\n'
+        '{"video_id": "v", "event_id": 3.0, "begin": 0, "end": 1, "pred": "b"}\n'
+    )
+    assert livesports.read_predictions(path) == {"v_3": "b", "v_4": None}
+    assert livesports.join_chunks([" Goal!", "", "  ", "What a strike. "]) == "Goal! What a strike."
+
+
+def test_script_requires_the_dataset_path():
+    env = {"PATH": "/usr/bin:/bin"}
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "eval_LiveSports3k-cc.sh")], env=env,
+                          capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert proc.returncode == 2 and "LIVESPORTS3K_PATH" in proc.stderr
