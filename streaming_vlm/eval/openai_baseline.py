@@ -1,0 +1,254 @@
+"""Baseline commentary from an OpenAI-compatible vision chat model (e.g. GPT-4o-mini), one segment at a time.
+
+:class:`OpenAIBaseline` turns a :class:`Segment` (a video file and a time span) into commentary: it samples
+frames with our :class:`~streaming_vlm.video.VideoReader` at an explicit frame rate (``fps``: one frame at the
+centre of every ``1 / fps`` seconds, so a span of ``d`` seconds sends ``ceil(d * fps)`` frames), scales each to
+at most ``max_height`` pixels high, encodes it as a base64 JPEG ``image_url`` part and sends it with the same
+system prompt and instruction (``query``) our model gets. When a segment holds more than
+``max_frames_per_request`` frames it is split into consecutive windows of at most that many frames, one request
+each, asked in order; each later window is told the commentary of the earlier ones (its last
+``max_previous_chars`` characters), as our model remembers its own. Every window becomes one item ``{response,
+start_time, end_time, frames}``.
+
+Requests use deterministic settings by default (temperature 0, a fixed seed). Connection errors, timeouts, rate
+limits and 408/409/5xx answers are retried with capped exponential backoff a bounded number of times, then
+:class:`BaselineError` is raised; other errors raise at once. Resuming a run is the caller's business (the
+benchmarks hand segments to ``runner.run_items``). It knows nothing about benchmarks or scores; the ``openai``
+package (the ``eval`` extra) and Pillow are imported only when used.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from streaming_vlm.layout import DEFAULT_QUERY, DEFAULT_SYSTEM_PROMPT
+
+__all__ = ["BaselineConfig", "BaselineError", "OpenAIBaseline", "Segment"]
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF_S = 60.0
+
+
+class BaselineError(RuntimeError):
+    """The baseline API could not be reached or kept failing after the allowed retries (one line)."""
+
+
+@dataclass(frozen=True)
+class BaselineConfig:
+    """How to reach the baseline model, what it is shown and how it is asked.
+
+    ``system_prompt`` and ``query`` should be exactly what our model gets, so both sides follow the same
+    instruction. ``fps`` is the frame budget per second of video (the same as our model's by default).
+    The key is read from the environment variable named by ``api_key_env`` (``"EMPTY"`` when unset, what a
+    local vLLM/SGLang endpoint expects). The wait before retry ``k`` (0-based) is
+    ``min(backoff_s * 2**k, 60)`` seconds.
+    """
+
+    model: str = "gpt-4o-mini"
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    query: str = DEFAULT_QUERY
+    fps: float = 2.0
+    max_frames_per_request: int = 64
+    max_height: int = 360
+    jpeg_quality: int = 85
+    detail: str | None = None
+    """``image_url.detail`` ("low", "high", "auto"); None leaves it out (the server's default)."""
+    max_previous_chars: int = 4000
+    """Earlier commentary shown with a request is cut to its last this many characters."""
+    temperature: float = 0.0
+    seed: int | None = 42
+    max_tokens: int = 300
+    max_retries: int = 5
+    backoff_s: float = 1.0
+    timeout_s: float = 120.0
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.fps) and self.fps > 0):
+            raise ValueError(f"baseline fps must be a positive number, got {self.fps}")
+        if self.max_frames_per_request < 1:
+            raise ValueError(f"max_frames_per_request must be >= 1, got {self.max_frames_per_request}")
+        if self.max_height < 16:
+            raise ValueError(f"max_height must be >= 16 pixels, got {self.max_height}")
+        if not 1 <= self.jpeg_quality <= 95:
+            raise ValueError(f"jpeg_quality must be in 1..95, got {self.jpeg_quality}")
+        if self.detail not in (None, "low", "high", "auto"):
+            raise ValueError(f"detail must be low, high or auto, got {self.detail!r}")
+        if self.temperature < 0 or self.max_tokens < 1 or self.max_retries < 0 or self.max_previous_chars < 0:
+            raise ValueError("temperature must be >= 0, max_tokens >= 1, max_retries >= 0, max_previous_chars >= 0")
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A span ``[start, end)`` (seconds) of ``video`` to comment on, with optional earlier commentary."""
+
+    video: str
+    start: float
+    end: float
+    previous_text: str = ""
+
+    def __post_init__(self) -> None:
+        if not (self.start >= 0 and self.end > self.start):
+            raise ValueError(f"segment [{self.start:g}, {self.end:g}) of {self.video} is empty")
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300]
+
+
+def _retryable(exc: BaseException) -> bool:
+    """Connection errors, timeouts, rate limits and 408/409/5xx statuses; other 4xx errors fail at once."""
+    import openai
+
+    if isinstance(exc, (openai.APIConnectionError, openai.RateLimitError)):
+        return True
+    if isinstance(exc, openai.APIStatusError):
+        return exc.status_code in (408, 409) or exc.status_code >= 500
+    return isinstance(exc, openai.APIError)
+
+
+class OpenAIBaseline:
+    """Commentary for segments from a chat model; see the module docstring.
+
+    ``client`` is any object with ``client.chat.completions.create(...)`` like ``openai.OpenAI``; when None one
+    is built from the config with the client's own retries disabled (retries happen here). ``stats`` counts
+    ``requests`` (sent, failed ones included), ``retries`` and ``frames`` (images sent).
+    """
+
+    def __init__(
+        self, config: BaselineConfig, client: Any = None, sleep: Callable[[float], None] = time.sleep
+    ) -> None:
+        self.config = config
+        if client is None:
+            import openai
+
+            client = openai.OpenAI(
+                base_url=config.base_url,
+                api_key=os.environ.get(config.api_key_env) or "EMPTY",
+                timeout=config.timeout_s,
+                max_retries=0,
+            )
+        self.client = client
+        self._sleep = sleep
+        self.stats: dict[str, int] = {"requests": 0, "retries": 0, "frames": 0}
+
+    # -- frames ---------------------------------------------------------------------------------------------
+
+    def encode(self, frame: np.ndarray) -> str:
+        """A ``data:image/jpeg;base64,...`` URL of one RGB ``uint8 [H, W, 3]`` frame, at most ``max_height`` high."""
+        from PIL import Image
+
+        image = Image.fromarray(frame)
+        if image.height > self.config.max_height:
+            width = max(1, round(image.width * self.config.max_height / image.height))
+            image = image.resize((width, self.config.max_height), Image.Resampling.BICUBIC)
+        buf = io.BytesIO()
+        image.save(buf, format="JPEG", quality=self.config.jpeg_quality)
+        return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+    def frames(self, segment: Segment) -> tuple[list[tuple[float, str]], float]:
+        """(sample time, JPEG data URL) for every frame of the segment, in one decoding pass, and where the
+        segment really ends (earlier than ``segment.end`` when the video is shorter).
+
+        Raises ``VideoError`` for an unreadable video or a segment starting past its end.
+        """
+        from streaming_vlm.video import VideoReader
+
+        fps = self.config.fps
+        out = []
+        # One frame per 1/fps-second chunk, taken at the chunk's centre (the reader's sampling contract).
+        with VideoReader(segment.video, fps=fps, chunk_seconds=1.0 / fps, start=segment.start,
+                         duration=segment.end - segment.start) as reader:
+            for chunk in reader.chunks():
+                out.append((float(chunk.times[0]), self.encode(chunk.frames[0])))
+            end = float(reader.end)
+        return out, end
+
+    # -- requests -------------------------------------------------------------------------------------------
+
+    def messages(self, start: float, end: float, images: list[str], previous_text: str = "") -> list[dict]:
+        """System prompt, then one user turn: the instruction, earlier commentary, the span, the frames."""
+        c = self.config
+        text = c.query
+        if previous_text.strip():
+            text += f"\n\nYour commentary so far:\n{previous_text.strip()}"
+        text += (
+            f"\n\nVideo from {start:.1f} s to {end:.1f} s: {len(images)} frames sampled at {c.fps:g} frames per "
+            "second follow, in order."
+        )
+        image_url: list[dict] = []
+        for url in images:
+            part: dict[str, Any] = {"url": url}
+            if c.detail is not None:
+                part["detail"] = c.detail
+            image_url.append({"type": "image_url", "image_url": part})
+        return [
+            {"role": "system", "content": c.system_prompt},
+            {"role": "user", "content": [{"type": "text", "text": text}, *image_url]},
+        ]
+
+    def _settings(self) -> dict[str, Any]:
+        c = self.config
+        out: dict[str, Any] = {"temperature": c.temperature, "max_tokens": c.max_tokens}
+        if c.seed is not None:
+            out["seed"] = c.seed
+        return out
+
+    def complete(self, messages: list[dict]) -> str:
+        """The reply text of one chat completion, retried with capped exponential backoff."""
+        attempts = self.config.max_retries + 1
+        for attempt in range(attempts):
+            self.stats["requests"] += 1
+            try:
+                resp = self.client.chat.completions.create(
+                    model=self.config.model, messages=messages, **self._settings()
+                )
+            except Exception as exc:
+                if not _retryable(exc):
+                    raise BaselineError(f"baseline request failed: {type(exc).__name__}: {_one_line(exc)}") from exc
+                if attempt + 1 >= attempts:
+                    raise BaselineError(
+                        f"baseline request failed after {attempts} attempts: {type(exc).__name__}: {_one_line(exc)}"
+                    ) from exc
+                wait = min(self.config.backoff_s * 2**attempt, MAX_BACKOFF_S)
+                log.warning("baseline request failed (%s); retry %d/%d in %.2fs", type(exc).__name__,
+                            attempt + 1, self.config.max_retries, wait)
+                self.stats["retries"] += 1
+                self._sleep(wait)
+                continue
+            return ((resp.choices[0].message.content if resp.choices else None) or "").strip()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def describe(self, segment: Segment) -> list[dict[str, Any]]:
+        """One item ``{response, start_time, end_time, frames}`` per request window of the segment, in order."""
+        frames, segment_end = self.frames(segment)
+        step = self.config.max_frames_per_request
+        window_s = step / self.config.fps
+        items: list[dict[str, Any]] = []
+        for j in range(0, len(frames), step):
+            start = segment.start + (j // step) * window_s
+            end = min(start + window_s, segment_end)
+            images = [url for _, url in frames[j : j + step]]
+            previous = " ".join(t for t in [segment.previous_text, *(it["response"] for it in items)] if t.strip())
+            previous = previous[-self.config.max_previous_chars :] if self.config.max_previous_chars else ""
+            reply = self.complete(self.messages(start, end, images, previous))
+            self.stats["frames"] += len(images)
+            items.append({"response": reply, "start_time": round(start, 3), "end_time": round(end, 3),
+                          "frames": len(images)})
+        return items
+
+    def commentary(self, segment: Segment) -> str:
+        """The segment's commentary as one text (the windows' replies joined by spaces)."""
+        return " ".join(it["response"] for it in self.describe(segment) if it["response"])
