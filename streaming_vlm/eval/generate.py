@@ -33,11 +33,15 @@ def load_eval_model(
     min_pixels: int = 100 * 28 * 28,
     max_pixels: int = 768 * 28 * 28,
 ) -> EvalModel:
-    """Load ``model`` (hub id, directory or ``tiny``) once; raises ``ModelLoadError`` with a one-line message."""
+    """Load ``model`` (hub id, directory, ``demo`` or ``tiny``) once; raises ``ModelLoadError`` (one line).
+
+    Under torchrun, ``device="auto"`` is this rank's GPU (``cuda:$LOCAL_RANK``).
+    """
+    from streaming_vlm.eval.runner import rank_device
     from streaming_vlm.infer import resolve_model_path
     from streaming_vlm.models import load_model
 
-    loaded = load_model(resolve_model_path(model), device=device, dtype=dtype)
+    loaded = load_model(resolve_model_path(model), device=rank_device(device), dtype=dtype)
     spec = VisionSpec.from_pretrained(loaded.path, min_pixels=min_pixels, max_pixels=max_pixels)
     return EvalModel(loaded, spec)
 

@@ -459,15 +459,6 @@ def _finish_distributed() -> None:
             dist.destroy_process_group()
 
 
-def _device(device: str) -> str:
-    import torch
-
-    local = os.environ.get("LOCAL_RANK")
-    if device == "auto" and local is not None and torch.cuda.is_available():
-        return f"cuda:{int(local)}"
-    return device
-
-
 def _segments(transcripts: list[Transcript], start: float, duration: float | None,
               segment_seconds: float | None) -> tuple[list[dict], list[str]]:
     """Work items ``{id, video, chunk_start, span_end}`` and the videos whose transcript ends before ``start``."""
@@ -524,7 +515,7 @@ def run_generate(args) -> int:
     _check_run_config(out, settings)
     for key in too_short:
         log.warning("%s: the transcript ends before --start-offset %g s; skipped", key, args.start_offset)
-    model = load_eval_model(args.model, device=_device(args.device), dtype=args.dtype,
+    model = load_eval_model(args.model, device=args.device, dtype=args.dtype,
                             min_pixels=min(args.min_pixels, args.max_pixels), max_pixels=args.max_pixels)
     defaults = model.loaded.generation_defaults
     base = dataclasses.replace(base, sampling=dataclasses.replace(

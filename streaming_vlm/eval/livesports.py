@@ -374,15 +374,6 @@ def stream_config(event: Event, args: argparse.Namespace):
     )
 
 
-def _rank_device(device: str) -> str:
-    """Under torchrun, ``auto`` means this rank's GPU (``cuda:$LOCAL_RANK``)."""
-    import torch
-
-    if device == "auto" and "LOCAL_RANK" in os.environ and torch.cuda.is_available():
-        return f"cuda:{int(os.environ['LOCAL_RANK']) % torch.cuda.device_count()}"
-    return device
-
-
 def _generate(events: list[Event], video_dir: Path, args: argparse.Namespace, out: Path) -> list[dict] | None:
     """Phase ``generate``: per-event records (rank 0: all of them, merged; other ranks: None)."""
     from streaming_vlm.eval.generate import load_eval_model, stream_span
@@ -393,7 +384,7 @@ def _generate(events: list[Event], video_dir: Path, args: argparse.Namespace, ou
         nonlocal model
         if model is None:  # loaded only when something is left to generate
             model = load_eval_model(
-                args.model, device=_rank_device(args.device), dtype=args.dtype,
+                args.model, device=args.device, dtype=args.dtype,
                 min_pixels=min(100 * 28 * 28, args.max_pixels), max_pixels=args.max_pixels,
             )  # fmt: skip
         ev: Event = item["event"]

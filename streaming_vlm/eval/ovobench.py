@@ -770,16 +770,9 @@ def main(argv: list[str] | argparse.Namespace | None = None) -> int:
                 seed=args.seed,
                 sampling=SamplingConfig(max_new_tokens=max(1, args.commentary_tokens)),
             )
-        device = args.device
-        if device == "auto" and world > 1:
-            import torch
-
-            if torch.cuda.is_available():
-                device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"
-                torch.cuda.set_device(device)
         model = load_eval_model(
             args.model,
-            device=device,
+            device=args.device,
             dtype=args.dtype,
             min_pixels=min(args.min_pixels, args.max_pixels),
             max_pixels=args.max_pixels,

@@ -25,6 +25,20 @@ def rank_and_world() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
+def rank_device(device: str) -> str:
+    """Under torchrun, ``auto`` means this rank's own GPU (``cuda:$LOCAL_RANK``, made current); else unchanged."""
+    local = os.environ.get("LOCAL_RANK")
+    if device != "auto" or local is None:
+        return device
+    import torch
+
+    if not torch.cuda.is_available():
+        return device
+    name = f"cuda:{int(local) % torch.cuda.device_count()}"
+    torch.cuda.set_device(name)
+    return name
+
+
 def shard(items: Sequence[Any], rank: int, world: int) -> list[Any]:
     """Every ``world``-th item starting at ``rank``: disjoint, covering, balanced, order kept."""
     if not 0 <= rank < world:

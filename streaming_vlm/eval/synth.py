@@ -885,16 +885,6 @@ def _safe(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in Path(name).name or name) or "model"
 
 
-def _device(device: str) -> str:
-    local = os.environ.get("LOCAL_RANK")
-    if device == "auto" and local is not None:
-        import torch
-
-        if torch.cuda.is_available():
-            return f"cuda:{int(local)}"
-    return device
-
-
 def run(args: argparse.Namespace) -> int:
     from streaming_vlm.eval.generate import load_eval_model
     from streaming_vlm.eval.runner import format_table, rank_and_world, run_items, write_results
@@ -924,7 +914,7 @@ def run(args: argparse.Namespace) -> int:
             import torch
 
             torch.set_num_threads(args.threads)
-        loaded = load_eval_model(path, device=_device(args.device), dtype=args.dtype,
+        loaded = load_eval_model(path, device=args.device, dtype=args.dtype,
                                  min_pixels=min(settings["min_pixels"], settings["max_pixels"]),
                                  max_pixels=settings["max_pixels"])
         defaults = loaded.loaded.generation_defaults
