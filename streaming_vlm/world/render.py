@@ -22,22 +22,14 @@ RGB = {
     "black": (15, 15, 15),
 }
 PITCH = (40, 120, 50)
-STRIPE = (50, 135, 60)
 LINE = (225, 225, 225)
 FLASH = (250, 250, 250)
 
 
 def pitch(size: int) -> np.ndarray:
-    """The empty pitch: mown stripes, a halfway line and a centre circle."""
+    """The empty pitch: plain grass with a thin halfway line."""
     img = np.empty((size, size, 3), np.uint8)
     img[:] = PITCH
-    stripe = max(4, size // 7)
-    for x0 in range(0, size, 2 * stripe):
-        img[:, x0 : x0 + stripe] = STRIPE
-    yy, xx = np.mgrid[0:size, 0:size]
-    c = (size - 1) / 2
-    ring = np.abs(np.hypot(xx - c, yy - c) - size * 0.18) < 0.8
-    img[ring] = LINE
     img[:, size // 2 - 1 : size // 2 + 1] = LINE
     return img
 
@@ -45,9 +37,9 @@ def pitch(size: int) -> np.ndarray:
 def _shape_mask(shape: str, cx: float, cy: float, size: int) -> np.ndarray:
     yy, xx = np.mgrid[0:size, 0:size]
     if shape == "ball":
-        r = size * 0.17
+        r = size * 0.25
         return np.hypot(xx + 0.5 - cx, yy + 0.5 - cy) <= r
-    half_w, half_h = size * 0.32, size * 0.08  # a wide, flat bar
+    half_w, half_h = size * 0.38, size * 0.1  # a wide, flat bar
     return (np.abs(xx + 0.5 - cx) <= half_w) & (np.abs(yy + 0.5 - cy) <= half_h)
 
 
