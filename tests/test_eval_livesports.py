@@ -18,13 +18,13 @@ import pytest
 pytest.importorskip("openai")
 
 from streaming_vlm.eval import livesports  # noqa: E402
-from streaming_vlm.eval.judge import bootstrap_ci  # noqa: E402
+from streaming_vlm.eval.judge import LIVECC_RUBRIC, bootstrap_ci  # noqa: E402
 from streaming_vlm.synthetic import write_synthetic_video  # noqa: E402
 from tests.openai_stub import openai_stub  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-VERDICT_A = livesports.LIVESPORTS_RUBRIC.verdict_a
-VERDICT_B = livesports.LIVESPORTS_RUBRIC.verdict_b
+VERDICT_A = LIVECC_RUBRIC.verdict_a
+VERDICT_B = LIVECC_RUBRIC.verdict_b
 
 # (video_id, event_id, begin, end, title, preasr_text, human commentary, class, baseline caption or None)
 EVENTS = [
@@ -204,7 +204,7 @@ def test_both_orders_are_asked_with_livecc_prompt_and_deterministic_settings(run
     refs = {f"{v}_{e}": ref for v, e, _, _, _, _, ref, *_ in EVENTS}
     assert asked == [(o, preds[k], refs[k]) for k in keys for o in ("model first", "baseline first")]
     first = run["requests"][0]["body"]["messages"][0]["content"]
-    assert first == livesports.LIVESPORTS_RUBRIC.user_template.format(
+    assert first == LIVECC_RUBRIC.user_template.format(
         a=preds["vidA_000001_3"], b=BASELINE["vidA_000001_3"], reference=refs["vidA_000001_3"]
     )
 

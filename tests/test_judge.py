@@ -27,6 +27,10 @@ GOOD, BAD, REF = "GOOD: Messi scores from the edge of the box!", "Nothing much h
 def slots(messages):
     """The texts in slot A and slot B of a rubric's user message."""
     user = messages[-1]["content"]
+    if "---Commentary A---" in user:  # LiveCC's layout
+        a = user.split("---Commentary A---\n", 1)[1].split("\n----------", 1)[0]
+        b = user.split("---Commentary B---\n", 1)[1].split("\n----------", 1)[0]
+        return a, b
     a = user.split("Commentary A:\n", 1)[1].split("\n\nCommentary B:", 1)[0]
     b = user.split("Commentary B:\n", 1)[1].split("\n\n", 1)[0]
     return a, b
@@ -63,8 +67,18 @@ def test_both_orders_are_asked_and_mapped_back():
 
 def test_livecc_rubric_sentences_round_trip():
     with openai_stub(prefers_good(LIVECC_RUBRIC.verdict_a, LIVECC_RUBRIC.verdict_b + ".")) as stub:
-        v = make_judge(stub.base_url, rubric=LIVECC_RUBRIC).compare(BAD, GOOD, REF, context="kick-off")
+        v = make_judge(stub.base_url, rubric=LIVECC_RUBRIC).compare(BAD, GOOD, REF)
     assert (v.wins_x, v.wins_y, v.invalid) == (0, 2, 0)
+    # LiveCC's prompt is one user message: A, then B, then the human commentary
+    messages = stub.requests[0]["body"]["messages"]
+    assert [m["role"] for m in messages] == ["user"]
+    text = messages[0]["content"]
+    assert text.index(BAD) < text.index(GOOD) < text.index(REF)
+
+
+def test_context_reaches_the_commentary_rubric():
+    with openai_stub(prefers_good("A", "B")) as stub:
+        make_judge(stub.base_url, rubric=COMMENTARY_RUBRIC).compare(BAD, GOOD, REF, context="kick-off")
     assert "kick-off" in stub.requests[0]["body"]["messages"][-1]["content"]
 
 

@@ -100,9 +100,11 @@ class Rubric:
         return INVALID
 
     def messages(self, a: str, b: str, reference: str, context: str = "") -> list[dict[str, str]]:
-        """The chat messages asking to judge ``a`` (slot A) against ``b`` (slot B)."""
+        """The chat messages asking to judge ``a`` (slot A) against ``b`` (slot B); no system message when
+        ``system`` is empty."""
         user = self.user_template.format(reference=reference, a=a, b=b, context=context or "(none)")
-        return [{"role": "system", "content": self.system}, {"role": "user", "content": user}]
+        head = [{"role": "system", "content": self.system}] if self.system else []
+        return [*head, {"role": "user", "content": user}]
 
 
 # Inf-Streams-Eval style: a strict single-letter A/B judge for live sports commentary.
@@ -132,26 +134,26 @@ COMMENTARY_RUBRIC = Rubric(
     verdict_b="B",
 )
 
-# LiveSports-3K-CC style (LiveCC's protocol): alignment with the human commentary, semantics first, style second.
+# LiveCC's judge prompt (showlab/livecc evaluation/livesports3kcc/llm_judge.py), kept word for word and sent as one
+# user message, as LiveCC sends it, so that win rates are comparable with LiveCC's published ones: semantic
+# alignment with the human commentary first, style second; A and B, then the human commentary.
 LIVECC_RUBRIC = Rubric(
-    name="livecc",
-    system=(
-        "You are an expert judge of sports video commentary. You are given the human commentary for a video "
-        "segment and two machine commentaries, A and B. Decide which machine commentary is better aligned with "
-        "the human commentary. Judge semantic alignment first: the same events, entities and facts as the human "
-        "commentary, without contradictions or invented content. Only when the two are equally aligned in "
-        "meaning, judge stylistic alignment: tone, wording and pacing like the human commentator. Do not favour "
-        "a commentary for its position or its length. Answer with exactly one of these two sentences and nothing "
-        "else:\n"
-        "Commentary A is better aligned with the human commentary\n"
-        "Commentary B is better aligned with the human commentary"
-    ),
+    name="livecc-livesports3kcc",
+    system="",
     user_template=(
-        "Previous commentary:\n{context}\n\n"
-        "Human commentary:\n{reference}\n\n"
-        "Commentary A:\n{a}\n\n"
-        "Commentary B:\n{b}\n\n"
-        "Which commentary is better aligned with the human commentary?"
+        "You are an expert in video commentary. Your task is to review two commentaries (Commentary A and "
+        "Commentary B), and select the one that better aligns with the human commentary. You should consider the "
+        "criteria:\n"
+        "1. Semantic Alignment: The commentary should convey the same meaning, details, and key points as the human "
+        "commentary.\n"
+        "If the above criteria is not enough to judge, then consider:\n"
+        "2. Stylistic Consistency: The commentary should maintain a tone, word choice, and structure similar to the "
+        "human commentary.\n"
+        "\n---Commentary A---\n{a}\n----------\n"
+        "\n---Commentary B---\n{b}\n----------\n"
+        "\n---Human Commentary---\n{reference}\n----------\n"
+        '\nYour response should be "Commentary A is better aligned with the human commentary" or "Commentary B is '
+        'better aligned with the human commentary".\n'
     ),
     verdict_a="Commentary A is better aligned with the human commentary",
     verdict_b="Commentary B is better aligned with the human commentary",

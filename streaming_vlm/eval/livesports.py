@@ -21,7 +21,7 @@ only when an event is left to generate. Rank 0 writes ``{output_dir}/{model_name
 
 Judging (phase ``judge``, rank 0). LiveCC's protocol: the judge sees the two commentaries and the human
 commentary and names the one better aligned with it, semantic alignment first and style only if that does
-not decide (:data:`LIVESPORTS_RUBRIC`, LiveCC's prompt as a single user turn). Each event is asked in both
+not decide (:data:`LIVECC_RUBRIC`, LiveCC's prompt as a single user turn). Each event is asked in both
 orders (model in slot A, then the baseline in slot A). The headline is LiveCC's win rate over all 2N
 judgements; unlike LiveCC, a reply that is not exactly one of the two verdict sentences is counted as
 invalid and reported (LiveCC counted any reply containing "Commentary A" for A), and split pairs (each side
@@ -47,11 +47,11 @@ from typing import Any
 
 from streaming_vlm.eval.judge import (
     INVALID,
+    LIVECC_RUBRIC,
     Judge,
     JudgeConfig,
     JudgeError,
     PairVerdict,
-    Rubric,
     bootstrap_ci,
     win_rate,
 )
@@ -59,7 +59,6 @@ from streaming_vlm.eval.runner import format_table, rank_and_world, run_items, w
 
 __all__ = [
     "COMMENTATOR_INSTRUCTION",
-    "LIVESPORTS_RUBRIC",
     "DataError",
     "Event",
     "build_parser",
@@ -85,39 +84,6 @@ COMMENTATOR_INSTRUCTION = (
     "You are an expert video commentator providing real-time, insightful, and engaging commentary on visual content.\n"
 )
 LIVECC_JUDGE_MODEL = "gpt-4o-2024-08-06"
-
-
-@dataclass(frozen=True)
-class _SingleTurnRubric(Rubric):
-    """A rubric sent as one user message, as LiveCC sends its judge prompt (no system message)."""
-
-    def messages(self, a: str, b: str, reference: str, context: str = "") -> list[dict[str, str]]:
-        return [{"role": "user", "content": self.user_template.format(a=a, b=b, reference=reference)}]
-
-
-# LiveCC's judge prompt (showlab/livecc evaluation/livesports3kcc/llm_judge.py), kept word for word so that win
-# rates are comparable with LiveCC's published ones: A and B, then the human commentary, then the two verdicts.
-LIVESPORTS_RUBRIC = _SingleTurnRubric(
-    name="livecc-livesports3kcc",
-    system="",
-    user_template=(
-        "You are an expert in video commentary. Your task is to review two commentaries (Commentary A and "
-        "Commentary B), and select the one that better aligns with the human commentary. You should consider the "
-        "criteria:\n"
-        "1. Semantic Alignment: The commentary should convey the same meaning, details, and key points as the human "
-        "commentary.\n"
-        "If the above criteria is not enough to judge, then consider:\n"
-        "2. Stylistic Consistency: The commentary should maintain a tone, word choice, and structure similar to the "
-        "human commentary.\n"
-        "\n---Commentary A---\n{a}\n----------\n"
-        "\n---Commentary B---\n{b}\n----------\n"
-        "\n---Human Commentary---\n{reference}\n----------\n"
-        '\nYour response should be "Commentary A is better aligned with the human commentary" or "Commentary B is '
-        'better aligned with the human commentary".\n'
-    ),
-    verdict_a="Commentary A is better aligned with the human commentary",
-    verdict_b="Commentary B is better aligned with the human commentary",
-)
 
 
 class DataError(ValueError):
@@ -737,7 +703,7 @@ def _judge_phase(args: argparse.Namespace, events: list[Event], out: Path) -> in
             max_retries=args.judge_max_retries,
             cache_path=args.judge_cache or str(out / "judge_cache.jsonl"),
         ),
-        LIVESPORTS_RUBRIC,
+        LIVECC_RUBRIC,
     )
     outcome = judge_events(judge, events, model_preds, baseline_preds, args.model_name, args.baseline_name)
     stem = f"{args.baseline_name}_{args.model_name}"
