@@ -221,6 +221,34 @@ class _Cache:
             os.fsync(f.fileno())
 
 
+def chat_with_retries(client, model: str, messages: list[dict], settings: dict[str, Any], *, max_retries: int,
+                      backoff_s: float, sleep: Callable[[float], None], stats: dict[str, int], what: str,
+                      error: type[Exception], calls_key: str = "calls") -> str:
+    """The reply text of one chat completion; retryable failures are retried ``max_retries`` times after waits
+    of ``min(backoff_s * 2**k, 60)`` s, then (or at once for a non-retryable failure) ``error`` is raised with a
+    one-line message. ``stats[calls_key]`` and ``stats["retries"]`` count the attempts and retries."""
+    attempts = max_retries + 1
+    for attempt in range(attempts):
+        stats[calls_key] += 1
+        try:
+            resp = client.chat.completions.create(model=model, messages=messages, **settings)
+        except Exception as exc:
+            if not _retryable(exc):
+                raise error(f"{what} request failed: {type(exc).__name__}: {_one_line(exc)}") from exc
+            if attempt + 1 >= attempts:
+                raise error(
+                    f"{what} request failed after {attempts} attempts: {type(exc).__name__}: {_one_line(exc)}"
+                ) from exc
+            wait = min(backoff_s * 2**attempt, MAX_BACKOFF_S)
+            log.warning("%s request failed (%s); retry %d/%d in %.2fs", what, type(exc).__name__, attempt + 1,
+                        max_retries, wait)
+            stats["retries"] += 1
+            sleep(wait)
+            continue
+        return (resp.choices[0].message.content if resp.choices else None) or ""
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 def _retryable(exc: BaseException) -> bool:
     """Connection errors, timeouts, rate limits and 408/409/5xx statuses; other 4xx errors fail at once."""
     import openai
@@ -283,35 +311,12 @@ class Judge:
         if cached is not None:
             self.stats["cache_hits"] += 1
             return cached
-        attempts = self.config.max_retries + 1
-        for attempt in range(attempts):
-            self.stats["calls"] += 1
-            try:
-                resp = self.client.chat.completions.create(
-                    model=self.config.model, messages=messages, **self._settings()
-                )
-            except Exception as exc:
-                if not _retryable(exc):
-                    raise JudgeError(f"judge request failed: {type(exc).__name__}: {_one_line(exc)}") from exc
-                if attempt + 1 >= attempts:
-                    raise JudgeError(
-                        f"judge request failed after {attempts} attempts: {type(exc).__name__}: {_one_line(exc)}"
-                    ) from exc
-                wait = min(self.config.backoff_s * 2**attempt, MAX_BACKOFF_S)
-                log.warning(
-                    "judge request failed (%s); retry %d/%d in %.2fs",
-                    type(exc).__name__,
-                    attempt + 1,
-                    self.config.max_retries,
-                    wait,
-                )
-                self.stats["retries"] += 1
-                self._sleep(wait)
-                continue
-            reply = (resp.choices[0].message.content if resp.choices else None) or ""
-            self._cache.put(key, reply)
-            return reply
-        raise AssertionError("unreachable")  # pragma: no cover
+        reply = chat_with_retries(
+            self.client, self.config.model, messages, self._settings(), max_retries=self.config.max_retries,
+            backoff_s=self.config.backoff_s, sleep=self._sleep, stats=self.stats, what="judge", error=JudgeError,
+        )
+        self._cache.put(key, reply)
+        return reply
 
     def judge(self, a: str, b: str, reference: str, context: str = "") -> str:
         """One verdict (``"A"``, ``"B"`` or ``"invalid"``) with ``a`` in slot A and ``b`` in slot B."""

@@ -31,13 +31,12 @@ from typing import Any
 
 import numpy as np
 
+from streaming_vlm.eval.judge import chat_with_retries
 from streaming_vlm.layout import DEFAULT_QUERY, DEFAULT_SYSTEM_PROMPT
 
 __all__ = ["BaselineConfig", "BaselineError", "OpenAIBaseline", "Segment"]
 
 log = logging.getLogger(__name__)
-
-MAX_BACKOFF_S = 60.0
 
 
 class BaselineError(RuntimeError):
@@ -102,21 +101,6 @@ class Segment:
     def __post_init__(self) -> None:
         if not (self.start >= 0 and self.end > self.start):
             raise ValueError(f"segment [{self.start:g}, {self.end:g}) of {self.video} is empty")
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:300]
-
-
-def _retryable(exc: BaseException) -> bool:
-    """Connection errors, timeouts, rate limits and 408/409/5xx statuses; other 4xx errors fail at once."""
-    import openai
-
-    if isinstance(exc, (openai.APIConnectionError, openai.RateLimitError)):
-        return True
-    if isinstance(exc, openai.APIStatusError):
-        return exc.status_code in (408, 409) or exc.status_code >= 500
-    return isinstance(exc, openai.APIError)
 
 
 class OpenAIBaseline:
@@ -208,28 +192,11 @@ class OpenAIBaseline:
 
     def complete(self, messages: list[dict]) -> str:
         """The reply text of one chat completion, retried with capped exponential backoff."""
-        attempts = self.config.max_retries + 1
-        for attempt in range(attempts):
-            self.stats["requests"] += 1
-            try:
-                resp = self.client.chat.completions.create(
-                    model=self.config.model, messages=messages, **self._settings()
-                )
-            except Exception as exc:
-                if not _retryable(exc):
-                    raise BaselineError(f"baseline request failed: {type(exc).__name__}: {_one_line(exc)}") from exc
-                if attempt + 1 >= attempts:
-                    raise BaselineError(
-                        f"baseline request failed after {attempts} attempts: {type(exc).__name__}: {_one_line(exc)}"
-                    ) from exc
-                wait = min(self.config.backoff_s * 2**attempt, MAX_BACKOFF_S)
-                log.warning("baseline request failed (%s); retry %d/%d in %.2fs", type(exc).__name__,
-                            attempt + 1, self.config.max_retries, wait)
-                self.stats["retries"] += 1
-                self._sleep(wait)
-                continue
-            return ((resp.choices[0].message.content if resp.choices else None) or "").strip()
-        raise AssertionError("unreachable")  # pragma: no cover
+        return chat_with_retries(
+            self.client, self.config.model, messages, self._settings(), max_retries=self.config.max_retries,
+            backoff_s=self.config.backoff_s, sleep=self._sleep, stats=self.stats, what="baseline",
+            error=BaselineError, calls_key="requests",
+        ).strip()
 
     def describe(self, segment: Segment) -> list[dict[str, Any]]:
         """One item ``{response, start_time, end_time, frames}`` per request window of the segment, in order."""
