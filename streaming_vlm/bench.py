@@ -44,6 +44,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from streaming_vlm.argtypes import positive_float, positive_int
 from streaming_vlm.engine import MODES, StreamConfig, StreamSession
 from streaming_vlm.preprocess import VisionSpec, smart_resize
 from streaming_vlm.sampling import SamplingConfig
@@ -408,20 +409,6 @@ def format_table(doc: dict[str, Any]) -> str:
 # ------------------------------------------------------------------------------------------------------------
 
 
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
 def _modes(text: str) -> list[str]:
     modes = [m.strip() for m in text.split(",") if m.strip()]
     bad = [m for m in modes if m not in MODES]
@@ -437,25 +424,25 @@ def build_parser() -> argparse.ArgumentParser:
         "cache size and memory; writes a JSON file and a figure.",
     )
     p.add_argument("--model", default=None, help="model directory or hub id (default: build the tiny random model)")
-    p.add_argument("--minutes", type=_positive_float, default=30.0, help="stream length in minutes (default 30)")
+    p.add_argument("--minutes", type=positive_float, default=30.0, help="stream length in minutes (default 30)")
     p.add_argument(
         "--modes", type=_modes, default=list(MODES), help=f"comma-separated modes (default {','.join(MODES)})"
     )
     p.add_argument("--dtype", default="fp32", help="fp32 (default), bf16 or fp16")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, auto")
-    p.add_argument("--fps", type=_positive_float, default=2.0, help="frames sampled per second (default 2)")
+    p.add_argument("--fps", type=positive_float, default=2.0, help="frames sampled per second (default 2)")
     p.add_argument("--video", default=None, help="an existing video (default: write a synthetic one)")
     p.add_argument(
         "--pixels",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULT_PIXELS,
         help="per-frame pixel budget (default 112*112: 4x4 = 16 vision tokens per 2-frame chunk)",
     )
-    p.add_argument("--max-new-tokens", type=_positive_int, default=20, help="commentary tokens per chunk (default 20)")
+    p.add_argument("--max-new-tokens", type=positive_int, default=20, help="commentary tokens per chunk (default 20)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (and tiny-model / synthetic-video seed)")
     p.add_argument("--out", default="figures/bench_stream.json", help="JSON output path")
     p.add_argument("--figure", default="figures/bench_stream.png", help="figure output path ('' for none)")
-    p.add_argument("--threads", type=_positive_int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument(
         "--replot",
         default=None,

@@ -41,6 +41,7 @@ from typing import Any
 import torch
 
 from streaming_vlm import bench
+from streaming_vlm.argtypes import positive_float, positive_int
 from streaming_vlm.engine import StreamConfig, StreamSession
 from streaming_vlm.eval.runner import format_table, write_results
 from streaming_vlm.sampling import SamplingConfig
@@ -340,7 +341,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--video", required=True, help="the video to stream")
     p.add_argument(
         "--duration",
-        type=bench._positive_float,
+        type=positive_float,
         default=None,
         help="seconds of video to process (default: all of it; the paper uses 1000)",
     )
@@ -352,7 +353,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     )
     p.add_argument(
         "--reset-every",
-        type=bench._positive_float,
+        type=positive_float,
         default=100.0,
         help="sliding mode (b): restart the context every this many seconds (default 100)",
     )
@@ -364,15 +365,15 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--dtype", default="auto", help="auto (default), bf16, fp16, fp32")
     p.add_argument(
         "--max-pixels",
-        type=bench._positive_int,
+        type=positive_int,
         default=768 * 28 * 28,
         help="maximum pixels per frame after resizing (default 768*28*28)",
     )
-    p.add_argument("--fps", type=bench._positive_float, default=2.0, help="frames sampled per second (default 2)")
-    p.add_argument("--chunk-seconds", type=bench._positive_float, default=1.0, help="seconds per chunk (default 1)")
+    p.add_argument("--fps", type=positive_float, default=2.0, help="frames sampled per second (default 2)")
+    p.add_argument("--chunk-seconds", type=positive_float, default=1.0, help="seconds per chunk (default 1)")
     p.add_argument(
         "--max-new-tokens",
-        type=bench._positive_int,
+        type=positive_int,
         default=SamplingConfig.max_new_tokens,
         help=f"commentary tokens per chunk at most (default {SamplingConfig.max_new_tokens})",
     )

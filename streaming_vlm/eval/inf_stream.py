@@ -50,6 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from streaming_vlm.argtypes import non_negative_float, non_negative_int, positive_float, positive_int
 from streaming_vlm.eval.judge import COMMENTARY_RUBRIC, Rubric
 from streaming_vlm.eval.runner import format_table, rank_and_world, read_jsonl, run_items, write_results
 
@@ -699,34 +700,6 @@ def run_score(args) -> int:
 # ------------------------------------------------------------------------------------------------------------
 
 
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
-    return value
-
-
 def _window(text: str) -> int | None:
     if text.lower() in ("none", "unlimited"):
         return None
@@ -739,7 +712,7 @@ def _window(text: str) -> int | None:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default=None,
                    help=f"folder with {METADATA_NAME}, {CLIPS_NAME} and the videos (default: ${DATASET_ENV})")
-    p.add_argument("--limit", type=_positive_int, default=None, help="only the first N videos / clips (quick runs)")
+    p.add_argument("--limit", type=positive_int, default=None, help="only the first N videos / clips (quick runs)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -749,7 +722,7 @@ def _instruction(p: argparse.ArgumentParser) -> None:
     p.add_argument("--query", default=INF_STREAM_QUERY, help="instruction (default: the benchmark's broadcaster "
                    "instruction, the same for our model and the baseline)")
     p.add_argument("--system-prompt", default=DEFAULT_SYSTEM_PROMPT, help="system prompt (default: %(default)r)")
-    p.add_argument("--start-offset", type=_non_negative_float, default=DEFAULT_START,
+    p.add_argument("--start-offset", type=non_negative_float, default=DEFAULT_START,
                    help="start offset in seconds; earlier video is not commented on (default %(default)g)")
 
 
@@ -768,28 +741,28 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     g.add_argument("--model", required=True, help="hub id or directory of the checkpoint ('tiny' = random tiny)")
     g.add_argument("--metadata", default=None, help=f"metadata JSONL (default: DATASET/{METADATA_NAME})")
     g.add_argument("--out", default=None, help="output folder (default results/inf_stream/answers/<model>)")
-    g.add_argument("--duration", type=_positive_float, default=None,
+    g.add_argument("--duration", type=positive_float, default=None,
                    help="seconds per video after --start-offset at most (default: to the end of the transcript)")
-    g.add_argument("--segment-seconds", type=_positive_float, default=None,
+    g.add_argument("--segment-seconds", type=positive_float, default=None,
                    help="restart the stream (with the transcript so far) every this many seconds; finer resume, "
                    "but a different evaluation (default: one continuous stream per video)")
-    g.add_argument("--fps", type=_positive_float, default=2.0, help="frames per second (default 2)")
-    g.add_argument("--chunk-seconds", type=_positive_float, default=1.0, help="seconds per chunk (default 1)")
+    g.add_argument("--fps", type=positive_float, default=2.0, help="frames per second (default 2)")
+    g.add_argument("--chunk-seconds", type=positive_float, default=1.0, help="seconds per chunk (default 1)")
     for name, default, what in (("vision-window", 16, "chunks whose vision tokens are kept"),
                                 ("text-rounds", 16, "assistant turns kept before retiring into previous text"),
                                 ("text-sink", 512, "first previous-text tokens kept"),
                                 ("text-window", 512, "last previous-text tokens kept")):
         g.add_argument(f"--{name}", type=_window, default=default, help=f"{what} (default {default}; 'unlimited')")
-    g.add_argument("--max-new-tokens", type=_positive_int, default=20, help="tokens per chunk at most (default 20)")
-    g.add_argument("--temperature", type=_non_negative_float, default=0.9, help="0 = greedy (default 0.9)")
+    g.add_argument("--max-new-tokens", type=positive_int, default=20, help="tokens per chunk at most (default 20)")
+    g.add_argument("--temperature", type=non_negative_float, default=0.9, help="0 = greedy (default 0.9)")
     g.add_argument("--top-p", type=float, default=None, help="default: the checkpoint's generation config")
     g.add_argument("--top-k", type=int, default=None, help="default: the checkpoint's generation config")
-    g.add_argument("--repetition-penalty", type=_positive_float, default=1.05, help="default 1.05")
+    g.add_argument("--repetition-penalty", type=positive_float, default=1.05, help="default 1.05")
     g.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     g.add_argument("--device", default="auto", help="auto (cuda:LOCAL_RANK under torchrun), cuda, cpu")
     g.add_argument("--dtype", default="auto", help="auto, bf16, fp16, fp32")
-    g.add_argument("--min-pixels", type=_positive_int, default=100 * 28 * 28, help="default 100*28*28")
-    g.add_argument("--max-pixels", type=_positive_int, default=768 * 28 * 28, help="default 768*28*28")
+    g.add_argument("--min-pixels", type=positive_int, default=100 * 28 * 28, help="default 100*28*28")
+    g.add_argument("--max-pixels", type=positive_int, default=768 * 28 * 28, help="default 768*28*28")
     g.set_defaults(run=run_generate)
 
     b = sub.add_parser("baseline", help="baseline commentary per scoring clip from an OpenAI-compatible model",
@@ -803,20 +776,20 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     b.add_argument("--clips", default=None, help=f"scoring clips JSONL (default: DATASET/{CLIPS_NAME})")
     b.add_argument("--metadata", default=None, help="metadata JSONL, for --previous-words")
     b.add_argument("--out", default=None, help="output folder (default results/inf_stream/answers/<model>)")
-    b.add_argument("--fps", type=_positive_float, default=2.0,
+    b.add_argument("--fps", type=positive_float, default=2.0,
                    help="frames per second of video sent (default 2, as our model sees)")
-    b.add_argument("--max-frames-per-request", type=_positive_int, default=64,
+    b.add_argument("--max-frames-per-request", type=positive_int, default=64,
                    help="longer clips are asked in consecutive windows of this many frames (default 64)")
-    b.add_argument("--max-height", type=_positive_int, default=360, help="frame height cap in pixels (default 360)")
-    b.add_argument("--jpeg-quality", type=_positive_int, default=85, help="default 85")
+    b.add_argument("--max-height", type=positive_int, default=360, help="frame height cap in pixels (default 360)")
+    b.add_argument("--jpeg-quality", type=positive_int, default=85, help="default 85")
     b.add_argument("--detail", choices=("low", "high", "auto"), default=None, help="image_url detail (default unset)")
-    b.add_argument("--temperature", type=_non_negative_float, default=0.0, help="default 0")
+    b.add_argument("--temperature", type=non_negative_float, default=0.0, help="default 0")
     b.add_argument("--seed", type=int, default=42, help="request seed (default 42)")
-    b.add_argument("--max-tokens", type=_positive_int, default=300, help="reply tokens per request (default 300)")
-    b.add_argument("--previous-words", type=_non_negative_int, default=0,
+    b.add_argument("--max-tokens", type=positive_int, default=300, help="reply tokens per request (default 300)")
+    b.add_argument("--previous-words", type=non_negative_int, default=0,
                    help="also give the last N transcript words before --start-offset (default 0, as the reference)")
-    b.add_argument("--max-retries", type=_non_negative_int, default=5, help="retries per request (default 5)")
-    b.add_argument("--backoff-s", type=_positive_float, default=1.0, help="first retry wait, doubled each time")
+    b.add_argument("--max-retries", type=non_negative_int, default=5, help="retries per request (default 5)")
+    b.add_argument("--backoff-s", type=positive_float, default=1.0, help="first retry wait, doubled each time")
     b.set_defaults(run=run_baseline)
 
     m = sub.add_parser("merge", help="merge generation records into merged_result.jsonl",
@@ -841,12 +814,12 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     s.add_argument("--judge-api-key-env", default="OPENAI_API_KEY", help="environment variable with the key")
     s.add_argument("--rubric", choices=sorted(RUBRICS), default="inf-stream",
                    help="inf-stream (tone and pacing first, then accuracy; default) or commentary")
-    s.add_argument("--max-chars", type=_positive_int, default=8000,
+    s.add_argument("--max-chars", type=positive_int, default=8000,
                    help="texts shown to the judge are cut to this many characters (default 8000)")
-    s.add_argument("--bootstrap", type=_positive_int, default=2000, help="bootstrap resamples (default 2000)")
+    s.add_argument("--bootstrap", type=positive_int, default=2000, help="bootstrap resamples (default 2000)")
     s.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
-    s.add_argument("--max-retries", type=_non_negative_int, default=5, help="judge retries per request (default 5)")
-    s.add_argument("--backoff-s", type=_positive_float, default=1.0, help="first retry wait, doubled each time")
+    s.add_argument("--max-retries", type=non_negative_int, default=5, help="judge retries per request (default 5)")
+    s.add_argument("--backoff-s", type=positive_float, default=1.0, help="first retry wait, doubled each time")
     s.set_defaults(run=run_score)
     return p
 

@@ -221,6 +221,15 @@ class _Cache:
             os.fsync(f.fileno())
 
 
+def openai_client(base_url: str | None, api_key_env: str, timeout_s: float):
+    """An ``openai.OpenAI`` client with its own retries off (``chat_with_retries`` retries); the key is read from
+    ``api_key_env``, ``"EMPTY"`` when unset (what local endpoints expect)."""
+    import openai
+
+    return openai.OpenAI(base_url=base_url, api_key=os.environ.get(api_key_env) or "EMPTY", timeout=timeout_s,
+                         max_retries=0)
+
+
 def chat_with_retries(client, model: str, messages: list[dict], settings: dict[str, Any], *, max_retries: int,
                       backoff_s: float, sleep: Callable[[float], None], stats: dict[str, int], what: str,
                       error: type[Exception], calls_key: str = "calls") -> str:
@@ -274,16 +283,8 @@ class Judge:
     ) -> None:
         self.config = config
         self.rubric = rubric
-        if client is None:
-            import openai
-
-            client = openai.OpenAI(
-                base_url=config.base_url,
-                api_key=os.environ.get(config.api_key_env) or "EMPTY",
-                timeout=config.timeout_s,
-                max_retries=0,
-            )
-        self.client = client
+        self.client = client if client is not None else openai_client(config.base_url, config.api_key_env,
+                                                                      config.timeout_s)
         self._sleep = sleep
         self._cache = _Cache(Path(config.cache_path) if config.cache_path else None)
         self.stats: dict[str, int] = {"calls": 0, "cache_hits": 0, "retries": 0, "invalid": 0}

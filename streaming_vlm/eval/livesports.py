@@ -45,6 +45,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from streaming_vlm.argtypes import non_negative_float, positive_int
 from streaming_vlm.eval.judge import (
     INVALID,
     LIVECC_RUBRIC,
@@ -515,20 +516,6 @@ def table_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
 # ------------------------------------------------------------------------------------------------------------
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
-    return value
-
-
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     """The ``streaming-vlm eval livesports`` options (added to ``parser`` when given)."""
     p = parser or argparse.ArgumentParser(
@@ -547,7 +534,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     data.add_argument("--annotations", default=None, help="annotation file to use instead of the one in --data-dir")
     data.add_argument("--video-dir", default=None, help="folder of the videos (default DATA_DIR/videos or DATA_DIR)")
     data.add_argument("--split", default="test", help="split of the parquet layout (default test)")
-    data.add_argument("--limit", type=_positive_int, default=None, help="only the first N events (smoke runs)")
+    data.add_argument("--limit", type=positive_int, default=None, help="only the first N events (smoke runs)")
 
     run = p.add_argument_group("run")
     run.add_argument("--phase", choices=("all", "generate", "judge"), default="all", help="default all")
@@ -564,11 +551,11 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
     gen = p.add_argument_group("generation")
     gen.add_argument("--mode", choices=("streaming", "full", "sliding", "recompute"), default="streaming")
-    gen.add_argument("--temperature", type=_non_negative_float, default=0.9, help="default 0.9 (0 = greedy)")
+    gen.add_argument("--temperature", type=non_negative_float, default=0.9, help="default 0.9 (0 = greedy)")
     gen.add_argument("--repetition-penalty", type=float, default=1.05, help="default 1.05")
-    gen.add_argument("--max-new-tokens", type=_positive_int, default=20, help="per 1-s chunk (default 20)")
+    gen.add_argument("--max-new-tokens", type=positive_int, default=20, help="per 1-s chunk (default 20)")
     gen.add_argument("--seed", type=int, default=0, help="sampling seed of every event's stream (default 0)")
-    gen.add_argument("--max-pixels", type=_positive_int, default=768 * 28 * 28, help="per frame (default 768*28*28)")
+    gen.add_argument("--max-pixels", type=positive_int, default=768 * 28 * 28, help="per frame (default 768*28*28)")
     gen.add_argument("--device", default="auto", help="auto (default; this rank's GPU under torchrun), cuda, cpu")
     gen.add_argument("--dtype", default="auto", help="auto (default), bf16, fp16, fp32")
 
@@ -587,7 +574,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         help="environment variable holding the API key (default OPENAI_API_KEY; unset: 'EMPTY')",
     )  # fmt: skip
     jud.add_argument("--judge-seed", type=int, default=42, help="default 42, as LiveCC")
-    jud.add_argument("--judge-max-tokens", type=_positive_int, default=16, help="reply budget (default 16)")
+    jud.add_argument("--judge-max-tokens", type=positive_int, default=16, help="reply budget (default 16)")
     jud.add_argument("--judge-max-retries", type=int, default=5, help="retries with backoff per request (default 5)")
     jud.add_argument("--judge-cache", default=None, help="reply cache JSONL (default OUTPUT_DIR/judge_cache.jsonl)")
     return p

@@ -23,7 +23,6 @@ import base64
 import io
 import logging
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from streaming_vlm.eval.judge import chat_with_retries
+from streaming_vlm.eval.judge import chat_with_retries, openai_client
 from streaming_vlm.layout import DEFAULT_QUERY, DEFAULT_SYSTEM_PROMPT
 
 __all__ = ["BaselineConfig", "BaselineError", "OpenAIBaseline", "Segment"]
@@ -115,16 +114,8 @@ class OpenAIBaseline:
         self, config: BaselineConfig, client: Any = None, sleep: Callable[[float], None] = time.sleep
     ) -> None:
         self.config = config
-        if client is None:
-            import openai
-
-            client = openai.OpenAI(
-                base_url=config.base_url,
-                api_key=os.environ.get(config.api_key_env) or "EMPTY",
-                timeout=config.timeout_s,
-                max_retries=0,
-            )
-        self.client = client
+        self.client = client if client is not None else openai_client(config.base_url, config.api_key_env,
+                                                                      config.timeout_s)
         self._sleep = sleep
         self.stats: dict[str, int] = {"requests": 0, "retries": 0, "frames": 0}
 
