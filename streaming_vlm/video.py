@@ -39,6 +39,7 @@ warning).
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -174,6 +175,23 @@ class _Probe:
 
 
 def _probe(path: str) -> _Probe:
+    """Probe ``path``; a regular file's result is remembered per (path, size, mtime), so training, which reads
+    thousands of clips from the same videos, demuxes each file once per process instead of once per clip."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        st = None
+    if st is None or not os.path.isfile(path):
+        return _probe_uncached(path)  # raises the precise VideoError
+    return _probe_file(path, st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=1024)
+def _probe_file(path: str, size: int, mtime_ns: int) -> _Probe:
+    return _probe_uncached(path)
+
+
+def _probe_uncached(path: str) -> _Probe:
     container = _open_input(path)
     try:
         return _probe_open(container, path)

@@ -541,3 +541,20 @@ def test_damaged_middle_is_skipped_with_one_warning(tmp_path):
     with pytest.warns(VideoDecodeWarning):
         with VideoReader(path, fps=2.0) as reader:
             assert len(read_all(reader)) == 4
+
+
+def test_a_file_is_demuxed_once_per_process_until_it_changes(tmp_path, monkeypatch):
+    import streaming_vlm.video as video
+
+    calls = []
+    real = video._probe_open
+    monkeypatch.setattr(video, "_probe_open", lambda c, p: calls.append(p) or real(c, p))
+    path = write_video(tmp_path / "c.mp4", list(range(30)), Fraction(1, 30), rate=30)
+    for start in (0.0, 0.3, 0.6):  # training builds many clips from one video
+        with VideoReader(path, fps=2.0, chunk_seconds=0.5, start=start) as reader:
+            assert reader.info.duration == pytest.approx(1.0)
+    assert len(calls) == 1
+    write_video(path, list(range(60)), Fraction(1, 30), rate=30)  # rewritten: longer
+    with VideoReader(path, fps=2.0, chunk_seconds=0.5) as reader:
+        assert reader.info.duration == pytest.approx(2.0)
+    assert len(calls) == 2
