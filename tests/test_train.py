@@ -278,6 +278,49 @@ def test_train_merger_keeps_only_the_merger_of_the_vision_tower_trainable(tiny_m
     assert model.config.use_cache is False and tokenizer.pad_token_id is not None
 
 
+def test_vision_learning_rate_gives_the_tower_its_own_scheduled_groups(tiny_model_dir, data_dir, tmp_path):
+    from streaming_vlm.train.args import parse_args
+    from streaming_vlm.train.trainer import build_trainer
+
+    argv = _argv(
+        tiny_model_dir, data_dir, tmp_path / "out", "--train_annotation_paths", "repeat_with_seeks.jsonl",
+        "--freeze_vision_tower", "false", "--learning_rate", "1e-3", "--vision_learning_rate", "4e-3",
+        "--weight_decay", "0.1", "--lr_scheduler_type", "linear", "--max_steps", "2", "--save_strategy", "no",
+    )  # fmt: skip
+    trainer = build_trainer(*parse_args(argv))
+    model = trainer.model
+    tower = {id(p) for p in model.model.visual.parameters()}
+    trainer.create_optimizer_and_scheduler(num_training_steps=2)
+    groups = trainer.optimizer.param_groups
+    for g in groups:
+        ids = {id(p) for p in g["params"]}
+        assert not ids or ids <= tower or not ids & tower  # no group mixes tower and language model
+        assert g["lr"] == (4e-3 if ids & tower else 1e-3)
+    assert {id(p) for g in groups for p in g["params"]} == {id(p) for p in model.parameters()}
+    assert sorted(g["weight_decay"] for g in groups if {id(p) for p in g["params"]} & tower) == [0.0, 0.1]
+    trainer.optimizer.step()
+    trainer.lr_scheduler.step()  # one of two linear steps: every rate halves, the ratio stays
+    assert sorted({g["lr"] for g in groups}) == pytest.approx([5e-4, 2e-3])
+
+
+def test_weights_are_float32_master_copies_unless_deepspeed_keeps_them(tiny_model_dir):
+    from types import SimpleNamespace
+
+    from streaming_vlm.train.args import ModelArguments
+    from streaming_vlm.train.trainer import load_dtype
+
+    def dtype(load="auto", deepspeed=None, bf16=True):
+        return load_dtype(ModelArguments(str(tiny_model_dir), load_dtype=load),
+                          SimpleNamespace(deepspeed=deepspeed, bf16=bf16, fp16=False))
+
+    assert dtype() == torch.float32  # bf16 without DeepSpeed: autocast over float32 weights
+    assert dtype(deepspeed="configs/zero3.json") == torch.bfloat16
+    assert dtype(deepspeed="configs/zero3.json", bf16=False) == torch.float32
+    assert dtype("bfloat16") == torch.bfloat16
+    with pytest.raises(ValueError, match="load_dtype must be"):
+        dtype("int8")
+
+
 def test_auto_resume_picks_the_newest_complete_checkpoint(tmp_path):
     from streaming_vlm.train.trainer import find_resume_checkpoint
 

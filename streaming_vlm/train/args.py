@@ -73,6 +73,17 @@ class ModelArguments:
         default=False,
         metadata={"help": "Keep the vision tower's patch merger trainable when the tower is frozen."},
     )
+    vision_learning_rate: float | None = field(
+        default=None,
+        metadata={"help": "Learning rate of the trainable vision-tower parameters (merger included), following the "
+                          "same schedule; default: learning_rate. A tower trained from scratch learns faster higher."},
+    )
+    load_dtype: str = field(
+        default="auto",
+        metadata={"help": "dtype the weights are loaded and updated in: auto (bf16/fp16 under DeepSpeed, whose "
+                          "optimizer keeps float32 master weights; float32 otherwise, with bf16/fp16 as autocast: "
+                          "mixed precision), float32, bfloat16 or float16."},
+    )
     attn_implementation: str | None = field(
         default=None,
         metadata={"help": "sdpa, flash_attention_2 or eager; default: flash_attention_2 on CUDA when installed."},

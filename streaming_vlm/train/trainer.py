@@ -14,8 +14,10 @@ Contract
     supervised (``logits_to_keep``), which saves the (L, vocab) tensor for vision and prompt tokens.
   - ``supervised_tokens`` (tokens behind each training log entry, all ranks) is added to the training logs.
 
-* :func:`prepare_model` loads the model for training: dtype from ``bf16``/``fp16``, the vision tower frozen
-  (optionally keeping its merger trainable), ``use_cache`` off, non-reentrant activation checkpointing.
+* :func:`prepare_model` loads the model for training: weights in float32 (mixed precision through the Trainer's
+  autocast) unless DeepSpeed keeps the master copy (:func:`load_dtype`), the vision tower frozen (optionally
+  keeping its merger trainable), ``use_cache`` off, non-reentrant activation checkpointing.
+* ``vision_learning_rate`` gives the vision tower its own optimizer groups and rate (same schedule).
 * :func:`run_training` wires everything: W&B mode, Liger fallback, datasets (failures logged to
   ``<output_dir>/bad_samples.jsonl`` and summarised at the end), auto-resume from the newest complete
   checkpoint in ``output_dir`` unless ``resume_from_checkpoint`` names one (or is ``false``: start fresh),
@@ -67,9 +69,29 @@ class StreamingSFTTrainer(Trainer):
     # compute_loss already divides by the window's token count: the Trainer must not divide by the steps again
     loss_is_scaled_for_ga = True
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, vision_learning_rate: float | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self._supervised_since_log = 0
+        self.vision_learning_rate = vision_learning_rate
+
+    def create_optimizer(self, model=None):
+        """The Trainer's optimizer; with ``vision_learning_rate``, the vision tower's parameters move to their own
+        groups (same weight decay) at that rate, before any step and before the scheduler reads the rates."""
+        optimizer = super().create_optimizer(model)
+        if self.vision_learning_rate is None:
+            return optimizer
+        tower = {id(p) for p in (self.model if model is None else model).model.visual.parameters()}
+        moved = []
+        for group in optimizer.param_groups:
+            ours = [p for p in group["params"] if id(p) in tower]
+            group["params"] = [p for p in group["params"] if id(p) not in tower]
+            if ours:
+                moved.append({**group, "params": ours, "lr": self.vision_learning_rate})
+        for group in moved:
+            optimizer.add_param_group(group)
+        logger.info("vision tower: %d parameters at learning rate %g",
+                    sum(p.numel() for g in moved for p in g["params"]), self.vision_learning_rate)
+        return optimizer
 
     def _window_token_count(self, batches: list[dict[str, Any]], device) -> torch.Tensor:
         """Supervised prediction targets (labels shifted by one) in ``batches``, summed over ranks if asked."""
@@ -185,11 +207,23 @@ def attach_deepspeed_to_process_group(training_args) -> None:
         deepspeed.init_distributed(dist_backend=dist.get_backend())
 
 
-def _compute_dtype(training_args) -> torch.dtype:
-    if training_args.bf16:
-        return torch.bfloat16
-    if training_args.fp16:
-        return torch.float16
+_LOAD_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_dtype(model_args, training_args) -> torch.dtype:
+    """The dtype of the trained weights: explicit, or (``auto``) half precision only under DeepSpeed, whose
+    optimizer keeps float32 master weights; elsewhere float32, with ``bf16``/``fp16`` as the Trainer's autocast,
+    because updates below half precision's resolution would be lost as the learning rate decays."""
+    name = str(model_args.load_dtype).strip().lower()
+    if name != "auto":
+        if name not in _LOAD_DTYPES:
+            raise ValueError(f"load_dtype must be auto, {', '.join(_LOAD_DTYPES)}; got {model_args.load_dtype!r}")
+        return _LOAD_DTYPES[name]
+    if training_args.deepspeed:
+        if training_args.bf16:
+            return torch.bfloat16
+        if training_args.fp16:
+            return torch.float16
     return torch.float32
 
 
@@ -204,7 +238,7 @@ def prepare_model(model_args, training_args):
     attn = model_args.attn_implementation or default_attn_implementation(device)
     # Created after TrainingArguments, so under ZeRO-3 from_pretrained loads the weights already partitioned.
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-        path, dtype=_compute_dtype(training_args), attn_implementation=attn
+        path, dtype=load_dtype(model_args, training_args), attn_implementation=attn
     )
     tokenizer = AutoTokenizer.from_pretrained(path)
     model.config.use_cache = False
@@ -285,6 +319,7 @@ def build_trainer(model_args, data_args, training_args) -> StreamingSFTTrainer:
         data_collator=StreamingCollator(tokenizer.pad_token_id),
         processing_class=tokenizer,
         callbacks=[BadSampleReport(failure_log)],
+        vision_learning_rate=model_args.vision_learning_rate,
     )
 
 
