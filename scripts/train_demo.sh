@@ -17,10 +17,14 @@ PY="${PYTHON:-python}"
 [ -f "$CKPT/demo_init/model.safetensors" ] || "$PY" -c \
   "from streaming_vlm.world.demo import build_demo_init; build_demo_init('$CKPT/demo_init')"
 
+# bf16 mixed precision runs as CPU autocast when there is no GPU
+DEVICE=()
+"$PY" -c "import torch, sys; sys.exit(torch.cuda.is_available())" && DEVICE=(--use_cpu true)
+
 SECONDS=0
-"$PY" -m streaming_vlm.train --config configs/demo_stage1.yaml \
+"$PY" -m streaming_vlm.train --config configs/demo_stage1.yaml "${DEVICE[@]}" \
   --pretrained_model_name_or_path "$CKPT/demo_init" --output_dir "$CKPT/demo_stage1" "$@"
-"$PY" -m streaming_vlm.train --config configs/demo_stage2.yaml \
+"$PY" -m streaming_vlm.train --config configs/demo_stage2.yaml "${DEVICE[@]}" \
   --pretrained_model_name_or_path "$CKPT/demo_stage1" --output_dir "$CKPT/demo_stage2" "$@"
 echo "trained both stages in $((SECONDS / 60)) min $((SECONDS % 60)) s"
 

@@ -1,7 +1,7 @@
 """The shipped demo model: it loads like any checkpoint and comments correctly on held-out streams.
 
-The floors sit well below the issue's targets (event F1 >= 0.9, count accuracy >= 0.9) and below what the
-current demo measures (README.md: it finds nearly every event but still confuses colours, shapes and counts);
+The floors sit well below the issue's targets (event F1 >= 0.9, score accuracy >= 0.9) and below what the
+current demo measures (README.md: 0.75 and 0.67 on this held-out minute, 0.85 and 0.71 on the clip);
 a random or broken checkpoint, layout, cache or pipeline scores 0 and fails them.
 """
 
@@ -18,9 +18,9 @@ from streaming_vlm.infer import DEMO_MODEL, DEMO_VIDEO
 from streaming_vlm.world import dataset
 from streaming_vlm.world.script import events, words
 
-F1_FLOOR = 0.15
-COUNT_FLOOR = 0.1
-EMPTY_CEILING = 0.25  # share of event seconds left without any call
+F1_FLOOR = 0.5
+SCORE_FLOOR = 0.4
+EMPTY_CEILING = 0.1  # share of event seconds left without any call
 DEMO_SEED = 2000992  # the bundled clip: `streaming-vlm synth DIR --seed 2000992 --minutes 1`
 
 
@@ -48,7 +48,7 @@ def test_one_minute_held_out_evaluation(tmp_path, monkeypatch):
     streaming = json.loads(report_path.read_text())["modes"]["streaming"]
     assert streaming["gt_calls"] >= 10
     assert streaming["event_f1"] >= F1_FLOOR, streaming
-    assert streaming["fact_accuracy"] is not None and streaming["fact_accuracy"] >= COUNT_FLOOR, streaming
+    assert streaming["fact_accuracy"] is not None and streaming["fact_accuracy"] >= SCORE_FLOOR, streaming
     assert streaming["empty_share"] <= EMPTY_CEILING and streaming["garbled_share"] <= 0.1, streaming
 
 
@@ -64,7 +64,7 @@ def test_infer_with_defaults_comments_on_the_demo_clip(tmp_path, monkeypatch):
     score = synth.score_stream(synth.chunk_texts(truth), [{"t": c["start"], "text": c["text"]} for c in chunks])
     tally = score.tally()
     assert tally.f1 >= F1_FLOOR, [c["text"] for c in chunks]
-    assert tally.fact_accuracy is not None and tally.fact_accuracy >= COUNT_FLOOR, [c["text"] for c in chunks]
+    assert tally.fact_accuracy is not None and tally.fact_accuracy >= SCORE_FLOOR, [c["text"] for c in chunks]
     assert tally.empty_share <= EMPTY_CEILING, [c["text"] for c in chunks]
 
 

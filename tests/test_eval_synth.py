@@ -17,7 +17,7 @@ from streaming_vlm.engine import StreamSession
 from streaming_vlm.eval import synth
 from streaming_vlm.eval.synth import TimedCall, chunk_texts, match_calls, per_minute, score_stream
 from streaming_vlm.world.dataset import split_specs, write_streams
-from streaming_vlm.world.script import events
+from streaming_vlm.world.script import GOAL, events, score_word
 
 
 def _chunks(texts, start=0.0, **extra):
@@ -29,7 +29,7 @@ def _at(seconds: int, calls: dict[int, str]) -> list[str]:
 
 
 # Ten seconds, four calls (event seconds 0, 2, 4, 7).
-GT = _at(10, {0: "whistle! count 0", 2: "red ball! count 1", 4: "blue bar! count 2", 7: "yellow ball! count 3"})
+GT = _at(10, {0: "whistle! score zero", 2: "red ball! score one", 4: "blue bar! score two", 7: "yellow ball! score three"})
 
 
 def _shift(texts, by):
@@ -61,12 +61,12 @@ def test_one_second_late_still_matches_two_seconds_do_not():
     assert off.fact_accuracy is None and off.fact_accuracy_all == 0.0
 
 
-def test_wrong_and_missing_counts_lower_fact_accuracy_exactly():
+def test_wrong_and_missing_scores_lower_fact_accuracy_exactly():
     pred = list(GT)
-    pred[4] = "blue bar! count 5"
+    pred[4] = "blue bar! score five"
     t = score_stream(GT, _chunks(pred)).tally()
     assert (t.f1, t.fact_accuracy, t.fact_accuracy_all) == (1.0, 0.75, 0.75)
-    pred[7] = "yellow ball!"  # a missing count is wrong
+    pred[7] = "yellow ball!"  # a missing score is wrong
     pred[0] = ""  # the whistle is not called: 3 matched, 1 right
     t = score_stream(GT, _chunks(pred)).tally()
     assert (t.matched_gt, t.fact_correct, t.recall, t.precision) == (3, 1, 0.75, 1.0)
@@ -76,9 +76,9 @@ def test_wrong_and_missing_counts_lower_fact_accuracy_exactly():
 
 def test_garbled_text_and_extra_calls():
     pred = list(GT)
-    pred[2] = "red ball! count 1 what a goal"  # the call is read, the chunk is garbled
+    pred[2] = "red ball! score one what a goal"  # the call is read, the chunk is garbled
     pred[5] = "lovely"
-    pred[8] = "black bar! count 9"  # a call with no ground truth
+    pred[8] = "black bar! score nine"  # a call with no ground truth
     t = score_stream(GT, _chunks(pred)).tally()
     assert (t.garbled_chunks, t.garbled_share) == (2, 0.2)
     assert (t.pred_calls, t.matched_pred, t.precision, t.recall, t.fact_accuracy) == (5, 4, 0.8, 1.0, 1.0)
@@ -87,7 +87,7 @@ def test_garbled_text_and_extra_calls():
 
 def test_empty_sides():
     assert score_stream(["", ""], _chunks(["", "..."])).tally().f1 == 1.0
-    t = score_stream(["", ""], _chunks(["red ball! count 1", ""])).tally()
+    t = score_stream(["", ""], _chunks(["red ball! score one", ""])).tally()
     assert (t.precision, t.recall, t.f1, t.empty_share, t.fact_accuracy_all) == (0.0, 1.0, 0.0, None, None)
 
 
@@ -101,9 +101,9 @@ def test_matching_is_one_to_one_by_smallest_gap_ties_to_the_earlier():
 
 
 def test_per_minute_series_counts_each_side_in_its_own_minute():
-    gt = _at(150, {30: "red ball! count 1", 59: "blue ball! count 2", 90: "whistle! count 0", 130: "red bar! count 1"})
-    pred = _at(150, {30: "red ball! count 1", 60: "blue ball! count 2", 100: "black ball! count 3",
-                     130: "red bar! count 7"})  # fmt: skip
+    gt = _at(150, {30: "red ball! score one", 59: "blue ball! score two", 90: "whistle! score zero", 130: "red bar! score one"})
+    pred = _at(150, {30: "red ball! score one", 60: "blue ball! score two", 100: "black ball! score three",
+                     130: "red bar! score seven"})  # fmt: skip
     lat = [0.01 * (k // 60 + 1) for k in range(150)]
     cache = list(range(150))
     score = score_stream(gt, _chunks(pred, latency_s=lat, cache_tokens=cache))
@@ -133,13 +133,13 @@ def test_ground_truth_chunks_take_the_words_ending_in_the_second():
     assert chunk_texts(StreamRecord("v.mp4", 1.0, 3.0, words=words)) == ["c", "d"]
 
 
-def test_counts_reaching_back_before_a_sliding_reset():
+def test_scores_reaching_back_before_a_sliding_reset():
     assert synth.reset_starts(0.0, 60.0, 1.0, 24.0) == [0.0, 24.0, 48.0]
     assert synth.reset_starts(0.0, 60.0, 1.0, 24.5) == [0.0, 25.0, 50.0]
-    gt = _at(20, {2: "red ball! count 1", 5: "blue ball! count 2", 12: "red bar! count 3", 15: "whistle! count 0",
-                  16: "black bar! count 1"})  # fmt: skip
+    gt = _at(20, {2: "black ball! score one", 5: "black ball! score two", 12: "red bar! score two",
+                  15: "whistle! score zero", 16: "black bar! score zero"})  # fmt: skip
     pred = list(gt)
-    pred[12] = "red bar! count 1"  # what a context restarted at 10 s can know
+    pred[12] = "red bar! score zero"  # what a context restarted at 10 s can know: no goal since
     t = score_stream(gt, _chunks(pred), reset_every=10.0).tally()
     assert (t.across_reset, t.across_reset_correct, t.fact_accuracy_across_reset) == (1, 0, 0.0)
     assert (t.fact_accuracy_within_reset, t.fact_accuracy) == (1.0, 0.8)
@@ -170,8 +170,8 @@ SETTINGS = {"model": "m", "data": ["d"], "chunk_seconds": 1.0, "tolerance_s": 1.
 
 
 def test_report_edges_targets_and_stopped_streams():
-    long_calls = {s: f"red ball! count {s // 10 % 30}" for s in range(0, 1200, 10)}  # 60 + 60 calls
-    short_calls = {s: f"blue bar! count {s // 10}" for s in range(5, 120, 10)}
+    long_calls = {s: f"red ball! score {score_word(s // 10 % 30)}" for s in range(0, 1200, 10)}  # 60 + 60 calls
+    short_calls = {s: f"blue bar! score {score_word(s // 10)}" for s in range(5, 120, 10)}
     streams = [synth.Stream("d/long", Path("x.mp4"), _record(1200, long_calls), 1200.0),
                synth.Stream("d/short", Path("y.mp4"), _record(120, short_calls), 120.0)]
     late = {s: t for s, t in long_calls.items() if s < 600 or s % 20 == 0}  # half the calls of the last 10 min
@@ -315,11 +315,11 @@ def test_oracle_scores_one_end_to_end(run):
     s = report["modes"]["streaming"]
     assert (s["event_f1"], s["precision"], s["recall"], s["fact_accuracy"], s["fact_accuracy_all"]) == (1, 1, 1, 1, 1)
     assert (s["empty_share"], s["garbled_share"], s["gt_calls"], s["matched"]) == (0, 0, len(_truth()), len(_truth()))
-    objects, across = {}, 0  # calls whose count reaches back before an 8-s restart, from the script itself
+    goals, across = {}, 0  # calls whose score reaches back before an 8-s restart, from the script itself
     for e in events(TEST_SEED, SECONDS):
         w = e.second // RESET
-        objects[w] = objects.get(w, 0) + (e.kind == "object")
-        across += e.count > objects[w]
+        goals[w] = goals.get(w, 0) + ((e.colour, e.shape) == GOAL)
+        across += e.score > goals[w]
     assert across > 0 and s["calls_across_reset"] == across and s["fact_accuracy_across_reset"] == 1.0
     assert report["targets"]["streaming_event_f1_short"]["pass"] is True
     assert report["targets"]["streaming_fact_accuracy"] == {

@@ -14,7 +14,9 @@ from streaming_vlm.data.validate import validate_file
 from streaming_vlm.video import VideoReader
 from streaming_vlm.world import dataset
 from streaming_vlm.world.render import FLASH, RGB, pitch
-from streaming_vlm.world.script import WHISTLE, WorldConfig, corpus, events, parse_commentary, words
+from streaming_vlm.world.script import (
+    GOAL, WHISTLE, Call, WorldConfig, corpus, events, parse_commentary, score_word, words,
+)
 
 
 def test_script_is_deterministic_lazy_and_seed_dependent():
@@ -27,21 +29,22 @@ def test_script_is_deterministic_lazy_and_seed_dependent():
     assert list(events(7, 300)) == [e for e in a if e.second < 300]
 
 
-def test_the_count_is_the_running_count_since_the_last_whistle():
-    cfg = WorldConfig(max_count=5, density=0.5)
-    count, seen = 0, 0
-    for e in events(3, 2000, cfg):
+def test_the_score_is_the_goals_since_the_last_whistle():
+    cfg = WorldConfig(max_score=3, density=0.5)
+    score, goals, forced = 0, 0, 0
+    for e in events(3, 4000, cfg):
         if e.kind == WHISTLE:
-            count = 0
-        else:
-            count += 1
-            seen += 1
-        assert e.count == count <= cfg.max_count
-    assert seen > 500
+            forced += score == cfg.max_score
+            score = 0
+        elif (e.colour, e.shape) == GOAL:
+            score += 1
+            goals += 1
+        assert e.score == score <= cfg.max_score
+    assert goals > 150 and forced > 10  # a whistle always follows the goal that reaches max_score
 
 
 def test_density_and_whistle_rate_are_what_the_config_says():
-    cfg = WorldConfig(density=0.3, whistle_rate=0.02, max_count=99)
+    cfg = WorldConfig(density=0.3, whistle_rate=0.02, max_score=99)
     ev = list(events(11, 20000, cfg))
     objects = sum(e.kind == "object" for e in ev) / 20000
     whistles = sum(e.kind == WHISTLE for e in ev) / 20000
@@ -53,17 +56,22 @@ def test_words_belong_to_their_second_and_parse_back():
         ws = words(e)
         assert all(e.second < w.start < w.end <= e.second + 1 for w in ws)
         reading = parse_commentary(" " + " ".join(w.text for w in ws) + " ...")
-        assert reading.calls == (type(reading.calls[0])(e.label, e.count),) and not reading.garbled
+        assert reading.calls == (Call(e.label, e.score),) and not reading.garbled
 
 
 def test_grammar():
     for line in corpus():
         r = parse_commentary(line)
-        assert len(r.calls) == 1 and r.calls[0].count is not None and not r.garbled
-    r = parse_commentary(" red ball! blue bar! count 3")
-    assert [c.label for c in r.calls] == ["red ball", "blue bar"] and r.calls[0].count is None and not r.garbled
-    assert parse_commentary("red ball! count 4 what a goal").garbled
-    assert parse_commentary("green ball! count 1").garbled  # not a colour of this world
+        assert len(r.calls) == 1 and r.calls[0].score is not None and not r.garbled
+    r = parse_commentary(" red ball! blue bar! score three")
+    assert r.calls == (Call("red ball", None), Call("blue bar", 3)) and not r.garbled
+    assert parse_commentary("red ball! score four what a goal").garbled
+    assert parse_commentary("green ball! score one").garbled  # not a colour of this world
+    assert parse_commentary("red ball! score 4").garbled  # scores are words
+    assert parse_commentary("red ball! score fourteen").calls == (Call("red ball", 14),)
+    assert parse_commentary("red ball! score twenty-four").calls == (Call("red ball", 24),)
+    assert [score_word(n) for n in (0, 9, 19, 20, 21, 99)] == [
+        "zero", "nine", "nineteen", "twenty", "twenty-one", "ninety-nine"]
     assert parse_commentary("  ...").calls == () and not parse_commentary(" ...").garbled
 
 
@@ -118,7 +126,8 @@ def test_split_files_pass_the_sft_validator(tmp_path):
 
 
 def test_training_set_windows(tmp_path):
-    spec = dataset.TrainingSetSpec(stage1_streams=2, stage2_streams=1, valid_streams=1, minutes=1.0)
+    spec = dataset.TrainingSetSpec(stage1_streams=2, stage1_long_streams=1, stage2_streams=1, valid_streams=1,
+                                   minutes=1.0, long_minutes=1.5)
     files = dataset.make_training_set(tmp_path, spec, progress=False)
     n = {}
     for name, path in files.items():
@@ -126,10 +135,12 @@ def test_training_set_windows(tmp_path):
         assert report.ok, report.lines()
         assert (tmp_path / f"{name}_windows_seeks.jsonl").is_file()
         n[name] = report.records
-    assert n == {"stage1": 2 * 4, "stage2": 4, "valid": 4}  # 60-s streams: windows at 0, 12, 24, 36
+    # 60-s streams: windows at 0, 12, 24, 36; the 90-s long one: 0 .. 72
+    assert n == {"stage1": 2 * 4 + 7, "stage2": 4, "valid": 4}
     # stage-1 streams vary around the default world; stage 2 is the default world on other seeds
     worlds = json.loads((tmp_path / "stage1_streams_world.json").read_text())
-    assert len({w["config"]["density"] for w in worlds}) == 2
+    assert len({w["config"]["density"] for w in worlds}) == 3
+    assert [w["seed"] for w in worlds] == [0, 1, 3] and worlds[2]["seconds"] == 90
     stage2 = json.loads((tmp_path / "stage2_streams_world.json").read_text())
     assert stage2[0]["seed"] == 2 and stage2[0]["config"] == json.loads(json.dumps(WorldConfig().__dict__))
     # a later window carries the earlier commentary as its previous text

@@ -14,14 +14,14 @@ model's text are read with :func:`~streaming_vlm.world.script.parse_commentary`,
 - **event matching**: a predicted call at time ``t`` matches a ground-truth call with the same label within
   ``--tolerance`` seconds (1), one to one, greedily by smallest ``|dt|`` (ties: earlier ground truth, then earlier
   prediction); precision, recall, F1 (1.0 when both sides are empty);
-- **fact accuracy** (the running count, never drawn): over matched calls, the share whose announced count equals
-  the ground truth (a missing count is wrong); ``fact_accuracy_all`` = correct counts / all ground-truth calls;
+- **fact accuracy** (the running score, never drawn): over matched calls, the share whose announced score equals
+  the ground truth (a missing score is wrong); ``fact_accuracy_all`` = correct scores / all ground-truth calls;
 - **empty share**: ground-truth event seconds with no commentary at all; **garbled share**: chunks whose text is
   not empty and not a sequence of well-formed calls;
 - **per-minute series** of all of these plus the median chunk latency and the largest cache, pooled over streams;
 - **first / last 10 minutes' F1** on streams of 20 minutes or more, and their ratio;
 - each baseline's failure mode: latency growth and cache size (full attention), F1 within vs past the training
-  window (``--training-window``, 24 s), and fact accuracy on the calls whose count reaches back before a sliding
+  window (``--training-window``, 24 s), and fact accuracy on the calls whose score reaches back before a sliding
   reset (``--reset-every``) vs the others.
 
 ``--max-wall-s`` bounds the wall time of one item: a stream that runs past it stops there and its record says
@@ -50,7 +50,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from streaming_vlm.world.script import WHISTLE, parse_commentary
+from streaming_vlm.world.script import GOAL, parse_commentary
+
+GOAL_LABEL = " ".join(GOAL)
 
 if TYPE_CHECKING:
     from streaming_vlm.data.annotations import StreamRecord
@@ -92,7 +94,7 @@ class TimedCall:
 
     t: float
     label: str
-    count: int | None
+    score: int | None
 
 
 def chunk_texts(record: StreamRecord, chunk_seconds: float = 1.0, end: float | None = None) -> list[str]:
@@ -116,7 +118,7 @@ def timed_calls(times: Sequence[float], texts: Sequence[str]) -> tuple[list[Time
     calls, garbled = [], []
     for t, text in zip(times, texts, strict=True):
         reading = parse_commentary(text)
-        calls += [TimedCall(float(t), c.label, c.count) for c in reading.calls]
+        calls += [TimedCall(float(t), c.label, c.score) for c in reading.calls]
         garbled.append(reading.garbled)
     return calls, garbled
 
@@ -167,14 +169,14 @@ class Tally:
     matched_pred: int = 0
     """Predicted calls in the span that were matched (precision's numerator)."""
     fact_correct: int = 0
-    """Matched ground-truth calls whose announced count is right."""
+    """Matched ground-truth calls whose announced score is right."""
     chunks: int = 0
     garbled_chunks: int = 0
     event_seconds: int = 0
     """Chunks whose ground truth holds at least one call."""
     empty_event_seconds: int = 0
     across_reset: int = 0
-    """Matched ground-truth calls whose count reaches back before the last sliding reset."""
+    """Matched ground-truth calls whose score reaches back before the last sliding reset."""
     across_reset_correct: int = 0
 
     def __add__(self, other: Tally) -> Tally:
@@ -234,7 +236,7 @@ class StreamScore:
     end: float
     """End of the part that was streamed (and scored)."""
     gt: list[tuple[float, bool, bool, bool]] = field(default_factory=list)
-    """Per ground-truth call: (t, matched, count right, count reaches back before a sliding reset)."""
+    """Per ground-truth call: (t, matched, score right, score reaches back before a sliding reset)."""
     pred: list[tuple[float, bool]] = field(default_factory=list)
     """Per predicted call: (t, matched)."""
     chunks: list[dict[str, Any]] = field(default_factory=list)
@@ -281,18 +283,18 @@ def reset_starts(start: float, end: float, chunk_seconds: float, reset_every: fl
 
 
 def _across_reset(gt: Sequence[TimedCall], starts: Sequence[float]) -> list[bool]:
-    """Whether each ground-truth call's count reaches back before the last context restart (``starts``).
+    """Whether each ground-truth call's score reaches back before the last context restart (``starts``).
 
-    A count ``n`` says ``n`` objects since the last whistle; when fewer than ``n`` object calls happened since the
-    restart, some of them are not in the restarted context, so the count cannot be read from it.
+    A score ``n`` says ``n`` goals since the last whistle; when fewer than ``n`` goal calls happened since the
+    restart, some of them are not in the restarted context, so the score cannot be read from it.
     """
-    out, objects, window = [], 0, None
+    out, goals, window = [], 0, None
     for call in gt:  # in time order
         w = bisect.bisect_right(starts, call.t + EPS) - 1
         if w != window:
-            window, objects = w, 0
-        objects += call.label != WHISTLE
-        out.append(bool(starts) and call.count is not None and call.count > objects)
+            window, goals = w, 0
+        goals += call.label == GOAL_LABEL
+        out.append(bool(starts) and call.score is not None and call.score > goals)
     return out
 
 
@@ -309,7 +311,7 @@ def score_stream(
     against its ground-truth chunk texts (:func:`chunk_texts`, chunk ``k`` at ``start + k * chunk_seconds``).
 
     Only the streamed part is scored: ground truth after the last generated chunk is left out. ``reset_every``
-    marks the calls whose count reaches back before a sliding-mode restart (None: no call is marked).
+    marks the calls whose score reaches back before a sliding-mode restart (None: no call is marked).
     """
     end = max((c["t"] for c in chunks), default=start - chunk_seconds) + chunk_seconds
     n = min(len(gt_texts), max(0, math.ceil((end - start) / chunk_seconds - 1e-9)))
@@ -325,7 +327,7 @@ def score_stream(
     score = StreamScore(start, end)
     for i, g in enumerate(gt):
         j = g2p.get(i)
-        right = j is not None and pred[j].count is not None and pred[j].count == g.count
+        right = j is not None and pred[j].score is not None and pred[j].score == g.score
         score.gt.append((g.t, j is not None, right, across[i]))
     score.pred = [(p.t, j in matched_pred) for j, p in enumerate(pred)]
     for c, bad in zip(chunks, garbled, strict=True):
@@ -468,7 +470,7 @@ def check_targets(modes: dict[str, dict[str, Any]], scores: dict[str, list[Strea
             "streaming mode: last 10 minutes' F1 / first 10 minutes' F1 on streams of 20 min or more",
             s["last_vs_first_10_min"] if s else None, 0.95, s["long_streams_scored"] if s else 0),
         "streaming_fact_accuracy": _target(
-            "streaming mode: accuracy of the announced count (the non-visible fact) over matched calls",
+            "streaming mode: accuracy of the announced score (the non-visible fact) over matched calls",
             s["fact_accuracy"] if s else None, 0.9, len(scores.get("streaming", []))),
     }
 
@@ -490,8 +492,8 @@ def findings(modes: dict[str, dict[str, Any]], settings: dict[str, Any]) -> list
                          f"{s['peak_cache_tokens']} tokens")
         parts.append(f"F1 {_fmt(s['f1_within_training_window'])} within the first {window:g} s vs "
                      f"{_fmt(s['f1_past_training_window'])} past them")
-        parts.append(f"count accuracy {_fmt(s['fact_accuracy_across_reset'])} on the {s['calls_across_reset']} "
-                     f"matched calls whose count reaches back before a sliding restart (every {reset:g} s) vs "
+        parts.append(f"score accuracy {_fmt(s['fact_accuracy_across_reset'])} on the {s['calls_across_reset']} "
+                     f"matched calls whose score reaches back before a sliding restart (every {reset:g} s) vs "
                      f"{_fmt(s['fact_accuracy_within_reset'])} on the others")
         if s["stopped"]:
             first = s["stopped"][0]
@@ -567,7 +569,7 @@ def write_figure(report: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     from streaming_vlm.bench import save_figure
 
     fig, axes = plt.subplots(3, 1, figsize=(9, 9.5), sharex=True, constrained_layout=True)
-    panels = (("event_f1", "event F1 (±1 s)"), ("fact_accuracy", "count (non-visible fact)\naccuracy"),
+    panels = (("event_f1", "event F1 (±1 s)"), ("fact_accuracy", "score (non-visible fact)\naccuracy"),
               ("latency_ms_median", "median chunk latency (ms), log"))
     for mode, s in report["modes"].items():
         color, label = _COLORS.get(mode), MODE_LABELS.get(mode, mode)
@@ -829,7 +831,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     """The ``streaming-vlm eval synth`` options (added to ``parser`` when given)."""
     p = parser or argparse.ArgumentParser(
         prog=PROG, description="Long-stream quality on held-out synthetic-world streams, per mode: event F1 "
-        "(calls matched within ±1 s), accuracy of the running count (never drawn), empty and garbled chunks, "
+        "(calls matched within ±1 s), accuracy of the running score (never drawn), empty and garbled chunks, "
         "per-chunk latency and memory, per minute of stream time. Resumable; writes a report JSON and a figure.")
     p.add_argument("--data", nargs="+", required=True, metavar="DIR",
                    help="folders written by `streaming-vlm synth DIR --split test` (several allowed)")

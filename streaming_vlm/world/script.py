@@ -2,10 +2,11 @@
 
 Every second of a stream either is quiet, shows one **object** (a red, blue, yellow or black ball or bar, moving)
 for exactly that second, or shows a **whistle** (the whole pitch flashes white). The commentator calls each
-object in the second it is on screen and then announces the running **count**: the number of objects since the
-last whistle (``red ball! count 5``); a whistle is called ``whistle! count 0``. The count is never drawn, so it
-can only be known from earlier commentary: the world's non-visible fact. Quiet seconds have no words (the
-stream's `` ...`` marker).
+object in the second it is on screen and then announces the running **score** in words: the number of goals
+(black balls) since the last whistle (``red bar! score two``; ``black ball! score three``); a whistle is called
+``whistle! score zero``. The score is never drawn, so it can only be known from earlier commentary (the goals
+that made it may be minutes back): the world's non-visible fact. Quiet seconds have no words (the stream's
+`` ...`` marker). Scores are words, not digits, so they never share tokens with the stream's ``Time=`` stamps.
 
 The script is a pure function of ``(seed, WorldConfig)``, generated second by second, so a stream of any length
 costs constant memory. ``parse_commentary`` turns commentary text back into calls; it is the single definition
@@ -26,7 +27,25 @@ from streaming_vlm.data.annotations import Word
 COLOURS = ("red", "blue", "yellow", "black")
 SHAPES = ("ball", "bar")
 WHISTLE = "whistle"
+GOAL = ("black", "ball")
+"""The object that scores: the score goes up by one in the second it is on screen."""
 QUERY = "Commentate on this match"
+_UNITS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+          "seventeen eighteen nineteen").split()
+_TENS = "twenty thirty forty fifty sixty seventy eighty ninety".split()
+
+
+def score_word(n: int) -> str:
+    """``n`` (0..99) in words: ``five``, ``twenty``, ``twenty-one``."""
+    if not 0 <= n <= 99:
+        raise ValueError(f"scores are 0..99, got {n}")
+    if n < 20:
+        return _UNITS[n]
+    tens, unit = divmod(n, 10)
+    return _TENS[tens - 2] + (f"-{_UNITS[unit]}" if unit else "")
+
+
+_SCORE_VALUES = {score_word(n): n for n in range(100)}
 """The instruction the demo model is trained and run with (the engine's default query)."""
 
 
@@ -38,12 +57,12 @@ class WorldConfig:
     """Frame width and height in pixels (a multiple of 28: 2x2 vision tokens per frame pair at 56)."""
     fps: int = 8
     """Video frame rate."""
-    density: float = 0.25
-    """Probability that a second shows an object."""
     whistle_rate: float = 1 / 60
     """Probability that a second is a whistle."""
-    max_count: int = 30
-    """A whistle always follows the object that brings the count to this."""
+    density: float = 0.3
+    """Probability that a second shows an object."""
+    max_score: int = 9
+    """A whistle always follows the goal that brings the score to this (so the demo's scores are one word)."""
     speed: float = 12.0
     """Object speed in pixels per second."""
 
@@ -54,8 +73,8 @@ class WorldConfig:
             raise ValueError(f"fps must be >= 2, got {self.fps}")
         if not 0 <= self.density <= 1 or not 0 <= self.whistle_rate <= 1 or self.density + self.whistle_rate > 1:
             raise ValueError("density and whistle_rate must be probabilities with a sum <= 1")
-        if not 1 <= self.max_count <= 99:
-            raise ValueError(f"max_count must be in 1..99, got {self.max_count}")
+        if not 1 <= self.max_score <= 99:
+            raise ValueError(f"max_score must be in 1..99, got {self.max_score}")
         if not (math.isfinite(self.speed) and self.speed >= 0):
             raise ValueError(f"speed must be >= 0, got {self.speed}")
 
@@ -70,8 +89,8 @@ class Event:
     second: int
     kind: str
     """``"object"`` or ``"whistle"``."""
-    count: int
-    """The count announced in this second (0 for a whistle)."""
+    score: int
+    """The score announced in this second (0 for a whistle)."""
     colour: str = ""
     shape: str = ""
     x: float = 0.0
@@ -88,29 +107,31 @@ class Event:
 
     @property
     def text(self) -> str:
-        return f"{self.label}! count {self.count}"
+        return f"{self.label}! score {score_word(self.score)}"
 
 
 def events(seed: int, seconds: int, config: WorldConfig = DEFAULT_WORLD) -> Iterator[Event]:
     """The stream's events in time order, for seconds ``0 .. seconds-1`` (generated lazily)."""
     rng = np.random.default_rng([seed, 0x5EED])
-    count, forced_whistle = 0, False
+    score, forced_whistle = 0, False
     margin = config.size * 0.3
     for second in range(seconds):
         u = rng.random()
         if forced_whistle or u < config.whistle_rate:
-            forced_whistle, count = False, 0
+            forced_whistle, score = False, 0
             yield Event(second, WHISTLE, 0)
         elif u < config.whistle_rate + config.density:
-            count += 1
-            forced_whistle = count >= config.max_count
             angle = rng.uniform(0, 2 * math.pi)
+            colour, shape = COLOURS[rng.integers(len(COLOURS))], SHAPES[rng.integers(len(SHAPES))]
+            if (colour, shape) == GOAL:
+                score += 1
+                forced_whistle = score >= config.max_score
             yield Event(
                 second,
                 "object",
-                count,
-                colour=COLOURS[rng.integers(len(COLOURS))],
-                shape=SHAPES[rng.integers(len(SHAPES))],
+                score,
+                colour=colour,
+                shape=shape,
                 x=float(rng.uniform(margin, config.size - margin)),
                 y=float(rng.uniform(margin, config.size - margin)),
                 vx=config.speed * math.cos(angle),
@@ -133,25 +154,26 @@ def transcript(seed: int, seconds: int, config: WorldConfig = DEFAULT_WORLD) -> 
 
 def corpus(config: WorldConfig = DEFAULT_WORLD) -> list[str]:
     """Every sentence the commentator can say (for building the demo tokenizer's vocabulary)."""
-    lines = [f"{WHISTLE}! count 0"]
-    for n in range(1, config.max_count + 1):
-        lines += [f"{c} {s}! count {n}" for c in COLOURS for s in SHAPES]
+    lines = [f"{WHISTLE}! score {score_word(0)}"]
+    for n in range(config.max_score + 1):
+        lines += [f"{c} {s}! score {score_word(n)}" for c in COLOURS for s in SHAPES if (c, s) != GOAL or n > 0]
     return lines
 
 
 # ---- reading commentary back ---------------------------------------------------------------------------------
 
 _CALL = re.compile(
-    r"(?P<label>whistle|(?:" + "|".join(COLOURS) + r") (?:" + "|".join(SHAPES) + r"))!?(?: count (?P<count>\d+))?"
+    r"(?P<label>whistle|(?:" + "|".join(COLOURS) + r") (?:" + "|".join(SHAPES) + r"))!?"
+    r"(?: score (?P<score>" + "|".join(sorted(_SCORE_VALUES, key=len, reverse=True)) + r")\b)?"
 )
 
 
 @dataclass(frozen=True)
 class Call:
-    """One call read from commentary: what was named, and the count announced with it (None if missing)."""
+    """One call read from commentary: what was named, and the score announced with it (None if missing)."""
 
     label: str
-    count: int | None
+    score: int | None
 
 
 @dataclass(frozen=True)
@@ -168,8 +190,8 @@ def parse_commentary(text: str) -> Reading:
     for m in _CALL.finditer(text):
         rest.append(text[pos : m.start()])
         pos = m.end()
-        count = m.group("count")
-        calls.append(Call(m.group("label"), int(count) if count is not None else None))
+        score = m.group("score")
+        calls.append(Call(m.group("label"), _SCORE_VALUES[score] if score is not None else None))
     rest.append(text[pos:])
     leftover = "".join(rest).strip(" ,.!")
     return Reading(tuple(calls), garbled=bool(leftover))
