@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Long-stream quality on the synthetic world, in the four modes (streaming, full, sliding w/o overlap, recompute):
-# event F1 per minute, the running count (never drawn), empty/garbled chunks, chunk latency and memory.
+# event F1 per minute, the running score (never drawn), empty/garbled chunks, chunk latency and memory.
 #   bash scripts/eval_synth.sh [--max-wall-s 1800 --device cuda ...]   # extra arguments go to the command
 # Writes the held-out test streams when missing: 3 x 10 min in $DATA/test_10min and 1 x 60 min in $DATA/test_60min
 # (two folders: both start at the test split's first seed, so their video names would clash in one).
