@@ -50,6 +50,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from streaming_vlm.argtypes import non_negative_int, positive_int
+
 __all__ = [
     "ANNOTATION_FILE",
     "CATEGORIES",
@@ -521,20 +523,6 @@ def table_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
 # ------------------------------------------------------------------------------------------------------------
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
 def _tasks(text: str) -> list[str]:
     tasks = [t.strip().upper() for t in text.split(",") if t.strip()]
     bad = [t for t in tasks if t not in TASK_CATEGORY]
@@ -574,7 +562,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument(
         "--tasks", type=_tasks, default=list(TASKS), help=f"comma-separated tasks (default {','.join(TASKS)})"
     )
-    p.add_argument("--limit", type=_positive_int, default=None, help="evaluate only the first N items of each task")
+    p.add_argument("--limit", type=positive_int, default=None, help="evaluate only the first N items of each task")
     p.add_argument(
         "--out",
         default=None,
@@ -590,26 +578,26 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--fps", type=float, default=2.0, help="frames sampled per second (default 2)")
     p.add_argument(
         "--min-pixels",
-        type=_positive_int,
+        type=positive_int,
         default=100 * 28 * 28,
         help="minimum pixels per frame after resizing (default 100*28*28)",
     )
     p.add_argument(
         "--max-pixels",
-        type=_positive_int,
+        type=positive_int,
         default=768 * 28 * 28,
         help="maximum pixels per frame after resizing (default 768*28*28)",
     )
     g = p.add_argument_group("offline answer mode")
     g.add_argument(
         "--max-frames",
-        type=_positive_int,
+        type=positive_int,
         default=480,
         help="frames per clip at most; longer clips are uniformly subsampled (default 480)",
     )
     g.add_argument(
         "--total-pixels",
-        type=_positive_int,
+        type=positive_int,
         default=24576 * 28 * 28,
         help="pixel budget of a whole clip, shared by its frames (default 24576*28*28)",
     )
@@ -622,7 +610,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     )
     g.add_argument(
         "--commentary-tokens",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=0,
         help="commentary tokens per watched second at most; 0 (default) = watch silently",
     )

@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from streaming_vlm.argtypes import non_negative_float, positive_float, positive_int
 from streaming_vlm.world.script import GOAL, parse_commentary
 
 GOAL_LABEL = " ".join(GOAL)
@@ -790,33 +791,10 @@ def _check_resume(out: Path, settings: dict[str, Any]) -> None:
 # ------------------------------------------------------------------------------------------------------------
 
 
-def _positive(kind):
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if not (math.isfinite(value) and value > 0):
-            raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
-        return value
-
-    return parse
-
-
-def _non_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return value
-
-
 def _window(text: str) -> int | str:
     if text == "unlimited":
         return text
-    return _positive(int)(text)
+    return positive_int(text)
 
 
 def _modes(text: str) -> list[str]:
@@ -842,21 +820,21 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--figure", default=None, help="figure path (default: the report's path with .png; '' for none)")
     p.add_argument("--out", default=None,
                    help="folder of the per-chunk generation records, resumable (default results/synth/<model>)")
-    p.add_argument("--max-wall-s", type=_positive(float), default=None,
+    p.add_argument("--max-wall-s", type=positive_float, default=None,
                    help="stop one (mode, stream) after this many wall seconds and record where (default: no limit)")
-    p.add_argument("--max-minutes", type=_positive(float), default=None,
+    p.add_argument("--max-minutes", type=positive_float, default=None,
                    help="stream only the first M minutes of each stream (default: all of it)")
-    p.add_argument("--reset-every", type=_positive(float), default=24.0,
+    p.add_argument("--reset-every", type=positive_float, default=24.0,
                    help="sliding mode: restart the context every S seconds (default 24, the training window)")
-    p.add_argument("--training-window", type=_positive(float), default=24.0,
+    p.add_argument("--training-window", type=positive_float, default=24.0,
                    help="seconds of stream the model was trained on at once, for F1 within vs past it (default 24)")
-    p.add_argument("--tolerance", type=_non_negative, default=1.0,
+    p.add_argument("--tolerance", type=non_negative_float, default=1.0,
                    help="seconds a call may be early or late (default 1)")
     g = p.add_argument_group("stream settings (default: the checkpoint's streaming_vlm.json, else the benchmark's)")
-    g.add_argument("--fps", type=_positive(float), default=None, help="frames per second (default 2)")
-    g.add_argument("--chunk-seconds", type=_positive(float), default=1.0, help="seconds per chunk (default 1)")
-    g.add_argument("--min-pixels", type=_positive(int), default=None, help="per frame (default 100*28*28)")
-    g.add_argument("--max-pixels", type=_positive(int), default=None, help="per frame (default 768*28*28)")
+    g.add_argument("--fps", type=positive_float, default=None, help="frames per second (default 2)")
+    g.add_argument("--chunk-seconds", type=positive_float, default=1.0, help="seconds per chunk (default 1)")
+    g.add_argument("--min-pixels", type=positive_int, default=None, help="per frame (default 100*28*28)")
+    g.add_argument("--max-pixels", type=positive_int, default=None, help="per frame (default 768*28*28)")
     g.add_argument("--query", default=None, help="instruction with the first chunk (default: the world's)")
     g.add_argument("--system-prompt", default=None, help="system prompt (default: the engine's)")
     for name, what in (("vision-window", "chunks whose vision tokens are kept (16)"),
@@ -864,15 +842,15 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                        ("text-sink", "first previous-text tokens kept (512)"),
                        ("text-window", "last previous-text tokens kept (512)")):
         g.add_argument(f"--{name}", type=_window, default=None, help=f"{what}; 'unlimited' for no bound")
-    g.add_argument("--max-new-tokens", type=_positive(int), default=None, help="tokens per chunk at most (20)")
+    g.add_argument("--max-new-tokens", type=positive_int, default=None, help="tokens per chunk at most (20)")
     g.add_argument("--temperature", type=float, default=None, help="0 = greedy (default 0)")
     g.add_argument("--top-p", type=float, default=None, help="default: the checkpoint's generation config")
     g.add_argument("--top-k", type=int, default=None, help="default: the checkpoint's generation config")
-    g.add_argument("--repetition-penalty", type=_positive(float), default=None, help="default 1.0 (off)")
+    g.add_argument("--repetition-penalty", type=positive_float, default=None, help="default 1.0 (off)")
     g.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     p.add_argument("--device", default="auto", help="auto (cuda:LOCAL_RANK under torchrun), cuda, cpu")
     p.add_argument("--dtype", default="auto", help="auto, bf16, fp16, fp32")
-    p.add_argument("--threads", type=_positive(int), default=None,
+    p.add_argument("--threads", type=positive_int, default=None,
                    help="torch CPU threads (default: torch's; on a busy CPU, 1 gives steadier latencies)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
