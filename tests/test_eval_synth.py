@@ -29,7 +29,8 @@ def _at(seconds: int, calls: dict[int, str]) -> list[str]:
 
 
 # Ten seconds, four calls (event seconds 0, 2, 4, 7).
-GT = _at(10, {0: "whistle! score zero", 2: "red ball! score one", 4: "blue bar! score two", 7: "yellow ball! score three"})
+GT = _at(10, {0: "whistle! score zero", 2: "red ball! score one", 4: "blue bar! score two",
+              7: "yellow ball! score three"})  # fmt: skip
 
 
 def _shift(texts, by):
@@ -101,7 +102,8 @@ def test_matching_is_one_to_one_by_smallest_gap_ties_to_the_earlier():
 
 
 def test_per_minute_series_counts_each_side_in_its_own_minute():
-    gt = _at(150, {30: "red ball! score one", 59: "blue ball! score two", 90: "whistle! score zero", 130: "red bar! score one"})
+    gt = _at(150, {30: "red ball! score one", 59: "blue ball! score two", 90: "whistle! score zero",
+                   130: "red bar! score one"})  # fmt: skip
     pred = _at(150, {30: "red ball! score one", 60: "blue ball! score two", 100: "black ball! score three",
                      130: "red bar! score seven"})  # fmt: skip
     lat = [0.01 * (k // 60 + 1) for k in range(150)]

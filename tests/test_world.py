@@ -15,7 +15,15 @@ from streaming_vlm.video import VideoReader
 from streaming_vlm.world import dataset
 from streaming_vlm.world.render import FLASH, RGB, pitch
 from streaming_vlm.world.script import (
-    GOAL, WHISTLE, Call, WorldConfig, corpus, events, parse_commentary, score_word, words,
+    GOAL,
+    WHISTLE,
+    Call,
+    WorldConfig,
+    corpus,
+    events,
+    parse_commentary,
+    score_word,
+    words,
 )
 
 
