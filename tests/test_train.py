@@ -344,6 +344,32 @@ def test_auto_resume_picks_the_newest_complete_checkpoint(tmp_path):
 # ------------------------------------------------------------------------------------------------------------
 
 
+def test_resumed_run_equals_the_uninterrupted_run(tiny_model_dir, data_dir, tmp_path):
+    """Two steps, a checkpoint, then a resumed third: the weights of three steps in one go (the resumed run starts
+    from the checkpoint's weights, not from the pretrained ones)."""
+    from safetensors.torch import load_file
+
+    from streaming_vlm.train.args import parse_args
+    from streaming_vlm.train.trainer import run_training
+
+    def train(out, steps):
+        run_training(*parse_args(_argv(
+            tiny_model_dir, data_dir, out,
+            "--train_annotation_paths", *["repeat_with_seeks.jsonl"] * 5,
+            "--max_steps", str(steps), "--learning_rate", "1e-3", "--lr_scheduler_type", "constant",
+            "--per_device_train_batch_size", "1", "--save_strategy", "steps", "--save_steps", "2",
+        )))  # fmt: skip
+        return load_file(out / "model.safetensors")
+
+    straight = train(tmp_path / "straight", 3)
+    after_two = train(tmp_path / "cut", 2)
+    resumed = train(tmp_path / "cut", 3)
+    assert straight.keys() == resumed.keys()
+    assert any(not torch.equal(after_two[k], resumed[k]) for k in resumed)
+    for k in straight:
+        torch.testing.assert_close(resumed[k], straight[k], msg=k)
+
+
 def test_yaml_config_with_command_line_overrides(tmp_path):
     from streaming_vlm.train.args import ConfigError, parse_args
 

@@ -93,6 +93,20 @@ class StreamingSFTTrainer(Trainer):
                     sum(p.numel() for g in moved for p in g["params"]), self.vision_learning_rate)
         return optimizer
 
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        """Resume's weight loading (without DeepSpeed or FSDP, which load their own shards).
+
+        The stock loader reads ``model.safetensors`` with ``load_state_dict(strict=False)``, but transformers 5
+        saves Qwen2.5-VL under its legacy key names (``model.layers.*``, ``visual.*``): no key matched, and a
+        resumed run went on from the initial weights with only a warning. ``from_pretrained`` maps the names;
+        every tensor must land.
+        """
+        target = self.accelerator.unwrap_model(self.model if model is None else model)
+        dtype = next(target.parameters()).dtype
+        source = type(target).from_pretrained(resume_from_checkpoint, dtype=dtype)
+        target.load_state_dict(source.state_dict(), strict=True)
+        logger.info("loaded the weights of %s", resume_from_checkpoint)
+
     def _window_token_count(self, batches: list[dict[str, Any]], device) -> torch.Tensor:
         """Supervised prediction targets (labels shifted by one) in ``batches``, summed over ranks if asked."""
         count = sum(int((b["labels"][..., 1:] != IGNORE_INDEX).sum()) for b in batches)
