@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Train the demo model from scratch on the synthetic world (about 25 min on 2 CPU cores):
+# Train the demo model from scratch on the synthetic world (about 26 min on 2 CPU cores):
 #   bash scripts/train_demo.sh            # then: streaming-vlm infer demo --model checkpoints/demo_stage2
 # Env (defaults): DATA (data/world), CKPT (checkpoints), SHIP=1 copies the result into the package
 # (streaming_vlm/assets/demo_model, the default model of `streaming-vlm infer`).
-# Each step is skipped when its output exists; training resumes from its newest checkpoint.
+# Each step is skipped when its output exists (a finished stage: train_results.json); a stage cut short
+# resumes from its newest checkpoint.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,10 +23,10 @@ DEVICE=()
 "$PY" -c "import torch, sys; sys.exit(torch.cuda.is_available())" && DEVICE=(--use_cpu true)
 
 SECONDS=0
-"$PY" -m streaming_vlm.train --config configs/demo_stage1.yaml "${DEVICE[@]}" \
-  --pretrained_model_name_or_path "$CKPT/demo_init" --output_dir "$CKPT/demo_stage1" "$@"
-"$PY" -m streaming_vlm.train --config configs/demo_stage2.yaml "${DEVICE[@]}" \
-  --pretrained_model_name_or_path "$CKPT/demo_stage1" --output_dir "$CKPT/demo_stage2" "$@"
+[ -f "$CKPT/demo_stage1/train_results.json" ] || "$PY" -m streaming_vlm.train --config configs/demo_stage1.yaml \
+  "${DEVICE[@]}" --pretrained_model_name_or_path "$CKPT/demo_init" --output_dir "$CKPT/demo_stage1" "$@"
+[ -f "$CKPT/demo_stage2/train_results.json" ] || "$PY" -m streaming_vlm.train --config configs/demo_stage2.yaml \
+  "${DEVICE[@]}" --pretrained_model_name_or_path "$CKPT/demo_stage1" --output_dir "$CKPT/demo_stage2" "$@"
 echo "trained both stages in $((SECONDS / 60)) min $((SECONDS % 60)) s"
 
 if [ "${SHIP:-0}" = 1 ]; then

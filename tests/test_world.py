@@ -134,8 +134,8 @@ def test_split_files_pass_the_sft_validator(tmp_path):
 
 
 def test_training_set_windows(tmp_path):
-    spec = dataset.TrainingSetSpec(stage1_streams=2, stage1_long_streams=1, stage2_streams=1, valid_streams=1,
-                                   minutes=1.0, long_minutes=1.5)
+    spec = dataset.TrainingSetSpec(stage1_streams=2, stage1_long_streams=1, stage2_streams=1, stage2_short_streams=2,
+                                   valid_streams=1, minutes=1.0, long_minutes=1.5, short_minutes=0.5)
     files = dataset.make_training_set(tmp_path, spec, progress=False)
     n = {}
     for name, path in files.items():
@@ -143,14 +143,15 @@ def test_training_set_windows(tmp_path):
         assert report.ok, report.lines()
         assert (tmp_path / f"{name}_windows_seeks.jsonl").is_file()
         n[name] = report.records
-    # 60-s streams: windows at 0, 12, 24, 36; the 90-s long one: 0 .. 72
-    assert n == {"stage1": 2 * 4 + 7, "stage2": 4, "valid": 4}
+    # 60-s streams: windows at 0, 12, 24, 36; the 90-s long one: 0 .. 72; the 30-s short ones: 0, [6, 30]
+    assert n == {"stage1": 2 * 4 + 7, "stage2": 4 + 2 * 2, "valid": 4}
     # stage-1 streams vary around the default world; stage 2 is the default world on other seeds
     worlds = json.loads((tmp_path / "stage1_streams_world.json").read_text())
     assert len({w["config"]["density"] for w in worlds}) == 3
     assert [w["seed"] for w in worlds] == [0, 1, 3] and worlds[2]["seconds"] == 90
     stage2 = json.loads((tmp_path / "stage2_streams_world.json").read_text())
     assert stage2[0]["seed"] == 2 and stage2[0]["config"] == json.loads(json.dumps(WorldConfig().__dict__))
+    assert [(w["seed"], w["seconds"]) for w in stage2] == [(2, 60), (4, 30), (5, 30)]
     # a later window carries the earlier commentary as its previous text
     later = [r for _, r in iter_records(files["stage2"]) if r.video_start == 36.0][0]
     earlier = [e for e in events(2, 36) if e.second < 36]
@@ -162,7 +163,7 @@ def test_synth_cli(tmp_path, capsys):
     assert cli_main(["synth", str(tmp_path / "one"), "--seed", "3", "--minutes", "0.2", "--quiet"]) == 0
     assert (tmp_path / "one" / "videos" / "stream_3.mp4").is_file()
     assert validate_file(tmp_path / "one" / "stream.jsonl", dataset_path=tmp_path / "one").ok
-    assert cli_main(["synth", str(tmp_path / "x"), "--density", "0.99", "--quiet"]) == 2
+    assert cli_main(["synth", str(tmp_path / "x"), "--density", "0.999", "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["streaming-vlm: error: density and whistle_rate must be probabilities with a sum <= 1"]
     assert not (tmp_path / "x" / "stream.jsonl").exists()

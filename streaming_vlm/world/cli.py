@@ -21,6 +21,8 @@ def _positive(kind):
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
+    from streaming_vlm.world.script import WorldConfig
+
     p = sub.add_parser(
         "synth", help="synthetic stream world: videos with word-timestamped commentary",
         description="Write synthetic streams (mp4 + annotations in the SFT format) to OUT_DIR. With --seed, one "
@@ -34,9 +36,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
     which.add_argument("--training-set", action="store_true", help="write the demo model's SFT data")
     p.add_argument("--streams", type=_positive(int), default=1, help="streams to write with --split (default 1)")
     p.add_argument("--minutes", type=_positive(float), default=10.0, help="length of each stream (default 10)")
-    p.add_argument("--density", type=float, default=None, help="probability that a second shows an object (0.25)")
-    p.add_argument("--speed", type=float, default=None, help="object speed in pixels per second (12)")
-    p.add_argument("--whistle-rate", type=float, default=None, help="probability that a second is a whistle (1/60)")
+    world = WorldConfig()
+    p.add_argument("--density", type=float, default=None,
+                   help=f"probability that a second shows an object ({world.density:g})")
+    p.add_argument("--speed", type=float, default=None, help=f"object speed in pixels per second ({world.speed:g})")
+    p.add_argument("--whistle-rate", type=float, default=None,
+                   help=f"probability that a second is a whistle (1/{1 / world.whistle_rate:g})")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=main)
     return p

@@ -103,15 +103,19 @@ class TrainingSetSpec:
     """The demo model's data: stage 1 on varied streams, stage 2 (annealing) on clean default-world streams.
 
     Stage 1 also holds a few long varied streams, so training windows carry the ``Time=`` stamps of a whole hour
-    (a model that saw only the first minutes meets unseen stamps late in a long stream).
+    (a model that saw only the first minutes meets unseen stamps late in a long stream). Stage 2 also holds many
+    one-minute streams: a stream's start (no earlier commentary, so the score is zero) is one window in thirty
+    otherwise.
     """
 
     stage1_streams: int = 48
     stage1_long_streams: int = 8
     stage2_streams: int = 16
+    stage2_short_streams: int = 64
     valid_streams: int = 2
     minutes: float = 6.0
     long_minutes: float = 60.0
+    short_minutes: float = 1.0
     window: float = 24.0
     stride: float = 12.0
 
@@ -120,7 +124,8 @@ def make_training_set(out_dir: str | Path, spec: TrainingSetSpec | None = None,
                       config: WorldConfig = DEFAULT_WORLD, progress: bool = True) -> dict[str, Path]:
     """Write the streams and the stage files; returns the window files by name.
 
-    ``stage1_windows.jsonl`` (varied streams, short and long), ``stage2_windows.jsonl`` (default world, other seeds) and
+    ``stage1_windows.jsonl`` (varied streams, 6 and 60 minutes), ``stage2_windows.jsonl`` (default world, other seeds,
+    6 and 1 minutes) and
     ``valid_windows.jsonl`` (validation split), each with its ``*_seeks.jsonl`` index, paths relative to
     ``out_dir`` (use it as ``$DATASET_PATH``).
     """
@@ -130,6 +135,8 @@ def make_training_set(out_dir: str | Path, spec: TrainingSetSpec | None = None,
     stage2 = split_specs("train", spec.stage2_streams, spec.minutes, config, first=spec.stage1_streams)
     stage1 += varied_specs("train", spec.stage1_long_streams, spec.long_minutes, config,
                            first=spec.stage1_streams + spec.stage2_streams)
+    stage2 += split_specs("train", spec.stage2_short_streams, spec.short_minutes, config,
+                          first=spec.stage1_streams + spec.stage2_streams + spec.stage1_long_streams)
     valid = split_specs("valid", spec.valid_streams, spec.minutes, config)
     files = {}
     for name, specs in (("stage1", stage1), ("stage2", stage2), ("valid", valid)):

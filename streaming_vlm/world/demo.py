@@ -23,8 +23,11 @@ DEMO_TEXT: dict[str, Any] = {
     "num_hidden_layers": 4,
     "num_attention_heads": 6,
     "num_key_value_heads": 2,
+    "rope_theta": 1.0e4,
 }
-"""Text tower of the demo (head_dim 32); the vision tower is the tiny model's (2 blocks, width 64)."""
+"""Text tower of the demo (head_dim 32); the vision tower is the tiny model's (2 blocks, width 64). RoPE base
+10^4 rather than Qwen's 10^6: the demo's context is under 1,000 tokens, and a base of 10^6 leaves most of a
+32-wide head's frequencies turning too slowly to tell those distances apart."""
 
 DEMO_VOCAB = 640
 

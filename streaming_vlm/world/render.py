@@ -37,9 +37,9 @@ def pitch(size: int) -> np.ndarray:
 def _shape_mask(shape: str, cx: float, cy: float, size: int) -> np.ndarray:
     yy, xx = np.mgrid[0:size, 0:size]
     if shape == "ball":
-        r = size * 0.25
+        r = size * 0.14  # a small disc: a quarter of the bar's area, so shape shows in how much of a frame is coloured
         return np.hypot(xx + 0.5 - cx, yy + 0.5 - cy) <= r
-    half_w, half_h = size * 0.38, size * 0.1  # a wide, flat bar
+    half_w, half_h = size * 0.46, size * 0.13  # a bar almost as wide as the pitch
     return (np.abs(xx + 0.5 - cx) <= half_w) & (np.abs(yy + 0.5 - cy) <= half_h)
 
 

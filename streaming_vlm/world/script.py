@@ -57,7 +57,7 @@ class WorldConfig:
     """Frame width and height in pixels (a multiple of 28: 2x2 vision tokens per frame pair at 56)."""
     fps: int = 8
     """Video frame rate."""
-    whistle_rate: float = 1 / 60
+    whistle_rate: float = 1 / 300
     """Probability that a second is a whistle."""
     density: float = 0.3
     """Probability that a second shows an object."""
