@@ -6,18 +6,7 @@ import argparse
 import sys
 from dataclasses import replace
 
-
-def _positive(kind):
-    def parse(value: str):
-        try:
-            x = kind(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
-        if not x > 0:
-            raise argparse.ArgumentTypeError(f"expected a number > 0, got {value!r}")
-        return x
-
-    return parse
+from streaming_vlm.argtypes import positive_float, positive_int
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -34,8 +23,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     which.add_argument("--split", choices=["train", "valid", "test"],
                        help="write streams of this split (<split>.jsonl)")
     which.add_argument("--training-set", action="store_true", help="write the demo model's SFT data")
-    p.add_argument("--streams", type=_positive(int), default=1, help="streams to write with --split (default 1)")
-    p.add_argument("--minutes", type=_positive(float), default=10.0, help="length of each stream (default 10)")
+    p.add_argument("--streams", type=positive_int, default=1, help="streams to write with --split (default 1)")
+    p.add_argument("--minutes", type=positive_float, default=10.0, help="length of each stream (default 10)")
     world = WorldConfig()
     p.add_argument("--density", type=float, default=None,
                    help=f"probability that a second shows an object ({world.density:g})")

@@ -30,6 +30,7 @@ WHISTLE = "whistle"
 GOAL = ("black", "ball")
 """The object that scores: the score goes up by one in the second it is on screen."""
 QUERY = "Commentate on this match"
+"""The instruction the demo model is trained and run with (the engine's default query)."""
 _UNITS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
           "seventeen eighteen nineteen").split()
 _TENS = "twenty thirty forty fifty sixty seventy eighty ninety".split()
@@ -46,7 +47,6 @@ def score_word(n: int) -> str:
 
 
 _SCORE_VALUES = {score_word(n): n for n in range(100)}
-"""The instruction the demo model is trained and run with (the engine's default query)."""
 
 
 @dataclass(frozen=True)
