@@ -380,6 +380,22 @@ def test_overlap_windows_exact(tmp_path):
     assert load_seek_index(tmp_path / "w.jsonl") == [0, lengths[0], sum(lengths[:2]), sum(lengths[:3])]
 
 
+def test_drop_empty_leaves_out_windows_with_nothing_to_supervise(tmp_path, capsys):
+    # 12-s windows over 60 s: words only in the first, a question only in the last
+    src = write_lines(tmp_path / "sparse.jsonl", [toy(words=[(1, 2, "a")], qa=[(0, 50.0, "q?", "x")])])
+    kept = build_windows(src, tmp_path / "all.jsonl", window=12, stride=12)
+    assert (kept.windows, kept.empty, kept.dropped) == (5, 4, 0)
+    assert main(["data", "windows", str(src), str(tmp_path / "d.jsonl"), "--window", "12", "--stride", "12",
+                 "--drop-empty"]) == 0
+    assert capsys.readouterr().out.startswith(f"{tmp_path / 'd.jsonl'}: 2 windows (2 written, 0 already there, "
+                                              "4 without words, 3 of them dropped, 0 tail windows)")
+    dropped = build_windows(src, tmp_path / "d.jsonl", window=12, stride=12, drop_empty=True)  # resumes: all there
+    assert (dropped.windows, dropped.resumed, dropped.empty, dropped.dropped) == (2, 2, 4, 3)
+    assert [(w.video_start, [x.text for x in w.words], [q.question for q in w.qa])
+            for w in read_windows(tmp_path / "d.jsonl")] == [(0, ["a"], []), (48, [], ["q?"])]
+    assert len(load_seek_index(tmp_path / "d.jsonl")) == 2
+
+
 def test_previous_composition_without_title_or_previous(tmp_path):
     words = [(1, 2, " Hello"), (3, 4, "there "), (13, 14, "later")]
     src = write_lines(tmp_path / "plain.jsonl", [conversation(start=0, end=24, words=words)])

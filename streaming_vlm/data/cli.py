@@ -52,7 +52,7 @@ def _windows(args) -> int:
 
     try:
         stats = build_windows(args.input, args.output, window=args.window, stride=args.stride,
-                              variant=args.variant, resume=not args.no_resume)
+                              variant=args.variant, resume=not args.no_resume, drop_empty=args.drop_empty)
     except (OSError, ValueError) as exc:
         return _error(exc)
     for line in stats.lines():
@@ -92,6 +92,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     q.add_argument("--variant", choices=("overlap", "livecc"), default="overlap",
                    help="overlap: sliding windows; livecc: one window per clip (overlap)")
     q.add_argument("--no-resume", action="store_true", help="rewrite OUT from scratch")
+    q.add_argument("--drop-empty", action="store_true",
+                   help="leave out windows with neither words nor questions (training rejects them)")
     q.set_defaults(run=_windows)
 
     q = actions.add_parser("toy", help="write a small generated dataset laid out like Inf-Stream-Train",

@@ -60,7 +60,9 @@ class WindowStats:
     resumed: int = 0
     """window records found already written (and checked) in an existing output"""
     empty: int = 0
-    """windows without words (still written)"""
+    """windows without words (written unless ``drop_empty`` and they hold no question either)"""
+    dropped: int = 0
+    """windows left out by ``drop_empty``: no words and no questions, so nothing to train on"""
     tails: int = 0
     """tail windows added by the tail rule"""
     errors: tuple[str, ...] = ()
@@ -68,7 +70,8 @@ class WindowStats:
 
     def lines(self) -> list[str]:
         out = [f"{self.output}: {self.windows} windows ({self.written} written, {self.resumed} already there, "
-               f"{self.empty} without words, {self.tails} tail windows) from {self.inputs} records; "
+               f"{self.empty} without words, {self.dropped} of them dropped, {self.tails} tail windows) from "
+               f"{self.inputs} records; "
                f"{self.skipped} malformed lines skipped"]
         out += [f"  skipped: {e}" for e in self.errors]
         if self.index is not None:
@@ -146,14 +149,16 @@ def _existing_lines(out_path: Path) -> int:
 
 
 def build_windows(in_path: str | os.PathLike, out_path: str | os.PathLike, window: float = 24.0,
-                  stride: float = 12.0, variant: str = "overlap", resume: bool = True) -> WindowStats:
+                  stride: float = 12.0, variant: str = "overlap", resume: bool = True,
+                  drop_empty: bool = False) -> WindowStats:
     """Stream ``in_path`` (one record in memory at a time) into window records at ``out_path``; then write the
     output's seek index. Deterministic: the same input and settings give the same bytes.
 
     Resumable: with ``resume`` and an existing output, a partial last line is cut off, the complete lines are
     checked byte for byte against the windows the input gives in the same order (``ValueError`` if they differ:
     other input or settings), and writing continues after them. The output is flushed after each input record.
-    Malformed input lines are skipped with a warning and counted.
+    Malformed input lines are skipped with a warning and counted. With ``drop_empty``, windows with neither words
+    nor questions (the sample builder rejects them: nothing to supervise) are left out and counted.
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r} (choose from {', '.join(VARIANTS)})")
@@ -180,6 +185,10 @@ def build_windows(in_path: str | os.PathLike, out_path: str | os.PathLike, windo
                     continue
                 stats.inputs += 1
                 for rec, tail in windows_of(item, window, stride, variant):
+                    stats.empty += not rec.words
+                    if drop_empty and not rec.words and not rec.qa:
+                        stats.dropped += 1
+                        continue
                     data = _encode(rec)
                     if stats.resumed < done:
                         if old is None or old.readline() != data:
@@ -190,7 +199,6 @@ def build_windows(in_path: str | os.PathLike, out_path: str | os.PathLike, windo
                         out.write(data)
                         stats.written += 1
                     stats.windows += 1
-                    stats.empty += not rec.words
                     stats.tails += tail
                 out.flush()
     finally:
