@@ -1,10 +1,9 @@
 """The shipped demo model: it loads like any checkpoint and comments correctly on held-out streams.
 
 The floors sit well below the issue's targets (event F1 >= 0.9, score accuracy >= 0.9) and below what the
-current demo measures (F1 1.0 on the held-out minute and on the clip, score 1.0 on the clip); a random or
-broken checkpoint, layout, cache or pipeline scores 0 and fails them. On the held-out minute the score is a known
-failure (0.0: the first call of a stream says score one instead of zero, and no whistle resets it within the
-minute), kept as a strict xfail so a fix shows up.
+current demo measures (F1 and score 1.0 on the held-out minute and on the clip); a random or broken checkpoint,
+layout, cache or pipeline scores 0 and fails them. The held-out minute is test stream 7, whose first score the
+demo got wrong before streams opened with the kick-off whistle.
 """
 
 from __future__ import annotations
@@ -62,8 +61,6 @@ def test_one_minute_held_out_evaluation(held_out_minute):
     assert streaming["empty_share"] <= EMPTY_CEILING and streaming["garbled_share"] <= 0.1, streaming
 
 
-@pytest.mark.xfail(strict=True, reason="known (issue 4): the demo announces score one instead of zero at the first "
-                                       "call of a stream and keeps the offset until a whistle; this minute has none")
 def test_one_minute_held_out_score(held_out_minute):
     assert held_out_minute["fact_accuracy"] >= SCORE_FLOOR, held_out_minute
 

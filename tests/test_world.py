@@ -51,6 +51,17 @@ def test_the_score_is_the_goals_since_the_last_whistle():
     assert goals > 150 and forced > 10  # a whistle always follows the goal that reaches max_score
 
 
+def test_every_stream_opens_with_the_kickoff_whistle_unless_turned_off():
+    for seed in range(50):
+        first = next(events(seed, 60))
+        assert (first.second, first.kind, first.text) == (0, WHISTLE, "whistle! score zero")
+    no_kickoff = [next(events(seed, 60, WorldConfig(kickoff=False))) for seed in range(50)]
+    assert sum(e.second == 0 and e.kind == WHISTLE for e in no_kickoff) < 5
+    # after the kick-off, whistles come at the configured rate (no forced ones: max_score 99)
+    cfg = WorldConfig(max_score=99)
+    assert abs(sum(e.kind == WHISTLE for e in events(3, 30000, cfg)) / 30000 - cfg.whistle_rate) < 0.001
+
+
 def test_density_and_whistle_rate_are_what_the_config_says():
     cfg = WorldConfig(density=0.3, whistle_rate=0.02, max_score=99)
     ev = list(events(11, 20000, cfg))
@@ -150,7 +161,9 @@ def test_training_set_windows(tmp_path):
     assert len({w["config"]["density"] for w in worlds}) == 3
     assert [w["seed"] for w in worlds] == [0, 1, 3] and worlds[2]["seconds"] == 90
     stage2 = json.loads((tmp_path / "stage2_streams_world.json").read_text())
-    assert stage2[0]["seed"] == 2 and stage2[0]["config"] == json.loads(json.dumps(WorldConfig().__dict__))
+    # (training streams start mid-match, without the kick-off whistle, as the shipped demo was trained)
+    no_kickoff = WorldConfig(kickoff=False).__dict__
+    assert stage2[0]["seed"] == 2 and stage2[0]["config"] == json.loads(json.dumps(no_kickoff))
     assert [(w["seed"], w["seconds"]) for w in stage2] == [(2, 60), (4, 30), (5, 30)]
     # a later window carries the earlier commentary as its previous text
     later = [r for _, r in iter_records(files["stage2"]) if r.video_start == 36.0][0]
@@ -163,6 +176,9 @@ def test_synth_cli(tmp_path, capsys):
     assert cli_main(["synth", str(tmp_path / "one"), "--seed", "3", "--minutes", "0.2", "--quiet"]) == 0
     assert (tmp_path / "one" / "videos" / "stream_3.mp4").is_file()
     assert validate_file(tmp_path / "one" / "stream.jsonl", dataset_path=tmp_path / "one").ok
+    assert json.loads((tmp_path / "one" / "stream_world.json").read_text())[0]["config"]["kickoff"] is True
+    assert cli_main(["synth", str(tmp_path / "nk"), "--seed", "3", "--minutes", "0.2", "--no-kickoff", "--quiet"]) == 0
+    assert json.loads((tmp_path / "nk" / "stream_world.json").read_text())[0]["config"]["kickoff"] is False
     assert cli_main(["synth", str(tmp_path / "x"), "--density", "0.999", "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["streaming-vlm: error: density and whistle_rate must be probabilities with a sum <= 1"]

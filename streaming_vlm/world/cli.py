@@ -31,6 +31,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--speed", type=float, default=None, help=f"object speed in pixels per second ({world.speed:g})")
     p.add_argument("--whistle-rate", type=float, default=None,
                    help=f"probability that a second is a whistle (1/{1 / world.whistle_rate:g})")
+    p.add_argument("--no-kickoff", action="store_true",
+                   help="do not open each stream with a whistle at second 0 (the score then starts unannounced)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=main)
     return p
@@ -43,6 +45,8 @@ def main(args: argparse.Namespace) -> int:
     try:
         changes = {k: v for k, v in (("density", args.density), ("speed", args.speed),
                                      ("whistle_rate", args.whistle_rate)) if v is not None}
+        if args.no_kickoff:
+            changes["kickoff"] = False
         config = replace(WorldConfig(), **changes)
         if args.training_set:
             spec = replace(dataset.TrainingSetSpec(), minutes=args.minutes)

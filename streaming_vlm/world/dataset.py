@@ -118,6 +118,9 @@ class TrainingSetSpec:
     short_minutes: float = 1.0
     window: float = 24.0
     stride: float = 12.0
+    kickoff: bool = False
+    """Whether training streams open with the kick-off whistle. The shipped demo was trained without it (a stream
+    starts mid-match, score zero but unannounced) and meets the kick-off of held-out streams like any whistle."""
 
 
 def make_training_set(out_dir: str | Path, spec: TrainingSetSpec | None = None,
@@ -131,6 +134,7 @@ def make_training_set(out_dir: str | Path, spec: TrainingSetSpec | None = None,
     """
     out = Path(out_dir)
     spec = spec or TrainingSetSpec()
+    config = replace(config, kickoff=spec.kickoff)
     stage1 = varied_specs("train", spec.stage1_streams, spec.minutes, config)
     stage2 = split_specs("train", spec.stage2_streams, spec.minutes, config, first=spec.stage1_streams)
     stage1 += varied_specs("train", spec.stage1_long_streams, spec.long_minutes, config,

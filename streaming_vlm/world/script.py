@@ -1,12 +1,13 @@
 """The synthetic stream world's script: what happens each second, what the commentator says, how to read it back.
 
 Every second of a stream either is quiet, shows one **object** (a red, blue, yellow or black ball or bar, moving)
-for exactly that second, or shows a **whistle** (the whole pitch flashes white). The commentator calls each
-object in the second it is on screen and then announces the running **score** in words: the number of goals
-(black balls) since the last whistle (``red bar! score two``; ``black ball! score three``); a whistle is called
-``whistle! score zero``. The score is never drawn, so it can only be known from earlier commentary (the goals
-that made it may be minutes back): the world's non-visible fact. Quiet seconds have no words (the stream's
-`` ...`` marker). Scores are words, not digits, so they never share tokens with the stream's ``Time=`` stamps.
+for exactly that second, or shows a **whistle** (the whole pitch flashes white; second 0 is always one, the
+kick-off). The commentator calls each object in the second it is on screen and then announces the running
+**score** in words: the number of goals (black balls) since the last whistle (``red bar! score two``;
+``black ball! score three``); a whistle is called ``whistle! score zero``. The score is never drawn, so it can
+only be known from earlier commentary (the goals that made it may be minutes back): the world's non-visible
+fact. Quiet seconds have no words (the stream's `` ...`` marker). Scores are words, not digits, so they never
+share tokens with the stream's ``Time=`` stamps.
 
 The script is a pure function of ``(seed, WorldConfig)``, generated second by second, so a stream of any length
 costs constant memory. ``parse_commentary`` turns commentary text back into calls; it is the single definition
@@ -65,6 +66,8 @@ class WorldConfig:
     """A whistle always follows the goal that brings the score to this (so the demo's scores are one word)."""
     speed: float = 12.0
     """Object speed in pixels per second."""
+    kickoff: bool = True
+    """Second 0 is always a whistle (the kick-off), so every stream's first call announces the score (zero)."""
 
     def __post_init__(self) -> None:
         if self.size < 28 or self.size % 28:
@@ -113,7 +116,7 @@ class Event:
 def events(seed: int, seconds: int, config: WorldConfig = DEFAULT_WORLD) -> Iterator[Event]:
     """The stream's events in time order, for seconds ``0 .. seconds-1`` (generated lazily)."""
     rng = np.random.default_rng([seed, 0x5EED])
-    score, forced_whistle = 0, False
+    score, forced_whistle = 0, config.kickoff
     margin = config.size * 0.3
     for second in range(seconds):
         u = rng.random()
