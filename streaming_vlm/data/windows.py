@@ -70,9 +70,8 @@ class WindowStats:
 
     def lines(self) -> list[str]:
         out = [f"{self.output}: {self.windows} windows ({self.written} written, {self.resumed} already there, "
-               f"{self.empty} without words, {self.dropped} of them dropped, {self.tails} tail windows) from "
-               f"{self.inputs} records; "
-               f"{self.skipped} malformed lines skipped"]
+               f"{self.empty} without words, {self.dropped} of them dropped, {self.tails} tail windows) "
+               f"from {self.inputs} records; {self.skipped} malformed lines skipped"]
         out += [f"  skipped: {e}" for e in self.errors]
         if self.index is not None:
             out.append(f"seek index: {self.index}")

@@ -31,8 +31,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--speed", type=float, default=None, help=f"object speed in pixels per second ({world.speed:g})")
     p.add_argument("--whistle-rate", type=float, default=None,
                    help=f"probability that a second is a whistle (1/{1 / world.whistle_rate:g})")
-    p.add_argument("--no-kickoff", action="store_true",
-                   help="do not open each stream with a whistle at second 0 (the score then starts unannounced)")
+    p.add_argument("--kickoff", action=argparse.BooleanOptionalAction, default=None,
+                   help="open each stream with a whistle at second 0; --no-kickoff starts it mid-match, the score "
+                        "zero but unannounced (default: on, off for --training-set, as the demo was trained)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=main)
     return p
@@ -44,10 +45,8 @@ def main(args: argparse.Namespace) -> int:
 
     try:
         changes = {k: v for k, v in (("density", args.density), ("speed", args.speed),
-                                     ("whistle_rate", args.whistle_rate)) if v is not None}
-        if args.no_kickoff:
-            changes["kickoff"] = False
-        config = replace(WorldConfig(), **changes)
+                                     ("whistle_rate", args.whistle_rate), ("kickoff", args.kickoff)) if v is not None}
+        config = replace(dataset.TRAINING_WORLD if args.training_set else WorldConfig(), **changes)
         if args.training_set:
             spec = replace(dataset.TrainingSetSpec(), minutes=args.minutes)
             files = dataset.make_training_set(args.out_dir, spec, config, progress=not args.quiet)

@@ -118,23 +118,23 @@ class TrainingSetSpec:
     short_minutes: float = 1.0
     window: float = 24.0
     stride: float = 12.0
-    kickoff: bool = False
-    """Whether training streams open with the kick-off whistle. The shipped demo was trained without it (a stream
-    starts mid-match, score zero but unannounced) and meets the kick-off of held-out streams like any whistle."""
+
+
+TRAINING_WORLD = replace(DEFAULT_WORLD, kickoff=False)
+"""The demo's training world: the default world without the kick-off whistle. The shipped demo was trained so (a
+stream starts mid-match, score zero but unannounced) and meets the kick-off of held-out streams like any whistle."""
 
 
 def make_training_set(out_dir: str | Path, spec: TrainingSetSpec | None = None,
-                      config: WorldConfig = DEFAULT_WORLD, progress: bool = True) -> dict[str, Path]:
+                      config: WorldConfig = TRAINING_WORLD, progress: bool = True) -> dict[str, Path]:
     """Write the streams and the stage files; returns the window files by name.
 
-    ``stage1_windows.jsonl`` (varied streams, 6 and 60 minutes), ``stage2_windows.jsonl`` (default world, other seeds,
-    6 and 1 minutes) and
-    ``valid_windows.jsonl`` (validation split), each with its ``*_seeks.jsonl`` index, paths relative to
-    ``out_dir`` (use it as ``$DATASET_PATH``).
+    ``stage1_windows.jsonl`` (streams varied around ``config``, 6 and 60 minutes), ``stage2_windows.jsonl``
+    (``config`` itself, other seeds, 6 and 1 minutes) and ``valid_windows.jsonl`` (validation split), each with its
+    ``*_seeks.jsonl`` index, paths relative to ``out_dir`` (use it as ``$DATASET_PATH``).
     """
     out = Path(out_dir)
     spec = spec or TrainingSetSpec()
-    config = replace(config, kickoff=spec.kickoff)
     stage1 = varied_specs("train", spec.stage1_streams, spec.minutes, config)
     stage2 = split_specs("train", spec.stage2_streams, spec.minutes, config, first=spec.stage1_streams)
     stage1 += varied_specs("train", spec.stage1_long_streams, spec.long_minutes, config,
