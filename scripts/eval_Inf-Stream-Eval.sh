@@ -16,8 +16,9 @@ if [[ -z "${EVAL_DATASET_PATH:-}" ]]; then
     exit 2
 fi
 export EVAL_DATASET_PATH
+source scripts/_env.sh  # the project's Python (PYTHON; CHECK_ENV=1 prints it)
 MODEL="${MODEL:-mit-han-lab/StreamingVLM}"
-NGPUS="${NGPUS:-$(python -c 'import torch; print(max(torch.cuda.device_count(), 1))')}"
+NGPUS="${NGPUS:-$("$PYTHON" -c 'import torch; print(max(torch.cuda.device_count(), 1))')}"
 START_OFFSET="${START_OFFSET:-1000}"
 BASELINE_MODEL="${BASELINE_MODEL:-gpt-4o-mini}"
 BASELINE_FPS="${BASELINE_FPS:-2}"

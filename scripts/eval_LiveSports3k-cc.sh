@@ -19,6 +19,7 @@ if [[ -z "${BASELINE:-}" ]]; then
         "e.g. BASELINE=captions/GPT-4o.jsonl" >&2
     exit 2
 fi
+source scripts/_env.sh  # the project's Python (PYTHON; CHECK_ENV=1 prints it)
 MODEL="${MODEL:-mit-han-lab/StreamingVLM}"
 OUT="${OUT:-results/livesports3k}"
 JUDGE_MODEL="${JUDGE_MODEL:-gpt-4o-2024-08-06}"

@@ -16,6 +16,7 @@ if [[ -z "${DATA_DIR:-}" ]]; then
     fi
     DATA_DIR="$EVAL_DATASET_PATH/ovobench"
 fi
+source scripts/_env.sh  # the project's Python (PYTHON; CHECK_ENV=1 prints it)
 MODEL="${MODEL:-mit-han-lab/StreamingVLM}"
 ANSWER_MODE="${ANSWER_MODE:-offline}"
 NPROC="${NPROC:-1}"

@@ -5,7 +5,7 @@
 #   VLMEVALKIT_ROOT=~/VLMEvalKit LMUData=~/LMUData bash scripts/eval_VQA.sh
 #   TOOLKIT=lmms-eval HF_HOME=/data/hf bash scripts/eval_VQA.sh
 # Env (defaults): TOOLKIT (vlmevalkit; or lmms-eval, both), MODEL (mit-han-lab/StreamingVLM),
-#   MODES ("streaming offline"), NPROC (the visible GPUs, else 1), WORK_DIR (results/vqa), PYTHON (python),
+#   MODES ("streaming offline"), NPROC (the visible GPUs, else 1), WORK_DIR (results/vqa), PYTHON (scripts/_env.sh),
 #   OFFLINE_MAX_FRAMES (256: offline keeps every frame, so long videos are sampled at most this densely).
 #   VLMEvalKit: VLMEVALKIT_ROOT (the checkout with run.py, installed with pip install -e), LMUData (its data folder),
 #   VLMEVAL_DATASETS ("Video-MME_1fps MVBench_64frame LongVideoBench_1fps").
@@ -19,7 +19,6 @@ TOOLKIT="${TOOLKIT:-vlmevalkit}"
 MODEL="${MODEL:-mit-han-lab/StreamingVLM}"
 MODES="${MODES:-streaming offline}"
 WORK_DIR="${WORK_DIR:-results/vqa}"
-PYTHON="${PYTHON:-python}"
 OFFLINE_MAX_FRAMES="${OFFLINE_MAX_FRAMES:-256}"
 VLMEVAL_DATASETS="${VLMEVAL_DATASETS:-Video-MME_1fps MVBench_64frame LongVideoBench_1fps}"
 LMMS_TASKS="${LMMS_TASKS:-videomme:fps=1 mvbench:nframe=64 longvideobench_val_v:fps=1}"
@@ -36,6 +35,7 @@ esac
 for mode in $MODES; do
     [[ "$mode" == streaming || "$mode" == offline ]] || fail "MODES are streaming and offline, got '$mode'"
 done
+source scripts/_env.sh  # the project's Python (PYTHON; CHECK_ENV=1 prints it)
 if [[ "$TOOLKIT" != lmms-eval ]]; then
     [[ -n "${VLMEVALKIT_ROOT:-}" ]] || fail "set VLMEVALKIT_ROOT to a VLMEvalKit checkout (the folder with run.py)"
     [[ -f "$VLMEVALKIT_ROOT/run.py" ]] || fail "no run.py in VLMEVALKIT_ROOT=$VLMEVALKIT_ROOT"

@@ -19,6 +19,7 @@ if [[ ! -f "$VIDEO" ]]; then
     echo "eval_efficiency.sh: error: VIDEO not found: $VIDEO" >&2
     exit 2
 fi
+source scripts/_env.sh  # the project's Python (PYTHON; CHECK_ENV=1 prints it)
 
 exec streaming-vlm eval efficiency --model "$MODEL" --video "$VIDEO" --duration "$DURATION" \
     --out "$OUT" --figure "$FIGURE" "$@"

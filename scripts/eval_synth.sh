@@ -11,6 +11,7 @@
 #   stream is the slow one, and where it stops is in the report).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/_env.sh  # the project's Python (PYTHON; CHECK_ENV=1 prints it)
 
 MODEL="${MODEL:-demo}"
 DATA="${DATA:-data/synth_eval}"
@@ -18,12 +19,11 @@ MODES="${MODES:-streaming,full,sliding,recompute}"
 REPORT="${REPORT:-figures/synth_quality.json}"
 SHORT="$DATA/test_${SHORT_MIN:-10}min"
 LONG="$DATA/test_${LONG_MIN:-60}min"
-PY="${PYTHON:-python}"
 
 [ -f "$SHORT/test.jsonl" ] ||
-    "$PY" -m streaming_vlm synth "$SHORT" --split test --streams "${SHORT_STREAMS:-3}" --minutes "${SHORT_MIN:-10}"
+    "$PYTHON" -m streaming_vlm synth "$SHORT" --split test --streams "${SHORT_STREAMS:-3}" --minutes "${SHORT_MIN:-10}"
 [ -f "$LONG/test.jsonl" ] ||
-    "$PY" -m streaming_vlm synth "$LONG" --split test --streams "${LONG_STREAMS:-1}" --minutes "${LONG_MIN:-60}"
+    "$PYTHON" -m streaming_vlm synth "$LONG" --split test --streams "${LONG_STREAMS:-1}" --minutes "${LONG_MIN:-60}"
 
-exec "$PY" -m streaming_vlm eval synth --data "$SHORT" "$LONG" --model "$MODEL" --modes "$MODES" \
+exec "$PYTHON" -m streaming_vlm eval synth --data "$SHORT" "$LONG" --model "$MODEL" --modes "$MODES" \
     --report "$REPORT" ${OUT:+--out "$OUT"} ${MAX_WALL_S:+--max-wall-s "$MAX_WALL_S"} "$@"

@@ -7,6 +7,7 @@
 # WANDB_API_KEY is set in your environment (never write it here); WANDB_MODE overrides.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/_env.sh  # the project's Python (PYTHON; CHECK_ENV=1 prints it)
 
 export DATASET_PATH="${DATASET_PATH:-data/Inf-Stream-Train}"
 export WANDB_PROJECT="${WANDB_PROJECT:-StreamingVLM_SFT_stage_1}"
@@ -15,7 +16,7 @@ export PYTORCH_CUDA_ALLOC_CONF="${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:T
 export TORCH_NCCL_HEARTBEAT_TIMEOUT_SEC="${TORCH_NCCL_HEARTBEAT_TIMEOUT_SEC:-1800}"
 MODEL="${MODEL:-Qwen/Qwen2.5-VL-7B-Instruct}"
 OUTPUT_DIR="${OUTPUT_DIR:-checkpoints/sft_stage1}"
-NPROC="${NPROC:-$(python -c 'import torch; print(max(torch.cuda.device_count(), 1))')}"
+NPROC="${NPROC:-$("$PYTHON" -c 'import torch; print(max(torch.cuda.device_count(), 1))')}"
 
 exec torchrun --standalone --nproc_per_node="$NPROC" -m streaming_vlm.train --config configs/sft_stage1.yaml \
   --pretrained_model_name_or_path "$MODEL" --output_dir "$OUTPUT_DIR" "$@"

@@ -7,28 +7,28 @@
 # resumes from its newest checkpoint.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/_env.sh  # the project's Python (PYTHON; CHECK_ENV=1 prints it)
 
 DATA="${DATA:-data/world}"
 CKPT="${CKPT:-checkpoints}"
 export DATASET_PATH="$DATA"
 export TOKENIZERS_PARALLELISM=false
-PY="${PYTHON:-python}"
 
-[ -f "$DATA/stage2_windows_seeks.jsonl" ] || "$PY" -m streaming_vlm synth "$DATA" --training-set --minutes 6
-[ -f "$CKPT/demo_init/model.safetensors" ] || "$PY" -c \
+[ -f "$DATA/stage2_windows_seeks.jsonl" ] || "$PYTHON" -m streaming_vlm synth "$DATA" --training-set --minutes 6
+[ -f "$CKPT/demo_init/model.safetensors" ] || "$PYTHON" -c \
   "from streaming_vlm.world.demo import build_demo_init; build_demo_init('$CKPT/demo_init')"
 
 # bf16 mixed precision runs as CPU autocast when there is no GPU
 DEVICE=()
-"$PY" -c "import torch, sys; sys.exit(torch.cuda.is_available())" && DEVICE=(--use_cpu true)
+"$PYTHON" -c "import torch, sys; sys.exit(torch.cuda.is_available())" && DEVICE=(--use_cpu true)
 
 SECONDS=0
-[ -f "$CKPT/demo_stage1/train_results.json" ] || "$PY" -m streaming_vlm.train --config configs/demo_stage1.yaml \
+[ -f "$CKPT/demo_stage1/train_results.json" ] || "$PYTHON" -m streaming_vlm.train --config configs/demo_stage1.yaml \
   "${DEVICE[@]}" --pretrained_model_name_or_path "$CKPT/demo_init" --output_dir "$CKPT/demo_stage1" "$@"
-[ -f "$CKPT/demo_stage2/train_results.json" ] || "$PY" -m streaming_vlm.train --config configs/demo_stage2.yaml \
+[ -f "$CKPT/demo_stage2/train_results.json" ] || "$PYTHON" -m streaming_vlm.train --config configs/demo_stage2.yaml \
   "${DEVICE[@]}" --pretrained_model_name_or_path "$CKPT/demo_stage1" --output_dir "$CKPT/demo_stage2" "$@"
 echo "trained both stages in $((SECONDS / 60)) min $((SECONDS % 60)) s"
 
 if [ "${SHIP:-0}" = 1 ]; then
-  "$PY" -m streaming_vlm.world.ship "$CKPT/demo_stage2" streaming_vlm/assets/demo_model
+  "$PYTHON" -m streaming_vlm.world.ship "$CKPT/demo_stage2" streaming_vlm/assets/demo_model
 fi
