@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import subprocess
 import sys
@@ -68,6 +69,78 @@ def test_missing_results_and_duplicate_ids_are_errors(tmp_path, monkeypatch):
         run_items("m", ITEMS, lambda it: {}, tmp_path, progress=False)  # rank 1 never ran
     with pytest.raises(ValueError, match="unique"):
         run_items("d", [{"id": 1}, {"id": 1}], lambda it: {}, tmp_path, progress=False)
+
+
+def test_unfinished_records_are_run_again_and_win_only_when_finished(tmp_path, monkeypatch):
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    calls = []
+
+    def judge(good):
+        def fn(item):
+            calls.append(item["id"])
+            return {"ok": good or item["x"] % 3 != 0}  # q0, q3, q6 fail unless good
+
+        return fn
+
+    def finished(record):
+        return record["ok"]
+
+    first = run_items("j", ITEMS, judge(False), tmp_path, progress=False, finished=finished)
+    assert [r["ok"] for r in first] == [False, True, True, False, True, True, False]
+    calls.clear()
+    second = run_items("j", ITEMS, judge(True), tmp_path, progress=False, finished=finished)
+    assert calls == ["q0", "q3", "q6"]  # exactly the unfinished ones
+    assert all(r["ok"] for r in second) and [r["id"] for r in second] == [it["id"] for it in ITEMS]
+    calls.clear()
+    assert run_items("j", ITEMS, judge(True), tmp_path, progress=False, finished=finished) == second
+    assert calls == []
+    # An unfinished record after a finished one (e.g. from another world size) does not replace it.
+    with open(tmp_path / "j.rank0.jsonl", "a") as f:
+        f.write(json.dumps({"id": "q1", "ok": False}) + "\n")
+    assert run_items("j", ITEMS, judge(True), tmp_path, progress=False, finished=finished)[1]["ok"] is True
+    assert calls == []
+
+
+def fake_process_group(monkeypatch):
+    """torch.distributed's set-up and barrier recorded instead of run; returns the init calls."""
+    import torch.distributed as dist
+
+    calls, state = [], {"up": False}
+
+    def init_process_group(backend, **kw):
+        calls.append((backend, kw))
+        state["up"] = True
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: state["up"])
+    monkeypatch.setattr(dist, "init_process_group", init_process_group)
+    monkeypatch.setattr(dist, "barrier", lambda: None)
+    return calls
+
+
+@pytest.mark.parametrize("env, seconds", [(None, 24 * 3600), ("90", 90), (" 7200.5 ", 7200.5)])
+def test_the_barrier_has_one_timeout_for_every_benchmark(env, seconds, tmp_path, monkeypatch):
+    calls = fake_process_group(monkeypatch)
+    if env is None:
+        monkeypatch.delenv(runner.BARRIER_TIMEOUT_ENV, raising=False)
+    else:
+        monkeypatch.setenv(runner.BARRIER_TIMEOUT_ENV, env)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert run_items("t", ITEMS, lambda it: {}, tmp_path, progress=False) is None
+    assert calls == [("gloo", {"timeout": datetime.timedelta(seconds=seconds)})]
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-5", "inf", "nan"])
+def test_a_bad_barrier_timeout_fails_before_any_work(value, tmp_path, monkeypatch):
+    calls = fake_process_group(monkeypatch)
+    monkeypatch.setenv(runner.BARRIER_TIMEOUT_ENV, value)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    done = []
+    with pytest.raises(ValueError, match=f"{runner.BARRIER_TIMEOUT_ENV} must be a positive number of seconds"):
+        run_items("t", ITEMS, lambda it: done.append(it) or {}, tmp_path, progress=False)
+    assert done == [] and calls == [] and list(tmp_path.iterdir()) == []
 
 
 def test_two_processes_under_torchrun(tmp_path):

@@ -5,12 +5,19 @@ a JSON-serialisable record. Under ``torchrun`` each rank takes every ``world``-t
 records to its own ``<name>.rank<r>.jsonl`` (flushed and fsynced per item), so a rerun skips what is done;
 rank 0 then merges all ranks' files into ``<name>.jsonl``. Without torchrun it is one process, rank 0.
 It knows nothing about models, prompts or scores.
+
+Before merging, every rank waits for the slowest at a barrier of a gloo process group that the runner sets up
+(the same for every benchmark). Its timeout bounds that wait, which can be a whole shard's run time (a resumed
+run where one rank has nothing left to do): :data:`BARRIER_TIMEOUT_S` (24 hours) unless the environment variable
+``STREAMING_VLM_EVAL_BARRIER_TIMEOUT_S`` gives another number of seconds.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -18,6 +25,9 @@ from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
+
+BARRIER_TIMEOUT_S = 24 * 3600.0
+BARRIER_TIMEOUT_ENV = "STREAMING_VLM_EVAL_BARRIER_TIMEOUT_S"
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -82,14 +92,32 @@ def _drop_torn_tail(path: Path) -> None:
         log.warning("%s: dropped an incomplete last line", path)
 
 
+def barrier_timeout_s() -> float:
+    """Seconds the ranks wait for each other: ``$STREAMING_VLM_EVAL_BARRIER_TIMEOUT_S``, else 24 hours.
+
+    Raises ValueError (one line) when the variable is set to anything but a positive number.
+    """
+    text = os.environ.get(BARRIER_TIMEOUT_ENV, "").strip()
+    if not text:
+        return BARRIER_TIMEOUT_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{BARRIER_TIMEOUT_ENV} must be a positive number of seconds, got {text!r}")
+    return value
+
+
 def _barrier(world: int) -> None:
-    """Wait for every rank (a torch.distributed barrier when running under torchrun)."""
+    """Wait for every rank (a torch.distributed barrier when running under torchrun); a process group not yet
+    set up is made here (gloo), with :func:`barrier_timeout_s` as its timeout."""
     if world <= 1:
         return
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        dist.init_process_group("gloo")
+        dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=barrier_timeout_s()))
     dist.barrier()
 
 
@@ -100,13 +128,22 @@ def run_items(
     out_dir: str | Path,
     *,
     progress: bool = True,
+    finished: Callable[[dict], bool] | None = None,
 ) -> list[dict] | None:
     """Evaluate ``items`` with ``fn`` (one record per item, carrying the item's ``id``), resumably.
 
-    Returns all records merged (on rank 0, in item order) or None on other ranks.
+    A rerun skips the items that have a record, except those whose record ``finished(record)`` calls unfinished
+    (e.g. a judge's invalid verdict, to ask again; default: every record is finished): they are evaluated again and
+    the new record is appended. When merging, an item's last record wins, unless it is unfinished and an earlier
+    one is not. Returns all records merged (on rank 0, in item order) or None on other ranks. Raises ValueError for
+    duplicate ids or a bad ``$STREAMING_VLM_EVAL_BARRIER_TIMEOUT_S`` (before any work).
     """
     from tqdm import tqdm
 
+    def is_finished(record: dict) -> bool:
+        return finished is None or bool(finished(record))
+
+    barrier_timeout_s()  # a bad value fails now, not after the work
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rank, world = rank_and_world()
@@ -117,10 +154,14 @@ def run_items(
     mine = shard(items, rank, world)
     part = out / f"{name}.rank{rank}.jsonl"
     _drop_torn_tail(part)
-    done = {r["id"] for r in read_jsonl(part)}
+    existing = read_jsonl(part)
+    done = {r["id"] for r in existing if is_finished(r)}
     todo = [it for it in mine if it["id"] not in done]
-    if done:
-        log.info("%s: rank %d resumes, %d of %d items already done", name, rank, len(mine) - len(todo), len(mine))
+    if existing:
+        seen = {r["id"] for r in existing}
+        redo = sum(it["id"] in seen for it in todo)
+        log.info("%s: rank %d resumes, %d of %d items already done%s", name, rank, len(mine) - len(todo), len(mine),
+                 f", {redo} unfinished ones run again" if redo else "")
     for item in tqdm(todo, desc=f"{name} (rank {rank})", disable=not progress or not todo):
         t0 = time.perf_counter()
         record = fn(item)
@@ -133,7 +174,9 @@ def run_items(
     merged: dict[Any, dict] = {}
     for r in range(world):
         for rec in read_jsonl(out / f"{name}.rank{r}.jsonl"):
-            merged[rec["id"]] = rec
+            old = merged.get(rec["id"])
+            if old is None or is_finished(rec) or not is_finished(old):
+                merged[rec["id"]] = rec
     missing = [i for i in ids if i not in merged]
     if missing:
         raise RuntimeError(f"{name}: {len(missing)} items have no result (first: {missing[0]!r})")
