@@ -29,7 +29,7 @@ from streaming_vlm.eval.openai_baseline import BaselineConfig, BaselineError, Op
 from streaming_vlm.eval.runner import read_jsonl  # noqa: E402
 from streaming_vlm.layout import DEFAULT_SYSTEM_PROMPT  # noqa: E402
 from streaming_vlm.synthetic import write_synthetic_video  # noqa: E402
-from tests.openai_stub import openai_stub  # noqa: E402
+from tests.openai_stub import Answer, openai_stub  # noqa: E402
 
 START = 2.0
 # v0: 5 s of video, words "v0w<k>" on [0.5k, 0.5k + 0.4] for k < 10 (transcript ends at 4.9 s); v1: 4 s, 8 words.
@@ -282,11 +282,12 @@ def scored(tmp_path_factory, dataset, generated, baseline):
         with openai_stub(judge_reply) as stub:
             assert inf_stream.main(score_argv(dataset, generated, baseline, out, stub.base_url)) == 0
             requests = list(stub.requests)
-            # a rerun that lost its per-clip records still costs nothing: every reply is in the judge cache
+            # a rerun that lost its per-clip records asks only the invalid verdict again (v1, the baseline in slot
+            # A): every valid reply is in the judge cache, invalid ones never are
             for f in out.glob("score*.jsonl"):
                 f.unlink()
             assert inf_stream.main(score_argv(dataset, generated, baseline, out, stub.base_url)) == 0
-            assert len(stub.requests) == len(requests)
+            assert [r["body"] for r in stub.requests[len(requests):]] == [requests[5]["body"]]
     finally:
         capture.undo()
     return {"out": out, "requests": requests, "printed": "\n".join(printed)}
@@ -308,12 +309,13 @@ def test_score_win_rate_matches_the_scripted_verdicts(scored):
     assert doc["skipped"] == {"missing_a": 0, "missing_b": 0, "not_covered_a": 1, "not_covered_b": 0,
                               "empty_clip": 0, "duplicate_clip": 1}
     assert doc["meta"]["rubric"] == "inf-stream" and doc["meta"]["judge_model"] == "stub-judge"
-    assert doc["judge_stats_this_run"] == {"calls": 0, "cache_hits": 6, "retries": 0, "invalid": 1}  # cached rerun
+    # the rerun: 5 valid replies from the cache, the invalid one asked again (and invalid again)
+    assert doc["judge_stats_this_run"] == {"calls": 1, "cache_hits": 5, "retries": 0, "invalid": 1}
     records = read_jsonl(scored["out"] / "score.jsonl")
     assert [(r["first"], r["second"], r["winner"]) for r in records] == [
         ("A", "A", "A"), ("A", "B", "tie"), ("B", "invalid", "B")]
     printed = scored["printed"]
-    assert "win rate 60.00%" in printed and "1 of 6 verdicts invalid" in printed and "ALL" in printed
+    assert "win rate 60.00%" in printed and "1 of 6 verdicts invalid (not cached" in printed and "ALL" in printed
 
 
 def test_judge_saw_both_orders_with_the_clip_texts(scored, generated, baseline):
@@ -332,9 +334,125 @@ def test_judge_saw_both_orders_with_the_clip_texts(scored, generated, baseline):
         "body"]["messages"][-1]["content"]
 
 
+def test_invalid_verdicts_are_judged_again_on_rerun(tmp_path, dataset, generated, baseline, capsys):
+    """First run: the judge answers garbage for clip v0 [3.5, 4.9] (both orders) and for v1 with the baseline in slot
+    A. Rerun (records kept): a judge that answers properly is asked exactly those three judgements again."""
+    out = tmp_path / "scores"
+
+    def garbling(messages, body):
+        reply = judge_reply(messages, body)
+        return "Hard to say." if "v0w7" in messages[-1]["content"] else reply
+
+    def proper(messages, body):
+        reply = judge_reply(messages, body)
+        return "B" if reply == "Both are fine." else reply  # ours, in slot B, wins
+
+    with openai_stub(garbling) as stub:
+        assert inf_stream.main(score_argv(dataset, generated, baseline, out, stub.base_url)) == 0
+        first = list(stub.requests)
+    doc = json.loads((out / "score_results.json").read_text())
+    assert (doc["overall"]["invalid"], doc["overall"]["judgements"]) == (3, 6)
+    assert [i.split("#")[0] for i in doc["invalid_clips"]] == ["v0.mp4@3.5-4.9", "v1.mp4@2-3.9"]
+    assert "3 of 6 verdicts invalid (not cached: a rerun asks them again)" in capsys.readouterr().out
+    cached = [json.loads(line)["reply"] for line in (out / "judge_cache.jsonl").read_text().splitlines()]
+    assert sorted(cached) == ["A", "B", "B"]  # clip v0 [2, 3.4] both orders, v1 ours-in-A; no invalid reply
+
+    with openai_stub(proper) as stub:
+        assert inf_stream.main(score_argv(dataset, generated, baseline, out, stub.base_url)) == 0
+        again = list(stub.requests)
+    # requests 2, 3 (clip v0 [3.5, 4.9]) and 5 (v1, the baseline in slot A) of the first run, and nothing else
+    assert [r["body"] for r in again] == [first[k]["body"] for k in (2, 3, 5)]
+    doc = json.loads((out / "score_results.json").read_text())
+    o = doc["overall"]
+    assert (o["clips"], o["wins_a"], o["wins_b"], o["invalid"], o["judgements"]) == (3, 4, 2, 0, 6)
+    assert doc["invalid_clips"] == []
+    assert doc["judge_stats_this_run"] == {"calls": 3, "cache_hits": 1, "retries": 0, "invalid": 0}
+    merged = read_jsonl(out / "score.jsonl")
+    assert [(r["first"], r["second"]) for r in merged] == [("A", "A"), ("A", "B"), ("B", "A")]
+    assert "0 of 6 verdicts invalid; " in capsys.readouterr().out
+    # a third run has nothing left to ask
+    with openai_stub(proper) as stub:
+        assert inf_stream.main(score_argv(dataset, generated, baseline, out, stub.base_url)) == 0
+        assert stub.requests == []
+
+
+def first_request_fails(answer: Answer, then):
+    """The first request gets ``answer``; every later one is answered by ``then``."""
+    state = {"n": 0}
+
+    def reply(messages, body):
+        state["n"] += 1
+        return answer if state["n"] == 1 else then(messages, body)
+
+    return reply
+
+
+@pytest.mark.parametrize("answer, extra", [
+    (Answer(body="<html><body>502 Bad Gateway</body></html>"), []),  # a 200 whose body is not JSON
+    (Answer(text="A", delay_s=1.5), ["--timeout-s", "0.3"]),  # slower than --timeout-s
+], ids=["not-json", "timeout"])
+def test_score_retries_a_broken_answer(answer, extra, tmp_path, dataset, generated, baseline):
+    out = tmp_path / "scores"
+    with openai_stub(first_request_fails(answer, judge_reply)) as stub:
+        assert inf_stream.main([*score_argv(dataset, generated, baseline, out, stub.base_url), *extra]) == 0
+        bodies = stub.bodies
+    assert len(bodies) == 7 and bodies[0] == bodies[1]  # the broken request once more, then the other five
+    doc = json.loads((out / "score_results.json").read_text())
+    assert (doc["overall"]["wins_a"], doc["overall"]["wins_b"], doc["overall"]["invalid"]) == (3, 2, 1)
+    assert doc["judge_stats_this_run"]["retries"] == 1
+
+
+def test_baseline_timeout_flag(tmp_path, dataset):
+    argv = ["baseline", "--model", "stub-vision", "--dataset", str(dataset), "--out", str(tmp_path / "gpt"),
+            "--start-offset", str(START), "--max-frames-per-request", "4", "--max-height", "32", "--quiet",
+            "--api-key-env", "STUB_BASELINE_KEY", "--backoff-s", "0.01", "--timeout-s", "0.3"]
+    with openai_stub(first_request_fails(Answer(text="late", delay_s=1.5), base_reply)) as stub:
+        assert inf_stream.main([*argv, "--base-url", stub.base_url]) == 0
+        bodies = stub.bodies
+    assert len(bodies) == 4 and bodies[0] == bodies[1]  # 3 clips of at most 4 frames; the first one asked twice
+    merged = read_jsonl(tmp_path / "gpt" / "merged_result.jsonl")
+    assert merged[0]["items"][0]["response"] == "Baseline calls the play (2.0 s to 3.4 s)"
+
+
+def test_score_barrier_uses_the_runner_timeout(tmp_path, dataset, generated, baseline, monkeypatch):
+    """Under torchrun (rank 1 of 2 here), the process group is the runner's, with the runner's timeout."""
+    import datetime
+
+    import torch.distributed as dist
+
+    calls, state = [], {"up": False}
+
+    def init_process_group(backend, **kw):
+        calls.append((backend, kw))
+        state["up"] = True
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: state["up"])
+    monkeypatch.setattr(dist, "init_process_group", init_process_group)
+    monkeypatch.setattr(dist, "barrier", lambda: None)
+    monkeypatch.setattr(dist, "destroy_process_group", lambda: state.update(up=False))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("STREAMING_VLM_EVAL_BARRIER_TIMEOUT_S", "123")
+    with openai_stub(judge_reply) as stub:
+        assert inf_stream.main(score_argv(dataset, generated, baseline, tmp_path / "s", stub.base_url)) == 0
+        assert len(stub.requests) == 2  # rank 1's one clip of three
+    assert calls == [("gloo", {"timeout": datetime.timedelta(seconds=123)})]
+    assert not state["up"]  # torn down at the end
+
+
 # ------------------------------------------------------------------------------------------------------------
 # bad input
 # ------------------------------------------------------------------------------------------------------------
+
+
+def test_a_bad_barrier_timeout_is_one_line_exit_2(tmp_path, dataset, generated, baseline, monkeypatch, capsys):
+    monkeypatch.setenv("STREAMING_VLM_EVAL_BARRIER_TIMEOUT_S", "1h")
+    with openai_stub(judge_reply) as stub:
+        assert inf_stream.main(score_argv(dataset, generated, baseline, tmp_path / "s", stub.base_url)) == 2
+        assert stub.requests == []
+    err = capsys.readouterr().err.strip()
+    assert err == ("streaming-vlm eval inf-stream: error: STREAMING_VLM_EVAL_BARRIER_TIMEOUT_S must be a positive "
+                   "number of seconds, got '1h'")
 
 
 @pytest.mark.parametrize("phase", [["generate", "--model", "tiny"], ["baseline"],

@@ -20,7 +20,7 @@ pytest.importorskip("openai")
 from streaming_vlm.eval import livesports  # noqa: E402
 from streaming_vlm.eval.judge import LIVECC_RUBRIC, bootstrap_ci  # noqa: E402
 from streaming_vlm.synthetic import write_synthetic_video  # noqa: E402
-from tests.openai_stub import openai_stub  # noqa: E402
+from tests.openai_stub import Answer, openai_stub  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 VERDICT_A = LIVECC_RUBRIC.verdict_a
@@ -253,7 +253,7 @@ def test_predictions_file_is_livecc_format_and_equals_a_direct_stream(run, datas
     assert livesports.build_query("") == livesports.COMMENTATOR_INSTRUCTION
 
 
-def test_rerun_makes_no_api_call_and_no_generation(run, dataset, monkeypatch):
+def test_rerun_asks_only_the_invalid_verdict_again_and_generates_nothing(run, dataset, monkeypatch):
     root, _ = dataset
     before = _results(run["out"])
     gen_lines = _lines(run["out"] / "generate" / "tiny.rank0.jsonl")
@@ -262,17 +262,86 @@ def test_rerun_makes_no_api_call_and_no_generation(run, dataset, monkeypatch):
         raise AssertionError("the model must not be loaded: every event is already generated")
 
     monkeypatch.setattr("streaming_vlm.eval.generate.load_eval_model", no_model)
-    with openai_stub(lambda messages, body: "should never be asked") as stub:
+    with openai_stub(scripted_judge) as stub:  # the same judge: its invalid reply comes back invalid
         argv = [*run["argv"], "--model-name", "tiny", "--judge-base-url", stub.base_url]
         rc, _, stderr = _run(argv, env_dir=root)
         assert rc == 0, stderr
         rc, _, stderr = _run([*argv, "--phase", "judge"], env_dir=root)
         assert rc == 0, stderr
-        assert stub.requests == []
+        asked = [_slots(r["body"]["messages"]) for r in stub.requests]
+    # Each rerun asks one request: the invalid verdict (vidB_000002_2, model in slot A); the valid ones are cached.
+    model_pred = {f"{r['video_id']}_{r['event_id']}": r["pred"] for r in map(json.loads, _lines(run["out"] /
+                                                                                              "tiny.jsonl"))}
+    assert asked == [(model_pred["vidB_000002_2"], BASELINE["vidB_000002_2"], "REF four: dunk!")] * 2
+    assert "1 of 8 verdict(s) invalid (not cached: a rerun asks them again)" in stderr
     after = _results(run["out"])
     assert after["summary"] == before["summary"] and after["invalid_examples"] == before["invalid_examples"]
-    assert after["judge"]["requests"] == 0 and after["judge"]["cache_hits"] >= 8
+    assert after["judge"]["requests"] == 1 and after["judge"]["cache_hits"] == 7
     assert _lines(run["out"] / "generate" / "tiny.rank0.jsonl") == gen_lines
+
+
+def _judge_argv(run, baseline, out, url, *extra):
+    """Phase judge only, on the run's predictions, into ``out``."""
+    return ["--phase", "judge", "--predictions", str(run["out"] / "tiny.jsonl"), "--model-name", "tiny",
+            "--baseline", str(baseline), "--output-dir", str(out), "--judge-base-url", url, "--judge-model",
+            "stub-judge", "--judge-api-key-env", "STUB_JUDGE_KEY", *extra]  # fmt: skip
+
+
+def test_invalid_verdicts_are_reported_and_asked_again_on_rerun(run, dataset, tmp_path):
+    """First run: garbage for the baseline-in-slot-A order of both soccer events (plus the scripted one). A rerun
+    with a judge that answers properly asks exactly those three again; the report counts what is invalid."""
+    root, baseline = dataset
+    out = tmp_path / "judged"
+
+    def garbling(messages, body):
+        a, _, ref = _slots(messages)
+        soccer = ref.startswith(("REF one", "REF two"))
+        return "Hmm, hard to say." if a in BASELINE.values() and soccer else scripted_judge(messages, body)
+
+    def proper(messages, body):
+        reply = scripted_judge(messages, body)
+        return VERDICT_B if reply not in (VERDICT_A, VERDICT_B) else reply
+
+    with openai_stub(garbling) as stub:
+        rc, _, stderr = _run(_judge_argv(run, baseline, out, stub.base_url), env_dir=root)
+        first = [r["body"] for r in stub.requests]
+    assert rc == 0, stderr
+    res = _results(out)
+    assert (res["summary"]["invalid"], res["summary"]["pairs_with_invalid"]) == (3, 3)
+    assert [(e["id"], e["order"]) for e in res["invalid_examples"]] == [
+        ("vidA_000001_3", "ba"), ("vidA_000001_7", "ba"), ("vidB_000002_2", "ab")]
+    assert "3 of 8 verdict(s) invalid (not cached: a rerun asks them again)" in stderr
+    cache = [json.loads(line)["reply"] for line in _lines(out / "judge_cache.jsonl")]
+    assert len(cache) == 5 and set(cache) <= {VERDICT_A, VERDICT_B}
+
+    with openai_stub(proper) as stub:
+        rc, _, stderr = _run(_judge_argv(run, baseline, out, stub.base_url), env_dir=root)
+        again = [r["body"] for r in stub.requests]
+    assert rc == 0, stderr
+    assert again == [first[k] for k in (1, 3, 6)]  # the three invalid ones, nothing else
+    res = _results(out)
+    s = res["summary"]
+    # now: strong (0,2), weak (2,0), split (1,1), garbage answered B with the model in slot A (0,2)
+    assert (s["model_wins"], s["baseline_wins"], s["invalid"]) == (3, 5, 0) and res["invalid_examples"] == []
+    assert res["judge"]["requests"] == 3 and res["judge"]["cache_hits"] == 5
+    assert "verdict(s) invalid" not in stderr
+
+
+def test_judge_timeout_flag(run, dataset, tmp_path):
+    root, baseline = dataset
+    state = {"n": 0}
+
+    def slow_first(messages, body):
+        state["n"] += 1
+        return Answer(text=VERDICT_A, delay_s=1.5) if state["n"] == 1 else scripted_judge(messages, body)
+
+    with openai_stub(slow_first) as stub:
+        argv = _judge_argv(run, baseline, tmp_path / "j", stub.base_url, "--judge-timeout-s", "0.3")
+        rc, _, stderr = _run(argv, env_dir=root)
+        bodies = stub.bodies
+    assert rc == 0, stderr
+    assert len(bodies) == 9 and bodies[0] == bodies[1]  # the slow request abandoned and asked again
+    assert _results(tmp_path / "j")["judge"]["timeout_s"] == 0.3
 
 
 def test_missing_dataset_path_is_a_one_line_error(tmp_path):

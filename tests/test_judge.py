@@ -11,15 +11,17 @@ pytest.importorskip("openai")
 from streaming_vlm.eval.judge import (  # noqa: E402
     COMMENTARY_RUBRIC,
     LIVECC_RUBRIC,
+    MAX_RETRY_AFTER_S,
     Judge,
     JudgeConfig,
     JudgeError,
     PairVerdict,
     Rubric,
     bootstrap_ci,
+    retry_after_s,
     win_rate,
 )
-from tests.openai_stub import openai_stub  # noqa: E402
+from tests.openai_stub import Answer, openai_stub  # noqa: E402
 
 GOOD, BAD, REF = "GOOD: Messi scores from the edge of the box!", "Nothing much happening.", "Messi scores, 1-0."
 
@@ -158,6 +160,102 @@ def test_unreachable_endpoint_raises_judge_error():
         url = stub.base_url  # the server is gone once the block exits
     with pytest.raises(JudgeError):
         make_judge(url, max_retries=1).ask(COMMENTARY_RUBRIC.messages(GOOD, BAD, REF))
+
+
+def first_then(answer, then="A"):
+    """The first request gets ``answer``, every later one the text ``then``."""
+    state = {"n": 0}
+
+    def reply(messages, body):
+        state["n"] += 1
+        return answer if state["n"] == 1 else then
+
+    return reply
+
+
+@pytest.mark.parametrize("answer", [
+    Answer(body="<html><body>502 Bad Gateway</body></html>"),  # JSON content type, HTML body
+    Answer(body='{"id": "chatcmpl-1", "choi'),  # a body cut short
+    Answer(body="<html/>", content_type="text/html"),
+    Answer(body="[]"),
+    Answer(body={"object": "error", "message": "overloaded"}),  # JSON, but no choices
+    Answer(body={"choices": [{"index": 0}]}),  # a choice without a message
+], ids=["html-as-json", "truncated", "html", "list", "no-choices", "no-message"])
+def test_a_200_that_is_not_a_chat_completion_is_retried(answer):
+    waits = []
+    with openai_stub(first_then(answer)) as stub:
+        judge = Judge(config(stub.base_url, max_retries=2), COMMENTARY_RUBRIC, sleep=waits.append)
+        assert judge.ask(COMMENTARY_RUBRIC.messages(GOOD, BAD, REF)) == "A"
+    assert len(stub.requests) == 2 and waits == [0.001]
+    assert judge.stats["retries"] == 1
+
+
+def test_a_body_that_is_never_json_fails_in_one_line(tmp_path):
+    with openai_stub(lambda messages, body: Answer(body="<html>down</html>")) as stub:
+        judge = make_judge(stub.base_url, max_retries=2, cache_path=str(tmp_path / "c.jsonl"))
+        with pytest.raises(JudgeError) as err:
+            judge.compare(GOOD, BAD, REF)
+    message = str(err.value)
+    assert len(stub.requests) == 3 and "\n" not in message
+    assert message.startswith("judge request failed after 3 attempts: the answer's body is not JSON")
+
+
+@pytest.mark.parametrize("status, headers, wait", [
+    (429, {"Retry-After": "1"}, 1.0),
+    (429, {"retry-after-ms": "250", "Retry-After": "1"}, 0.25),  # OpenAI's finer header wins
+    (503, {"Retry-After": "2"}, 2.0),
+    (429, {"Retry-After": "86400"}, MAX_RETRY_AFTER_S),  # capped
+    (429, {"Retry-After": "Fri, 31 Dec 2100 23:59:59 GMT"}, MAX_RETRY_AFTER_S),  # an HTTP date, far away: capped
+    (429, {"Retry-After": "Thu, 01 Jan 1970 00:00:00 GMT"}, 0.0),  # an HTTP date already past
+])
+def test_retry_after_is_honoured(status, headers, wait):
+    waits = []
+    limited = Answer(status=status, body={"error": {"message": "slow down", "type": "rate_limit"}}, headers=headers)
+    with openai_stub(first_then(limited)) as stub:
+        judge = Judge(config(stub.base_url, max_retries=1), COMMENTARY_RUBRIC, sleep=waits.append)  # backoff 0.001
+        assert judge.ask(COMMENTARY_RUBRIC.messages(GOOD, BAD, REF)) == "A"
+    assert len(stub.requests) == 2 and waits == [wait]
+
+
+def test_retry_after_parsing():
+    now = 1445412480.0  # Wed, 21 Oct 2015 07:28:00 GMT
+    assert retry_after_s({"Retry-After": "Wed, 21 Oct 2015 07:28:30 GMT"}, now=lambda: now) == 30.0
+    assert retry_after_s({"RETRY-AFTER": " 7 "}) == 7.0 and retry_after_s({"retry-after-ms": "1500"}) == 1.5
+    for headers in (None, {}, {"Retry-After": "-5"}, {"Retry-After": "soon"}, {"Retry-After": "nan"},
+                    {"Retry-After": ""}, {"retry-after-ms": "x"}):
+        assert retry_after_s(headers) is None, headers
+
+
+def test_invalid_replies_are_not_cached_so_a_rerun_asks_them_again(tmp_path):
+    cache = tmp_path / "cache.jsonl"
+
+    def garbles_good_in_b(messages, body):  # a clean verdict with GOOD in slot A, garbage with GOOD in slot B
+        a, _ = slots(messages)
+        return "A" if "GOOD" in a else "Both are fine."
+
+    with openai_stub(garbles_good_in_b) as stub:
+        judge = make_judge(stub.base_url, cache_path=str(cache))
+        v = judge.compare(GOOD, BAD, REF)
+        assert len(stub.requests) == 2
+    assert (v.first, v.second, v.first_reply, v.second_reply) == ("A", "invalid", "A", "Both are fine.")
+    assert judge.stats["invalid"] == 1
+    assert [json.loads(line)["reply"] for line in cache.read_text().splitlines()] == ["A"]
+    with openai_stub(prefers_good()) as stub:
+        judge = make_judge(stub.base_url, cache_path=str(cache))
+        v = judge.compare(GOOD, BAD, REF)
+        assert [slots(r["body"]["messages"]) for r in stub.requests] == [(BAD, GOOD)]  # only the invalid one
+    assert (v.first, v.second, judge.stats["cache_hits"], judge.stats["calls"]) == ("A", "A", 1, 1)
+    assert len(cache.read_text().splitlines()) == 2
+
+
+def test_an_invalid_reply_in_an_older_cache_is_asked_again(tmp_path):
+    cache = tmp_path / "cache.jsonl"
+    messages = COMMENTARY_RUBRIC.messages(GOOD, BAD, REF)
+    with openai_stub(lambda messages, body: "A") as stub:
+        judge = make_judge(stub.base_url, cache_path=str(cache))
+        cache.write_text(json.dumps({"key": judge.cache_key(messages), "reply": "Both are fine."}) + "\n")
+        judge = make_judge(stub.base_url, cache_path=str(cache))
+        assert judge.ask(messages) == "A" and len(stub.requests) == 1
 
 
 def test_cache_makes_reruns_free(tmp_path):

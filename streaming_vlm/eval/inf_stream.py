@@ -25,11 +25,12 @@ Four phases, one subcommand each (``streaming-vlm eval inf-stream PHASE --help``
     For every scoring clip (``score_all_clips.jsonl``, rows ``{video, title?, content}``) covered by both
     sides' segments, candidate text = responses whose ``end_time`` lies in ``(clip start, clip end]``,
     reference = the clip's words joined by spaces. A :class:`~streaming_vlm.eval.judge.Judge` compares A
-    with B in both orders under a fixed rubric (:data:`INF_STREAM_RUBRIC` by default), caching every reply.
-    The win rate of A is vote-level (A's share of the valid verdicts, two per clip); its 95 % interval is a
-    percentile bootstrap over clips of the per-clip share. Replies that are not a clean verdict are counted
-    as invalid and reported, never given to a side. Writes ``score.jsonl`` (one record per clip),
-    ``score_results.json`` (overall, per video, skipped clips, invalid verdicts) and prints a table.
+    with B in both orders under a fixed rubric (:data:`INF_STREAM_RUBRIC` by default), caching every valid
+    reply. The win rate of A is vote-level (A's share of the valid verdicts, two per clip); its 95 % interval is
+    a percentile bootstrap over clips of the per-clip share. Replies that are not a clean verdict are counted
+    as invalid and reported, never given to a side, and not cached: a rerun judges those clips again. Writes
+    ``score.jsonl`` (one record per clip), ``score_results.json`` (overall, per video, skipped clips, invalid
+    verdicts) and prints a table.
 
 Paths come from flags or ``EVAL_DATASET_PATH`` (the folder holding the two JSONL files; relative video paths
 are resolved against it). It owns no model, cache or judging code: it wires the shared pieces together.
@@ -439,19 +440,6 @@ def _check_run_config(out: Path, config: dict) -> None:
         path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def _init_distributed() -> None:
-    """Under torchrun, one gloo group with a long timeout: ranks wait for the slowest at the end of a phase."""
-    import datetime
-
-
-    if rank_and_world()[1] <= 1:
-        return
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group("gloo", timeout=datetime.timedelta(days=7))
-
-
 def _finish_distributed() -> None:
     if "torch.distributed" in sys.modules:
         import torch.distributed as dist
@@ -538,7 +526,6 @@ def run_generate(args) -> int:
         return {"video": t.key, "chunk_start": s, "chunk_end": round(end, 3), "items": results,
                 "previous_words": len(prev.split())}
 
-    _init_distributed()
     records = run_items("generate", items, generate, out, progress=not args.quiet)
     if records is None:
         return 0
@@ -573,6 +560,7 @@ def run_baseline(args) -> int:
             max_frames_per_request=args.max_frames_per_request, max_height=args.max_height,
             jpeg_quality=args.jpeg_quality, detail=args.detail, temperature=args.temperature, seed=args.seed,
             max_tokens=args.max_tokens, max_retries=args.max_retries, backoff_s=args.backoff_s,
+            timeout_s=args.timeout_s,
         )
     except ValueError as exc:
         raise InfStreamError(str(exc)) from None
@@ -592,7 +580,6 @@ def run_baseline(args) -> int:
         return {"video": item["video"], "chunk_start": item["start"],
                 "chunk_end": got[-1]["end_time"] if got else item["end"], "items": got}
 
-    _init_distributed()
     records = run_items("baseline", items, describe, out, progress=not args.quiet)
     if records is None:
         return 0
@@ -658,7 +645,8 @@ def run_score(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     judge = Judge(JudgeConfig(model=args.judge_model, base_url=args.judge_base_url,
                               api_key_env=args.judge_api_key_env, max_retries=args.max_retries,
-                              backoff_s=args.backoff_s, cache_path=str(out / "judge_cache.jsonl")), rubric)
+                              backoff_s=args.backoff_s, timeout_s=args.timeout_s,
+                              cache_path=str(out / "judge_cache.jsonl")), rubric)
 
     def score(item: dict) -> dict:
         v = judge.compare(item["a"], item["b"], item["reference"])
@@ -667,8 +655,8 @@ def run_score(args) -> int:
                 "a_chars": len(item["a"]), "b_chars": len(item["b"]), "first": v.first, "second": v.second,
                 "wins_a": v.wins_x, "wins_b": v.wins_y, "invalid": v.invalid, "winner": winner}
 
-    _init_distributed()
-    records = run_items("score", items, score, out, progress=not args.quiet)
+    # A clip with an invalid verdict is judged again on a rerun (the judge does not cache invalid replies).
+    records = run_items("score", items, score, out, progress=not args.quiet, finished=lambda r: not r["invalid"])
     if records is None:
         return 0
     summary = summarize_scores(records, n_boot=args.bootstrap, seed=args.seed)
@@ -690,7 +678,8 @@ def run_score(args) -> int:
     ci = o["win_rate_a_ci95"]
     print(f"{label_a} vs {label_b}: win rate {_pct(o['win_rate_a'])}"
           + (f" (95% CI {_pct(ci[0])} - {_pct(ci[1])})" if ci else "")
-          + f" over {o['clips']} clips; {o['invalid']} of {o['judgements']} verdicts invalid; "
+          + f" over {o['clips']} clips; {o['invalid']} of {o['judgements']} verdicts invalid"
+          + (" (not cached: a rerun asks them again); " if o["invalid"] else "; ")
           + f"skipped clips: {sum(skipped.values())} ({', '.join(f'{k} {v}' for k, v in skipped.items() if v) or '-'})")
     return 0
 
@@ -790,6 +779,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                    help="also give the last N transcript words before --start-offset (default 0, as the reference)")
     b.add_argument("--max-retries", type=non_negative_int, default=5, help="retries per request (default 5)")
     b.add_argument("--backoff-s", type=positive_float, default=1.0, help="first retry wait, doubled each time")
+    b.add_argument("--timeout-s", type=positive_float, default=120.0,
+                   help="seconds one request may take before it is abandoned and retried (default 120)")
     b.set_defaults(run=run_baseline)
 
     m = sub.add_parser("merge", help="merge generation records into merged_result.jsonl",
@@ -820,6 +811,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     s.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     s.add_argument("--max-retries", type=non_negative_int, default=5, help="judge retries per request (default 5)")
     s.add_argument("--backoff-s", type=positive_float, default=1.0, help="first retry wait, doubled each time")
+    s.add_argument("--timeout-s", type=positive_float, default=60.0,
+                   help="seconds one judge request may take before it is abandoned and retried (default 60)")
     s.set_defaults(run=run_score)
     return p
 
@@ -840,7 +833,7 @@ def main(argv: list[str] | argparse.Namespace | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per API request otherwise
     try:
         return args.run(args)
-    except (InfStreamError, VideoError, ModelLoadError, JudgeError, BaselineError, OSError) as exc:
+    except (InfStreamError, VideoError, ModelLoadError, JudgeError, BaselineError, OSError, ValueError) as exc:
         return _fail(str(exc))
     finally:
         _finish_distributed()

@@ -4,22 +4,29 @@ A :class:`Judge` asks a chat model which of two commentaries is better, under a 
 deterministic settings (temperature 0, a fixed seed, a short token budget). :meth:`Judge.compare` asks both
 answer orders, so a judge that always picks the first slot scores a tie, not a win. Replies are parsed
 strictly: only the rubric's exact verdict strings count; anything else is ``"invalid"`` and is counted and
-reported, never mapped to a side. API and connection errors are retried with capped exponential backoff a
-bounded number of times, then raise :class:`JudgeError`. Every completed reply is cached in a JSONL file keyed
-by a hash of (model, messages, settings), so a rerun of the same comparisons makes no API calls.
+reported, never mapped to a side. Connection errors, timeouts (``timeout_s`` per request), rate limits,
+408/409/5xx answers and 200 answers that are not a chat completion (a body that is not JSON, another JSON) are
+retried a bounded number of times, then raise :class:`JudgeError`; the wait is a capped exponential backoff, or
+what the server asks for in ``Retry-After`` (capped at :data:`MAX_RETRY_AFTER_S`). Every reply that parses as a
+verdict is cached in a JSONL file keyed by a hash of (model, messages, settings), so a rerun of the same
+comparisons makes no API calls for them; an invalid reply is not cached (nor taken from an older cache), so a
+rerun asks it again.
 
 The ``openai`` package (the ``eval`` extra) is imported only when a :class:`Judge` is built without a client.
 """
 
 from __future__ import annotations
 
+import datetime
+import email.utils
 import hashlib
 import json
 import logging
+import math
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +36,8 @@ log = logging.getLogger(__name__)
 VERDICTS = ("A", "B")
 INVALID = "invalid"
 MAX_BACKOFF_S = 60.0
+MAX_RETRY_AFTER_S = 300.0
+"""The longest wait a ``Retry-After`` header is honoured for; a longer one is cut to this."""
 
 
 class JudgeError(RuntimeError):
@@ -42,7 +51,8 @@ class JudgeConfig:
     ``base_url`` None uses the client's default (``OPENAI_BASE_URL`` or api.openai.com). The key is read from
     the environment variable named by ``api_key_env``; when it is unset the client gets ``"EMPTY"``, which is
     what a local endpoint (vLLM, SGLang) expects. ``max_retries`` is the number of retries after the first
-    attempt; the wait before retry ``k`` (0-based) is ``min(backoff_s * 2**k, 60)`` seconds.
+    attempt; the wait before retry ``k`` (0-based) is ``min(backoff_s * 2**k, 60)`` seconds, or the server's
+    ``Retry-After`` when it sends one. ``timeout_s`` bounds each request.
     """
 
     model: str = "gpt-4o-mini"
@@ -165,11 +175,14 @@ class PairVerdict:
     """Verdicts for one pair (x, y) asked in both orders, both expressed so that ``"A"`` means x won.
 
     ``first`` was asked with x in slot A and y in slot B; ``second`` with y in slot A and x in slot B, then
-    mapped back. Each is ``"A"``, ``"B"`` or ``"invalid"``.
+    mapped back. Each is ``"A"``, ``"B"`` or ``"invalid"``. ``first_reply`` and ``second_reply`` are the judge's
+    raw replies (None when not known), to quote invalid ones; they take no part in comparisons.
     """
 
     first: str
     second: str
+    first_reply: str | None = field(default=None, compare=False)
+    second_reply: str | None = field(default=None, compare=False)
 
     @property
     def wins_x(self) -> int:
@@ -230,43 +243,113 @@ def openai_client(base_url: str | None, api_key_env: str, timeout_s: float):
                          max_retries=0)
 
 
+class MalformedResponseError(ValueError):
+    """A 200 answer that is not a chat completion (retried like a 5xx)."""
+
+
 def chat_with_retries(client, model: str, messages: list[dict], settings: dict[str, Any], *, max_retries: int,
                       backoff_s: float, sleep: Callable[[float], None], stats: dict[str, int], what: str,
                       error: type[Exception], calls_key: str = "calls") -> str:
-    """The reply text of one chat completion; retryable failures are retried ``max_retries`` times after waits
-    of ``min(backoff_s * 2**k, 60)`` s, then (or at once for a non-retryable failure) ``error`` is raised with a
-    one-line message. ``stats[calls_key]`` and ``stats["retries"]`` count the attempts and retries."""
+    """The reply text of one chat completion ("" when it has no choice or no content).
+
+    Retryable failures (see :func:`_retryable`; a 200 whose body is not JSON or not a chat completion is one) are
+    retried ``max_retries`` times. The wait before retry ``k`` (0-based) is the server's ``Retry-After`` when the
+    failed answer carries one (see :func:`retry_after_s`; at most :data:`MAX_RETRY_AFTER_S`), else
+    ``min(backoff_s * 2**k, 60)`` s. After the last attempt (or at once for a non-retryable failure) ``error`` is
+    raised with a one-line message. ``stats[calls_key]`` and ``stats["retries"]`` count the attempts and retries.
+    """
     attempts = max_retries + 1
     for attempt in range(attempts):
         stats[calls_key] += 1
         try:
-            resp = client.chat.completions.create(model=model, messages=messages, **settings)
+            return _reply_text(client.chat.completions.create(model=model, messages=messages, **settings))
         except Exception as exc:
             if not _retryable(exc):
-                raise error(f"{what} request failed: {type(exc).__name__}: {_one_line(exc)}") from exc
+                raise error(f"{what} request failed: {_describe(exc)}") from exc
             if attempt + 1 >= attempts:
-                raise error(
-                    f"{what} request failed after {attempts} attempts: {type(exc).__name__}: {_one_line(exc)}"
-                ) from exc
-            wait = min(backoff_s * 2**attempt, MAX_BACKOFF_S)
-            log.warning("%s request failed (%s); retry %d/%d in %.2fs", what, type(exc).__name__, attempt + 1,
-                        max_retries, wait)
+                raise error(f"{what} request failed after {attempts} attempts: {_describe(exc)}") from exc
+            asked = retry_after_s(_headers(exc))
+            wait = min(backoff_s * 2**attempt, MAX_BACKOFF_S) if asked is None else min(asked, MAX_RETRY_AFTER_S)
+            log.warning("%s request failed (%s); retry %d/%d in %.2fs%s", what, type(exc).__name__, attempt + 1,
+                        max_retries, wait, "" if asked is None else " (the server's Retry-After)")
             stats["retries"] += 1
             sleep(wait)
-            continue
-        return (resp.choices[0].message.content if resp.choices else None) or ""
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def _reply_text(resp: Any) -> str:
+    """The assistant text of a chat completion; "" for no choice or no content. Raises
+    :class:`MalformedResponseError` when ``resp`` has no list of choices or its first choice has no message (the
+    ``openai`` client hands back whatever a 200 answer held, e.g. the text of an HTML page)."""
+    choices = getattr(resp, "choices", None)
+    if not isinstance(choices, (list, tuple)):
+        raise MalformedResponseError(f"the answer is not a chat completion: {_one_line(resp)[:80]!r}")
+    if not choices:
+        return ""
+    message = getattr(choices[0], "message", None)
+    if message is None:
+        raise MalformedResponseError("the answer's first choice has no message")
+    content = getattr(message, "content", None)
+    return content if isinstance(content, str) else ""
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, json.JSONDecodeError):
+        return f"the answer's body is not JSON ({exc.msg})"
+    return f"{type(exc).__name__}: {_one_line(exc)}"
+
+
 def _retryable(exc: BaseException) -> bool:
-    """Connection errors, timeouts, rate limits and 408/409/5xx statuses; other 4xx errors fail at once."""
+    """Connection errors, timeouts, rate limits, 408/409/5xx statuses and 200 answers that are not a chat
+    completion (not JSON, or other JSON); other 4xx errors fail at once."""
     import openai
 
+    if isinstance(exc, (json.JSONDecodeError, MalformedResponseError)):
+        return True
     if isinstance(exc, (openai.APIConnectionError, openai.RateLimitError)):  # APITimeoutError is a connection error
         return True
     if isinstance(exc, openai.APIStatusError):
         return exc.status_code in (408, 409) or exc.status_code >= 500
-    return isinstance(exc, openai.APIError)  # e.g. a malformed response body
+    return isinstance(exc, openai.APIError)  # e.g. a body that fails the client's own validation
+
+
+def _headers(exc: BaseException) -> Mapping[str, str] | None:
+    """The HTTP headers of the answer that failed (``openai.APIStatusError.response``), None without one."""
+    headers = getattr(getattr(exc, "response", None), "headers", None)
+    return headers if isinstance(headers, Mapping) else None
+
+
+def retry_after_s(headers: Mapping[str, str] | None, now: Callable[[], float] = time.time) -> float | None:
+    """The wait in seconds an answer asks for, uncapped: ``retry-after-ms`` (milliseconds, OpenAI's), else
+    ``Retry-After`` as seconds or as an HTTP date (relative to ``now()``, 0 when past). None when neither is there
+    or parses; names are matched without regard to case."""
+    if not headers:
+        return None
+    lower = {str(k).lower(): str(v).strip() for k, v in headers.items()}
+    ms = _non_negative(lower.get("retry-after-ms"))
+    if ms is not None:
+        return ms / 1000.0
+    value = lower.get("retry-after")
+    if not value:
+        return None
+    seconds = _non_negative(value)
+    if seconds is not None:
+        return seconds
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # RFC 9110 dates are GMT
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return max(0.0, when.timestamp() - now())
+
+
+def _non_negative(text: str | None) -> float | None:
+    try:
+        value = float(text)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) and value >= 0 else None
 
 
 class Judge:
@@ -275,7 +358,7 @@ class Judge:
     ``client`` is any object with ``client.chat.completions.create(...)`` like ``openai.OpenAI``; when None an
     ``openai.OpenAI`` is built from the config with the client's own retries disabled (retries happen here).
     ``stats`` counts ``calls`` (requests sent, failed ones included), ``cache_hits``, ``retries`` and
-    ``invalid`` (unparseable verdicts seen by :meth:`compare`).
+    ``invalid`` (unparseable verdicts seen by :meth:`judge` and :meth:`compare`).
     """
 
     def __init__(
@@ -306,35 +389,46 @@ class Judge:
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
     def ask(self, messages: list[dict[str, str]]) -> str:
-        """The reply text of one deterministic chat completion (cached; retried with backoff)."""
+        """The reply text of one deterministic chat completion (retried, see :func:`chat_with_retries`).
+
+        Only a reply the rubric parses as a verdict is cached and answered from the cache: an invalid one (also
+        one cached by an older version) is asked again on every call, so a rerun retries exactly those.
+        """
         key = self.cache_key(messages)
         cached = self._cache.get(key)
-        if cached is not None:
+        if cached is not None and self.rubric.parse(cached) != INVALID:
             self.stats["cache_hits"] += 1
             return cached
         reply = chat_with_retries(
             self.client, self.config.model, messages, self._settings(), max_retries=self.config.max_retries,
             backoff_s=self.config.backoff_s, sleep=self._sleep, stats=self.stats, what="judge", error=JudgeError,
         )
-        self._cache.put(key, reply)
+        if self.rubric.parse(reply) != INVALID:
+            self._cache.put(key, reply)
         return reply
+
+    def _verdict(self, a: str, b: str, reference: str, context: str) -> tuple[str, str]:
+        """(verdict, raw reply) with ``a`` in slot A and ``b`` in slot B; an invalid verdict is counted."""
+        reply = self.ask(self.rubric.messages(a, b, reference, context))
+        verdict = self.rubric.parse(reply)
+        if verdict == INVALID:
+            self.stats["invalid"] += 1
+        return verdict, reply
 
     def judge(self, a: str, b: str, reference: str, context: str = "") -> str:
         """One verdict (``"A"``, ``"B"`` or ``"invalid"``) with ``a`` in slot A and ``b`` in slot B."""
-        verdict = self.rubric.parse(self.ask(self.rubric.messages(a, b, reference, context)))
-        if verdict == INVALID:
-            self.stats["invalid"] += 1
-        return verdict
+        return self._verdict(a, b, reference, context)[0]
 
     def compare(self, x: str, y: str, reference: str, context: str = "") -> PairVerdict:
-        """Judge x against y in both orders; both verdicts are returned with ``"A"`` meaning x won."""
-        first = self.judge(x, y, reference, context)
-        second = _swap(self.judge(y, x, reference, context))
-        return PairVerdict(first=first, second=second)
+        """Judge x against y in both orders; both verdicts are returned with ``"A"`` meaning x won, with the
+        raw replies."""
+        first, first_reply = self._verdict(x, y, reference, context)
+        second, second_reply = self._verdict(y, x, reference, context)
+        return PairVerdict(first=first, second=_swap(second), first_reply=first_reply, second_reply=second_reply)
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:300]
+def _one_line(obj: object) -> str:
+    return " ".join(str(obj).split())[:300]
 
 
 def win_rate(verdicts: list[PairVerdict]) -> dict[str, Any]:

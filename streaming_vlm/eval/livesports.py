@@ -26,8 +26,9 @@ orders (model in slot A, then the baseline in slot A). The headline is LiveCC's 
 judgements; unlike LiveCC, a reply that is not exactly one of the two verdict sentences is counted as
 invalid and reported (LiveCC counted any reply containing "Commentary A" for A), and split pairs (each side
 won one order) are reported as ties. Events without a prediction on either side, or without a reference,
-are not judged and are counted; empty predictions are judged as they are and counted. Replies are cached by
-content, so a rerun, or a rerun after an interruption, sends only the requests not yet answered.
+are not judged and are counted; empty predictions are judged as they are and counted. Valid replies are cached
+by content, so a rerun, or a rerun after an interruption, sends only the requests not yet answered with a
+verdict: invalid replies are not cached, so a rerun asks exactly those again.
 
 Run ``streaming-vlm eval livesports --help``; see ``docs/eval_livesports.md``.
 """
@@ -45,7 +46,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from streaming_vlm.argtypes import non_negative_float, positive_int
+from streaming_vlm.argtypes import non_negative_float, positive_float, positive_int
 from streaming_vlm.eval.judge import (
     INVALID,
     LIVECC_RUBRIC,
@@ -425,11 +426,11 @@ def judge_events(
             "empty_model_pred": not model_pred.strip(),
             "empty_baseline_pred": not baseline_pred.strip(),
         }
-        # The raw reply of a non-verdict, for the report (answered from the judge's cache, no new request).
+        # The raw reply of a non-verdict, for the report.
         if v.first == INVALID:
-            record["ab_reply"] = judge.ask(judge.rubric.messages(model_pred, baseline_pred, ev.reference))
+            record["ab_reply"] = v.first_reply
         if v.second == INVALID:
-            record["ba_reply"] = judge.ask(judge.rubric.messages(baseline_pred, model_pred, ev.reference))
+            record["ba_reply"] = v.second_reply
         out.records.append(record)
     return out
 
@@ -576,6 +577,10 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     jud.add_argument("--judge-seed", type=int, default=42, help="default 42, as LiveCC")
     jud.add_argument("--judge-max-tokens", type=positive_int, default=16, help="reply budget (default 16)")
     jud.add_argument("--judge-max-retries", type=int, default=5, help="retries with backoff per request (default 5)")
+    jud.add_argument(
+        "--judge-timeout-s", type=positive_float, default=60.0,
+        help="seconds one judge request may take before it is abandoned and retried (default 60)",
+    )  # fmt: skip
     jud.add_argument("--judge-cache", default=None, help="reply cache JSONL (default OUTPUT_DIR/judge_cache.jsonl)")
     return p
 
@@ -688,6 +693,7 @@ def _judge_phase(args: argparse.Namespace, events: list[Event], out: Path) -> in
             seed=args.judge_seed,
             max_tokens=args.judge_max_tokens,
             max_retries=args.judge_max_retries,
+            timeout_s=args.judge_timeout_s,
             cache_path=args.judge_cache or str(out / "judge_cache.jsonl"),
         ),
         LIVECC_RUBRIC,
@@ -744,6 +750,12 @@ def _judge_phase(args: argparse.Namespace, events: list[Event], out: Path) -> in
             f"warning: {unjudged} event(s) not judged (missing model prediction: {len(outcome.missing_model)}, "
             f"missing baseline prediction: {len(outcome.missing_baseline)}, no reference: "
             f"{len(outcome.missing_reference)}); see {results_path}",
+            file=sys.stderr,
+        )
+    if summary["invalid"]:
+        print(
+            f"warning: {summary['invalid']} of {summary['judgements']} verdict(s) invalid (not cached: a rerun asks "
+            f"them again); see invalid_examples in {results_path}",
             file=sys.stderr,
         )
     print(f"wrote {verdicts_path}")

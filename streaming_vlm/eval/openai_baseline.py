@@ -10,11 +10,13 @@ each, asked in order; each later window is told the commentary of the earlier on
 ``max_previous_chars`` characters), as our model remembers its own. Every window becomes one item ``{response,
 start_time, end_time, frames}``.
 
-Requests use deterministic settings by default (temperature 0, a fixed seed). Connection errors, timeouts, rate
-limits and 408/409/5xx answers are retried with capped exponential backoff a bounded number of times, then
-:class:`BaselineError` is raised; other errors raise at once. Resuming a run is the caller's business (the
-benchmarks hand segments to ``runner.run_items``). It knows nothing about benchmarks or scores; the ``openai``
-package (the ``eval`` extra) and Pillow are imported only when used.
+Requests use deterministic settings by default (temperature 0, a fixed seed). Connection errors, timeouts
+(``timeout_s`` per request), rate limits, 408/409/5xx answers and 200 answers that are not a chat completion are
+retried a bounded number of times, after a capped exponential backoff or the server's ``Retry-After``
+(:func:`~streaming_vlm.eval.judge.chat_with_retries`), then :class:`BaselineError` is raised; other errors raise
+at once. Resuming a run is the caller's business (the benchmarks hand segments to ``runner.run_items``). It knows
+nothing about benchmarks or scores; the ``openai`` package (the ``eval`` extra) and Pillow are imported only when
+used.
 """
 
 from __future__ import annotations
@@ -50,7 +52,8 @@ class BaselineConfig:
     instruction. ``fps`` is the frame budget per second of video (the same as our model's by default).
     The key is read from the environment variable named by ``api_key_env`` (``"EMPTY"`` when unset, what a
     local vLLM/SGLang endpoint expects). The wait before retry ``k`` (0-based) is
-    ``min(backoff_s * 2**k, 60)`` seconds.
+    ``min(backoff_s * 2**k, 60)`` seconds, or the server's ``Retry-After`` when it sends one. ``timeout_s`` bounds
+    each request.
     """
 
     model: str = "gpt-4o-mini"
@@ -84,6 +87,8 @@ class BaselineConfig:
             raise ValueError(f"jpeg_quality must be in 1..95, got {self.jpeg_quality}")
         if self.detail not in (None, "low", "high", "auto"):
             raise ValueError(f"detail must be low, high or auto, got {self.detail!r}")
+        if not (math.isfinite(self.timeout_s) and self.timeout_s > 0):
+            raise ValueError(f"timeout_s must be a positive number of seconds, got {self.timeout_s}")
         if self.temperature < 0 or self.max_tokens < 1 or self.max_retries < 0 or self.max_previous_chars < 0:
             raise ValueError("temperature must be >= 0, max_tokens >= 1, max_retries >= 0, max_previous_chars >= 0")
 
