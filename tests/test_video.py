@@ -7,6 +7,7 @@ frame's index in binary, so the test can tell which source frame a returned imag
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from fractions import Fraction
 from pathlib import Path
@@ -53,10 +54,12 @@ def write_video(
     rate: Fraction | int = 30,
     codec: str = "libx264",
     gop: int = 15,
+    container_format: str | None = None,
+    container_options: dict | None = None,
 ) -> Path:
     """Encode len(pts) frames (frame i shows index i) at the given pts (ticks of time_base)."""
     options = {"crf": "10", "g": str(gop)} if codec == "libx264" else {"qscale": "2", "g": str(gop)}
-    with av.open(str(path), "w") as container:
+    with av.open(str(path), "w", format=container_format, options=container_options or {}) as container:
         stream = container.add_stream(codec, rate=rate, options=options)
         stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
         stream.time_base = time_base
@@ -89,8 +92,9 @@ def read_all(reader: VideoReader) -> list[Chunk]:
     return chunks
 
 
-def check_chunks(reader: VideoReader, chunks: list[Chunk], pts_s: list[Fraction]) -> None:
-    """Check every chunk against the sampling contract, computed from the known pts list."""
+def check_chunks(reader: VideoReader, chunks: list[Chunk], pts_s: list[Fraction], cut_last: bool = False) -> None:
+    """Check every chunk against the sampling contract, computed from the known pts list (``cut_last``: the last
+    frame's data may be cut short, so its picture is not checked, only its time)."""
     c, fps, n = reader.chunk_seconds, reader.fps, reader.frames_per_chunk
     for k, chunk in enumerate(chunks):
         assert chunk.index == k
@@ -103,7 +107,8 @@ def check_chunks(reader: VideoReader, chunks: list[Chunk], pts_s: list[Fraction]
         assert chunk.frames.shape == (n, H, W, 3) and chunk.frames.dtype == np.uint8
         for j in range(n):
             want = expected_index(pts_s, float(chunk.times[j]), reader.end)
-            assert read_index(chunk.frames[j]) == want, (k, j, float(chunk.times[j]))
+            if not (cut_last and want == len(pts_s) - 1):
+                assert read_index(chunk.frames[j]) == want, (k, j, float(chunk.times[j]))
             assert chunk.frame_times[j] == pytest.approx(float(pts_s[want]), abs=1e-9)
     if chunks:
         assert chunks[-1].end == reader.end
@@ -558,3 +563,232 @@ def test_a_file_is_demuxed_once_per_process_until_it_changes(tmp_path, monkeypat
     with VideoReader(path, fps=2.0, chunk_seconds=0.5) as reader:
         assert reader.info.duration == pytest.approx(2.0)
     assert len(calls) == 2
+
+
+# --------------------------------------------------------------------------------------------------
+# what is read: the container's metadata and the window, never the whole file
+
+
+class DemuxCounter:
+    """Records the pts (seconds) of every packet demuxed through PyAV, in order, from a cold probe cache."""
+
+    def __init__(self, monkeypatch):
+        import streaming_vlm.video as video
+
+        video._probe_file.cache_clear()
+        self.seconds: list[float] = []
+        original = av.container.InputContainer.demux
+        counter = self
+
+        def demux(container, *args, **kwargs):
+            for packet in original(container, *args, **kwargs):
+                if packet.size and packet.pts is not None:
+                    counter.seconds.append(float(packet.pts * packet.time_base))
+                yield packet
+
+        monkeypatch.setattr(av.container.InputContainer, "demux", demux)
+
+    def take(self) -> list[float]:
+        seen, self.seconds = self.seconds, []
+        return seen
+
+
+@pytest.fixture(scope="module")
+def long_clip(tmp_path_factory):
+    """Two minutes at 4 fps, a keyframe every 2 s."""
+    pts = list(range(480))
+    path = write_video(tmp_path_factory.mktemp("long") / "long.mp4", pts, Fraction(1, 4), rate=4, gop=8)
+    return path, to_seconds(pts, Fraction(1, 4))
+
+
+def test_opening_a_window_reads_metadata_and_the_window_only(long_clip, monkeypatch):
+    path, pts_s = long_clip
+    counter = DemuxCounter(monkeypatch)
+    with VideoReader(path, fps=2.0, start=50.0, duration=10.0) as reader:
+        opened = counter.take()
+        chunks = read_all(reader)
+        read = counter.take()
+    # opening: the packets that decode the first frame (time 0), not the 480 of the file
+    assert len(opened) <= 4 and max(opened) < 2.0, opened
+    # reading: from the keyframe before the start (48 s) to the end of the window (decode order runs a little
+    # ahead of presentation order), not a packet more
+    assert min(read) >= 48.0 and max(read) <= 62.0, (min(read), max(read))
+    assert len(read) <= (62 - 48) * 4
+    check_chunks(reader, chunks, pts_s)
+    assert reader.end == 60.0 and reader.info.stated_duration == pytest.approx(120.0, abs=1e-9)
+    assert reader.info.duration == reader.info.stated_duration  # the file was not read to its end
+
+
+def test_a_window_reaching_the_end_reads_the_last_packets_for_the_exact_end(long_clip, monkeypatch):
+    path, pts_s = long_clip
+    counter = DemuxCounter(monkeypatch)
+    with VideoReader(path, fps=2.0, start=100.0) as reader:
+        opened = counter.take()
+        assert reader.info.duration == pytest.approx(120.0, abs=1e-9)
+        chunks = read_all(reader)
+    check_chunks(reader, chunks, pts_s)
+    # the first frame, then the packets from the keyframe before 119 s (the stated end less a second) on
+    assert all(t < 2.0 or t >= 116.0 for t in opened), opened
+    assert len(opened) <= 4 + 4 * 4
+
+
+def test_a_file_without_a_stated_duration_is_read_only_as_far_as_the_window(tmp_path, monkeypatch):
+    # a Matroska file written as a live stream: no duration, no index
+    pts = list(range(40))  # 4 s at 10 fps (Matroska stores milliseconds)
+    path = write_video(tmp_path / "live.mkv", pts, Fraction(1, 10), rate=10, container_options={"live": "1"})
+    pts_s = to_seconds(pts, Fraction(1, 10))
+    counter = DemuxCounter(monkeypatch)
+    with VideoReader(path, fps=2.0, start=0.0, duration=2.5) as reader:
+        chunks = read_all(reader)
+    assert max(counter.take()) <= 3.0  # 2.5 s and the decoder's look-ahead, not the whole file
+    check_chunks(reader, chunks, pts_s)
+    assert [ch.end for ch in chunks] == [1.0, 2.0, 2.5]
+    assert reader.info.stated_duration is None
+    with VideoReader(path, fps=2.0, start=1.5) as reader:  # to the end: the end comes from the file
+        assert reader.info.duration == pytest.approx(4.0, abs=1e-9)
+        check_chunks(reader, read_all(reader), pts_s)
+
+
+# --------------------------------------------------------------------------------------------------
+# files cut short
+
+
+def _stream_end(path: Path) -> tuple[int, float]:
+    """(frames, end in s) of the video data really in ``path``: its packets, read with PyAV directly."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        first, last, duration, count = None, None, 0, 0
+        for packet in container.demux(stream):
+            if packet.size and packet.pts is not None:
+                count += 1
+                first = packet.pts if first is None else min(first, packet.pts)
+                if last is None or packet.pts > last:
+                    last = packet.pts
+                duration = packet.duration
+        return count, float((last + duration - first) * stream.time_base)
+
+
+def _cut(path: Path, at: int) -> Path:
+    cut = path.with_name("cut_" + path.name)
+    cut.write_bytes(path.read_bytes()[:at])
+    return cut
+
+
+def _eight_seconds(path: Path, **kwargs) -> Path:
+    # MPEG-4 part 2 without B-frames: a file cut anywhere keeps a prefix of its frames
+    return write_video(path, list(range(80)), Fraction(1, 10), rate=10, gop=10, codec="mpeg4", **kwargs)
+
+
+def _faststart_mp4(tmp_path: Path) -> Path:
+    return _eight_seconds(tmp_path / "fast.mp4", container_options={"movflags": "+faststart"})
+
+
+def _mpegts(tmp_path: Path) -> Path:
+    return _eight_seconds(tmp_path / "v.ts", container_format="mpegts")
+
+
+def _matroska(tmp_path: Path) -> Path:
+    return _eight_seconds(tmp_path / "v.mkv")
+
+
+def _half(path: Path) -> int:
+    return path.stat().st_size // 2
+
+
+def _half_of_the_media(path: Path) -> int:
+    """Half the MP4's media data (its header, in front, is most of a file this small)."""
+    lo, hi = _mdat_payload(path.read_bytes())
+    return (lo + hi) // 2
+
+
+def _half_inside_a_ts_packet(path: Path) -> int:
+    """Half the file, moved to the middle of its 188-byte transport packet (where 187 of 188 cuts fall)."""
+    half = path.stat().st_size // 2
+    return half - half % 188 + 94
+
+
+def _truncation_warnings(caught) -> list[str]:
+    return [str(w.message) for w in caught if issubclass(w.category, VideoDecodeWarning)
+            and ("container states" in str(w.message) or "MPEG-TS packet" in str(w.message))]
+
+
+@pytest.mark.parametrize(
+    "make,cut_at,words",
+    [
+        (_faststart_mp4, _half_of_the_media, " of the 8.0 s its container states"),
+        (_matroska, _half, " of the 8.0 s its container states"),
+        (_mpegts, _half_inside_a_ts_packet, ", and the file ends inside an MPEG-TS packet"),
+    ],
+    ids=["faststart-mp4", "matroska", "mpegts"],
+)
+def test_a_file_cut_short_ends_where_its_data_ends_with_one_warning(tmp_path, make, cut_at, words):
+    import streaming_vlm.video as video
+
+    whole = make(tmp_path)
+    path = _cut(whole, cut_at(whole))
+    frames, end = _stream_end(path)
+    assert 10 < frames < 70 and 1.0 < end < 7.0  # cut near the middle, still playable
+    pts_s = to_seconds(list(range(80)), Fraction(1, 10))[:frames]
+
+    for _ in range(2):  # each pass says so once
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with VideoReader(path, fps=2.0) as reader:
+                chunks = read_all(reader)
+        said = _truncation_warnings(caught)
+        assert len(said) == 1, [str(w.message) for w in caught]
+        assert said == [f"{path}: the video stream ends at {video._fmt_s(end)} s{words} (file cut short?)"]
+        assert [w.category for w in caught if str(w.message) == said[0]] == [video.VideoTruncatedWarning]
+        assert reader.cut_short is not None and reader.cut_short in said[0]
+        assert reader.end == pytest.approx(end, abs=1e-9) and reader.info.duration == reader.end
+        check_chunks(reader, chunks, pts_s, cut_last=True)
+        assert chunks[-1].end == reader.end
+
+
+@pytest.mark.parametrize("make", [_faststart_mp4, _matroska, _mpegts, _eight_seconds], ids=lambda m: m.__name__)
+def test_a_complete_file_gives_no_cut_short_warning(tmp_path, make):
+    path = make(tmp_path / "plain.mp4") if make is _eight_seconds else make(tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with VideoReader(path, fps=2.0) as reader:
+            chunks = read_all(reader)
+        with VideoReader(path, fps=2.0, start=2.0, duration=3.0) as reader:
+            assert len(read_all(reader)) == 3
+    assert [str(w.message) for w in caught] == []
+    assert reader.cut_short is None
+    assert len(chunks) == 8 and chunks[-1].end == pytest.approx(8.0, abs=1e-9)
+
+
+def test_a_window_past_where_a_cut_file_ends(tmp_path):
+    whole = _faststart_mp4(tmp_path)
+    path = _cut(whole, _half_of_the_media(whole))
+    _, end = _stream_end(path)
+    with VideoReader(path, fps=2.0, start=1.0, duration=5.0) as reader:
+        assert reader.end == 6.0  # the stated duration holds until the data runs out
+        assert reader.num_chunks() == 5
+        with pytest.warns(VideoDecodeWarning, match="container states"):
+            chunks = read_all(reader)
+        assert reader.end == pytest.approx(end) and len(chunks) == math.ceil(end - 1.0)
+    with VideoReader(path, fps=2.0, start=6.5) as reader:  # starts after the data: an error while reading
+        with pytest.warns(VideoDecodeWarning, match="container states"):
+            with pytest.raises(VideoError, match=r"--start 6\.5 s is past the end of the video"):
+                list(reader.chunks())
+
+
+def test_training_fails_cleanly_on_a_clip_past_where_a_cut_file_ends(tiny, tmp_path):
+    from streaming_vlm.data.annotations import AnnotationError, StreamRecord, Word
+    from streaming_vlm.data.sample import SampleBuilder, SampleConfig
+    from tests.conftest import SMALL_SPEC
+
+    whole = _faststart_mp4(tmp_path)
+    path = _cut(whole, _half_of_the_media(whole))
+    _, end = _stream_end(path)
+    words = [Word(t + 0.2, t + 0.6, "word") for t in range(8)]
+    config = SampleConfig(min_pixels=SMALL_SPEC.min_pixels, max_pixels=SMALL_SPEC.max_pixels)
+    builder = SampleBuilder(tiny.tokenizer, SMALL_SPEC, config)
+    inside = builder.build(StreamRecord(str(path), 0.0, math.floor(end), words=words), path)
+    assert len(inside.chunks) == math.floor(end)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", VideoDecodeWarning)
+        with pytest.raises(AnnotationError, match="the video ends before the clip does"):
+            builder.build(StreamRecord(str(path), 1.0, 7.0, words=words, source="clips.jsonl:3"), path)
