@@ -144,7 +144,8 @@ def test_full_mode_grows_and_streaming_is_bounded(tiny):
 
 
 def test_long_stream_stays_bounded(tiny):
-    """1,000+ chunks: the cache never exceeds the policy's worst case; positions stay contiguous and bounded."""
+    """1,000+ chunks: the cache never exceeds the policy's worst case; positions stay contiguous and bounded;
+    at most one re-rotation pass per chunk, and none per decoded token."""
     V, T, S, W, max_new = 4, 3, 6, 10, 3
     session = _session(tiny, vision_window=V, text_rounds=T, text_sink=S, text_window=W,
                        sampling=SamplingConfig(temperature=0.0, max_new_tokens=max_new))
@@ -155,14 +156,41 @@ def test_long_stream_stays_bounded(tiny):
     fixed = len(layout.system()) + len(layout.previous_text([])) + S + W
     round_max = longest_turn + len(layout.assistant_head(0)) + max_new + len(layout.marker) + 2
     bound = fixed + max(V, T) * round_max + len(layout.encode(session.config.query))
+    # count the cache's rotation work: passes (cache.rerotations) and calls of its rotary function, read
+    # after each chunk and at the start of every forward inside a chunk (prefill, each decoded token, close)
+    cache = session.cache
+    rope, rope_calls = cache.rope, [0]
+
+    def counting_rope(positions):
+        rope_calls[0] += 1
+        return rope(positions)
+
+    cache.rope = counting_rope
+    seen: list[tuple[int, int]] = []
+    hook = tiny.model.model.language_model.register_forward_pre_hook(
+        lambda module, args: seen.append((cache.rerotations, rope_calls[0]))
+    )
     sizes, spans = [], []
-    for k in range(1050):
-        sizes.append(session.step(frames, k, k + 1, force_text=("corner" if k % 3 else None)).cache_tokens)
-        spans.append(session.cache.next_position)
+    before, decoded = (0, 0), 0
+    try:
+        for k in range(1050):
+            seen.clear()
+            sizes.append(session.step(frames, k, k + 1, force_text=("corner" if k % 3 else None)).cache_tokens)
+            spans.append(session.cache.next_position)
+            after = (cache.rerotations, rope_calls[0])
+            # at most one re-rotation pass per chunk, all of it before the chunk's prefill: none while
+            # prefilling, decoding (zero per decoded token) or closing the turn
+            assert after[0] - before[0] <= 1 and after[1] - before[1] <= 1, (k, before, after)
+            assert seen and all(s == after for s in seen), (k, seen, after)
+            decoded += len(seen) - 2  # forwards between the prefill and the closing forward
+            before = after
+    finally:
+        hook.remove()
     assert max(sizes) <= bound, (max(sizes), bound)
     assert max(sizes[100:]) - min(sizes[100:]) <= T * (max_new + len(layout.marker)) + 4  # flat, no trend
     assert max(spans) <= bound
-    assert session.cache.rerotations <= 1050  # at most one re-rotation per chunk
+    assert decoded >= 350, decoded  # decoding really happened, and did no rotation work
+    assert cache.rerotations == rope_calls[0] >= 1000, (cache.rerotations, rope_calls[0])  # the bound is tight
 
 
 def test_reference_positions_agree_with_rule(tiny):
