@@ -1,14 +1,17 @@
 """Oracles that share no code with the engine: positions and kept keys recomputed from first principles.
 
 ``tests/reference.py`` checks the engine against a naive cache, but that cache borrows the engine's rotary
-function, token layout and policy, so a wrong ``inv_freq``, rope scaling or M-RoPE split would cancel out.
+function, token layout and policy, so a wrong ``inv_freq`` or rope scaling would cancel out. (A wrong M-RoPE
+split cannot matter in a re-rotation: a kept token always moves by the same delta on all three axes.)
 The oracles here use none of the engine's position, layout, policy or cache code (its ``Kind`` labels serve
 only to assert that evictions happened):
 
 - **positions**: a plain loop over the kept token ids implementing the rule Qwen2.5-VL was trained with
-  (``get_rope_index_25`` of Qwen's qwen-vl-finetune, and transformers 4.x ``get_rope_index``): text advances
-  by 1 on all three axes; a video block of (t, h, w) merged tokens starting at ``st`` puts pad (tau, r, c) at
-  ``(st + int(tau * second_per_grid_t * tokens_per_second), st + r, st + c)`` with the processor's
+  (``get_rope_index_25`` of Qwen's qwen-vl-finetune; transformers 4.x ``get_rope_index`` is the same except
+  that 4.52-4.57 cast a fractional ``second_per_grid_t`` to an integer first, 0.5 s to 0, which transformers
+  PR #48669 fixed): text advances by 1 on all three axes; a video block of (t, h, w) merged tokens starting at
+  ``st`` puts pad (tau, r, c) at ``(st + int(tau * second_per_grid_t * tokens_per_second), st + r, st + c)``
+  with the processor's
   ``second_per_grid_t = temporal_patch_size / fps`` (a float: 0.5 s at 4 fps); text after a block resumes at
   the block's maximum + 1. The grid comes from the frame size and frame count, never from the engine;
 - **keys**: layer 0's keys recomputed from the model's own modules: token embeddings, the vision tower
@@ -229,7 +232,7 @@ def test_kept_keys_equal_model_keys_at_trained_positions_bf16(tiny_bf16):
     (fp32) rotation of the same raw key by up to E, about one bf16 ulp of the largest key (2^-8 at |k| < 1).
     A kept key went through two such roundings (the model's rotation at insertion, then our fp32
     re-rotation rounded once to bf16), so it may be off by up to 2E, never more; a wrong frequency or
-    section would put it off by a large fraction of |k|.
+    scaling puts it off by a large fraction of |k| (a RoPE base off by 10 %: 0.1 at |k| < 0.9).
     """
     model = tiny_bf16.model
     session = _session(model, tiny_bf16.tokenizer, **WINDOWS)
