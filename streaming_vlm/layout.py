@@ -15,7 +15,7 @@ A stream renders as::
       <|im_start|>user\\n                                                 USER
       Time=a-bs                                                            TIME
       <|vision_start|><|video_pad|>*N<|vision_end|>                        VISION
-      {query, first chunk only}<|im_end|>\\n                               USER
+      {query, first chunk of a stream only}<|im_end|>\\n                  USER
       <|im_start|>assistant\\n                                            ASSIST_HEAD
       {commentary}                                                         ASSIST_TEXT
        ...<|im_end|>\\n                                                    ASSIST_END
@@ -222,7 +222,7 @@ class StreamLayout:
 
     @staticmethod
     def user_text(query: str | None, question: str | None) -> str | None:
-        """Text after a chunk's vision block: the query (first chunk) and/or a question asked in that second."""
+        """Text after a chunk's vision block: the query (first chunk of a stream) and/or a question asked in it."""
         return "\n".join(t for t in (query, question) if t) or None
 
     def assistant_head(self, round: int) -> TokenMeta:

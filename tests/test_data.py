@@ -400,10 +400,11 @@ def test_previous_composition_without_title_or_previous(tmp_path):
     words = [(1, 2, " Hello"), (3, 4, "there "), (13, 14, "later")]
     src = write_lines(tmp_path / "plain.jsonl", [conversation(start=0, end=24, words=words)])
     build_windows(src, tmp_path / "w.jsonl", window=12, stride=12)
-    assert [w.previous for w in read_windows(tmp_path / "w.jsonl")] == ["", "Hello there"]
+    # each earlier word keeps the leading space it has in its assistant turn (the tokens the cache retires)
+    assert [w.previous for w in read_windows(tmp_path / "w.jsonl")] == ["", " Hello there"]
     src = write_lines(tmp_path / "titled.jsonl", [conversation(start=0, end=24, words=words, title="T")])
     build_windows(src, tmp_path / "t.jsonl", window=12, stride=12)
-    assert [w.previous for w in read_windows(tmp_path / "t.jsonl")] == ["T", "T\nHello there"]
+    assert [w.previous for w in read_windows(tmp_path / "t.jsonl")] == ["T", "T Hello there"]
 
 
 def test_livecc_variant(tmp_path, capsys):

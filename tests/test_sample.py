@@ -1,4 +1,5 @@
-"""Training samples: the alignment with the inference cache, labels, word assignment, pixel budgets."""
+"""Training samples: labels, word assignment, the query rule, pixel budgets (the alignment with the inference
+cache, evicting, is tests/test_alignment.py)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,8 @@ import torch
 
 from streaming_vlm.data.annotations import QA, AnnotationError, StreamRecord, Word
 from streaming_vlm.data.sample import IGNORE_INDEX, SampleBuilder, SampleConfig
-from streaming_vlm.engine import StreamConfig, StreamSession
 from streaming_vlm.layout import Kind
-from streaming_vlm.sampling import SamplingConfig
 from streaming_vlm.synthetic import write_synthetic_video
-from streaming_vlm.video import VideoReader
 from tests.conftest import SMALL_SPEC
 
 PREVIOUS = "The match opened with a long spell of passing in midfield before the first real chance came. " * 3
@@ -40,34 +38,6 @@ def record(a: float, w: float) -> StreamRecord:
                         qa=[QA(a + 4.5, "What colour was the ball?", "Red.")], source="toy.jsonl:1")
 
 
-def test_sample_equals_the_inference_cache(tiny, video):
-    """The core guarantee: streaming the window with the same previous text and the sample's commentary
-    teacher-forced leaves the cache holding exactly the sample's token ids and position ids."""
-    a, w = 7.0, 10.0
-    rec = record(a, w)
-    builder = SampleBuilder(tiny.tokenizer, SMALL_SPEC, CFG)
-    sample = builder.build(rec, video)
-
-    n_frames = len(sample.chunks) * builder.frames_per_chunk
-    spec = dataclasses.replace(SMALL_SPEC, max_pixels=CFG.frame_max_pixels(n_frames))
-    config = StreamConfig(previous_text=rec.previous, query=CFG.query, vision_window=int(w), text_rounds=int(w),
-                          text_sink=CFG.text_sink, text_window=CFG.text_window,
-                          sampling=SamplingConfig(temperature=0))
-    session = StreamSession(tiny.model, tiny.tokenizer, config, vision_spec=spec)
-    with VideoReader(video, fps=CFG.fps, chunk_seconds=CFG.chunk_seconds, start=a, duration=w) as reader:
-        for chunk, plan in zip(reader.chunks(), sample.chunks, strict=True):
-            assert (chunk.start, chunk.end) == (plan.start, plan.end)
-            session.step(chunk.frames, chunk.start, chunk.end, force_text=plan.assistant_text, question=plan.question)
-    cache = session.cache
-    assert torch.equal(cache.meta.ids, sample.input_ids)
-    assert torch.equal(cache.positions, sample.position_ids)
-    assert torch.equal(cache.meta.kind, sample.meta.kind)
-    # the window really exercised the interesting parts
-    assert len(sample.chunks) == 10
-    assert int((sample.meta.kind == Kind.PREV_TEXT).sum()) == CFG.text_sink + CFG.text_window
-    assert any(p.question for p in sample.chunks)
-
-
 def test_labels_hand_checked(tiny, video):
     builder = SampleBuilder(tiny.tokenizer, SMALL_SPEC, CFG)
     sample = builder.build(record(7.0, 3.0), video)
@@ -88,6 +58,25 @@ def test_labels_hand_checked(tiny, video):
     assert bool(((kinds == Kind.ASSIST_TEXT) | (kinds == Kind.ASSIST_END)).all())
     assert sample.num_supervised == len(supervised)
     assert sample.video_grid_thw.shape == (3, 3) and sample.position_ids.shape == (3, len(sample.input_ids))
+
+
+def test_query_joins_only_a_sample_that_starts_its_stream(tiny, video):
+    """The query is in chunk 0 of a sample starting at 0 s (where inference starts a stream and puts it) and
+    nowhere in a sample starting later (the inference cache has evicted it with round 0 by then)."""
+    builder = SampleBuilder(tiny.tokenizer, SMALL_SPEC, CFG)
+    layout = builder.layout
+
+    def user_ids(query):  # the USER-kind ids of a user turn (head, query, end), whatever its time and grid
+        turn = layout.user_turn(0, 0.0, 1.0, (1, 1, 1), query)
+        return turn.ids[turn.kind == Kind.USER].tolist()
+
+    for a, query_in_chunk_0 in ((0.0, True), (7.0, False)):
+        sample = builder.build(record(a, 3.0), video)
+        meta = sample.meta
+        users = [meta.ids[(meta.kind == Kind.USER) & (meta.round == r)].tolist() for r in range(3)]
+        assert users[0] == user_ids(CFG.query if query_in_chunk_0 else None), a
+        assert users[1] == users[2] == user_ids(None)
+    assert user_ids(CFG.query) != user_ids(None)
 
 
 def test_word_and_question_assignment(tiny):

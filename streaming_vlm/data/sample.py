@@ -4,15 +4,25 @@ A sample is built from one annotation record (a clip ``[video_start, video_end)`
 the inference engine's own pieces: the stream layout (``layout.py``), the frame reader (``video.py``, same
 sampling times), the preprocessing (``preprocess.py``, same resize rules), the previous-text cut
 (``CachePolicy.keep_previous``: first ``text_sink`` and last ``text_window`` tokens, exactly as the cache keeps
-them) and the position rule (``positions.py``: contiguous M-RoPE over the cut sequence). So for a window
-shorter than the vision window and text rounds, the sample *is* what the inference cache holds after
-streaming the clip with the same previous text and the sample's commentary teacher-forced
-(``tests/test_sample.py`` asserts it token for token).
+them) and the position rule (``positions.py``: contiguous M-RoPE over the cut sequence). So a sample of the
+window ``[a, a + V)`` of a stream *is* what the inference cache holds after streaming that stream from 0 s
+with its commentary teacher-forced, up to second ``a + V - 1``, with vision window and text rounds V: the
+system prompt, the previous text (the stream's initial previous text followed by every earlier second's
+commentary, as ``data/windows.py`` composes it and as the cache retires it, cut to its first ``text_sink``
+and last ``text_window`` tokens), then the window's rounds. ``tests/test_alignment.py`` asserts it token for
+token (ids, kinds, positions, layer-0 keys and values) while blocks are evicted, turns retired and previous
+text cut.
 
-Per 1-second chunk: a user turn ``Time=a-bs`` with that second's frames (the query joins the first chunk's
-turn; a QA question joins the turn of the second it is asked in), then an assistant turn with the words that
-*end* inside that second, followed by `` ...`` and ``<|im_end|>``. Labels cover the assistant content,
-the marker and ``<|im_end|>``; nothing else.
+Per 1-second chunk: a user turn ``Time=a-bs`` with that second's frames (a QA question joins the turn of the
+second it is asked in), then an assistant turn with the words that *end* inside that second, followed by
+`` ...`` and ``<|im_end|>``. Labels cover the assistant content, the marker and ``<|im_end|>``; nothing else.
+
+The query joins the first chunk's turn only when the sample starts its stream (``video_start`` 0 s, where
+``streaming-vlm infer`` starts a stream by default): the engine puts it in round 0 and evicts it with that
+round once the vision window has passed, so a window starting later corresponds to a cache that no longer
+holds it (the reference trained with no query at all and inferred with it in round 0 only). Known residual: a
+stream started mid-video (``infer --start S``) has the query in its round 0, while the training window at S
+has none, for its first vision-window seconds.
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ from pathlib import Path
 import torch
 
 from streaming_vlm.data.annotations import AnnotationError, StreamRecord
+from streaming_vlm.data.windows import commentary
 from streaming_vlm.layout import DEFAULT_QUERY, DEFAULT_SYSTEM_PROMPT, StreamLayout, TokenMeta
 from streaming_vlm.policy import CachePolicy
 from streaming_vlm.positions import assign_positions
@@ -42,6 +53,7 @@ class SampleConfig:
     fps: float = 2.0
     chunk_seconds: float = 1.0
     query: str = DEFAULT_QUERY
+    """Joins the first chunk of a sample that starts its stream, and no other (see the module doc)."""
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     min_pixels: int = 100 * 28 * 28
     """Per frame."""
@@ -56,6 +68,11 @@ class SampleConfig:
         """Per-frame pixel cap for a sample of ``n_frames`` frames (the reference's rule)."""
         budget = int(self.total_pixels * temporal_patch_size / max(n_frames, 1))
         return max(min(self.max_pixels, budget), self.min_pixels)
+
+
+def opens_stream(record: StreamRecord) -> bool:
+    """Whether ``record`` starts its stream (``video_start`` 0 s): only then does the query join its first chunk."""
+    return abs(record.video_start) < 1e-6
 
 
 @dataclass
@@ -132,7 +149,7 @@ class SampleBuilder:
             qa = [q for q in record.qa if t0 < q.ask_time <= t1]
             plans.append(
                 ChunkPlan(
-                    k, t0, t1, "".join(f" {w}" for w in words),
+                    k, t0, t1, commentary(words),
                     question="\n".join(q.question for q in qa) or None,
                     answer="\n".join(q.answer for q in qa) or None,
                 )
@@ -149,9 +166,10 @@ class SampleBuilder:
         layout = self.layout
         parts: list[TokenMeta] = [layout.system(), layout.previous_text(self.previous_ids(record.previous))]
         supervised: list[torch.Tensor] = [torch.zeros(len(parts[0]) + len(parts[1]), dtype=torch.bool)]
+        query = self.config.query if opens_stream(record) else None
         for plan, grid in zip(plans, grids, strict=True):
             user = layout.user_turn(plan.index, plan.start, plan.end, grid,
-                                    layout.user_text(self.config.query if plan.index == 0 else None, plan.question))
+                                    layout.user_text(query if plan.index == 0 else None, plan.question))
             head = layout.assistant_head(plan.index)
             content = layout.content_meta(plan.index, layout.assistant_content(plan.assistant_text))
             close = layout.assistant_close(plan.index)

@@ -18,8 +18,13 @@ questions asked in ``(a, b]``, and ``previous`` = :func:`previous_text` of the w
 
 ``livecc``: one window per input record, the whole clip ``[video_start, video_end]``, same rules.
 
-Previous text: ``title``, then a newline, then the record's own ``previous`` and the earlier words, all joined
-by single spaces (each part stripped; empty parts and their separators left out).
+Previous text: ``title``, then a newline, then the record's own ``previous`` (each stripped; an empty one and
+its newline left out), followed by :func:`commentary` of the earlier words: each word with one leading space,
+exactly as the assistant turns hold it. So the previous text of a window is its stream's initial previous text
+(the first window's) followed by the commentary of every earlier second, and tokenises to exactly what the
+inference cache holds after retiring those turns (their tokens, moved as they are) into its previous text: Qwen's
+pre-tokenizer starts a pre-token at each of those spaces. (A retired turn's QA answer is not included: a
+string cannot reproduce it, see the README.)
 """
 
 from __future__ import annotations
@@ -102,10 +107,16 @@ def _join(separator: str, parts: list[str]) -> str:
     return separator.join(p for p in (part.strip() for part in parts) if p)
 
 
+def commentary(words: list[str]) -> str:
+    """Words as a stream's text holds them: each stripped, with one leading space, empty ones left out
+    (``" red ball! score two"``). A sample's assistant turn holds this of its second's words."""
+    return "".join(f" {t}" for t in (w.strip() for w in words) if t)
+
+
 def previous_text(record: StreamRecord, words: list[Word]) -> str:
-    """``title``, newline, then ``record.previous`` and ``words`` joined by spaces (empty parts left out)."""
-    speech = _join(" ", [record.previous, *(w.text for w in words)])
-    return _join("\n", [record.title, speech])
+    """``title``, newline, ``record.previous`` (each stripped; an empty one and its newline left out), then
+    :func:`commentary` of ``words``: the stream's initial previous text followed by the earlier turns' text."""
+    return _join("\n", [record.title, record.previous]) + commentary([w.text for w in words])
 
 
 def windows_of(record: StreamRecord, window: float = 24.0, stride: float = 12.0,
