@@ -32,3 +32,11 @@ def non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
     return value
+
+
+def finite_float(text: str) -> float:
+    """Any real number; ``nan`` and ``inf`` are not (a flag that means no limit has its own word for it)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value

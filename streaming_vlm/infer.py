@@ -3,13 +3,17 @@
 Wires a ``VideoReader`` (frames by time) to a ``StreamSession`` (the engine) and the output writers
 (WebVTT, JSON lines), with a progress bar and a closing summary. Options come from ``InferConfig``
 (typed, with defaults), optionally from a YAML file (``--config``), then from command-line flags.
-Bad input (a missing or unreadable video, a start past its end, an unloadable model) ends the run with one
-line on stderr and a non-zero exit code, before anything expensive happens.
+Bad input (a missing or unreadable video, a start past its end, an output that cannot be written or would
+overwrite the video, an unloadable model) ends the run with one line on stderr and a non-zero exit code, before
+anything expensive happens and before any output is created.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
+import stat
 import sys
 import time
 import warnings
@@ -19,6 +23,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from streaming_vlm.argtypes import finite_float
 from streaming_vlm.engine import MODES, StreamConfig, StreamSession
 from streaming_vlm.layout import DEFAULT_QUERY, DEFAULT_SYSTEM_PROMPT
 from streaming_vlm.sampling import SamplingConfig
@@ -63,6 +68,14 @@ class InferConfig:
     """Options the user set (YAML or flags); the others may come from the checkpoint's ``streaming_vlm.json``."""
 
     def __post_init__(self):
+        for f in fields(self):  # YAML values skip the flags' types
+            value = getattr(self, f.name)
+            if f.type in _NUMBER_TYPES and value is not None:
+                flag = "--" + f.name.replace("_", "-")
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise ValueError(f"{flag} must be a number, got {value!r}")
+                if not math.isfinite(value):
+                    raise ValueError(f"{flag} must be a finite number, got {value}")
         if self.mode not in MODES:
             raise ValueError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.start < 0:
@@ -106,6 +119,9 @@ class InferConfig:
             sampling=self.sampling(checkpoint_defaults),
             seed=self.seed,
         )
+
+
+_NUMBER_TYPES = {"float": finite_float, "int": int, "float | None": finite_float, "int | None": int}
 
 
 class UsageError(Exception):
@@ -174,7 +190,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         if f.type == "bool":
             parser.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=_HELP[f.name])
             continue
-        kind = {"float": float, "int": int, "float | None": float, "int | None": int}.get(f.type, str)
+        kind = _NUMBER_TYPES.get(f.type, str)
         if f.name in _WINDOWS:
             kind = _window
         parser.add_argument(flag, type=kind, default=argparse.SUPPRESS,
@@ -222,6 +238,8 @@ class Summary:
     peak_cache_tokens: int = 0
     peak_memory_mb: float = 0.0
     interrupted: bool = False
+    cut_short: str | None = None
+    """Where the video stream ended before its container said it would (``VideoReader.cut_short``)."""
 
     @property
     def real_time_factor(self) -> float:
@@ -231,12 +249,15 @@ class Summary:
     def lines(self) -> list[str]:
         ms_tok = 1000 * self.decode_s / self.new_tokens if self.new_tokens else float("nan")
         note = " - interrupted" if self.interrupted else ""
-        return [
+        lines = [
             f"chunks: {self.chunks} ({self.stream_seconds:.1f} s of video){note}",
             f"wall time: {self.wall_s:.1f} s, real-time factor: {self.real_time_factor:.2f}x",
             f"generated: {self.new_tokens} tokens, {ms_tok:.1f} ms per generated token",
             f"peak cache: {self.peak_cache_tokens} tokens, peak memory: {self.peak_memory_mb:.0f} MB",
         ]
+        if self.cut_short:
+            lines.append(f"video cut short: {self.cut_short}")
+        return lines
 
 
 def _peak_memory_mb(device: torch.device) -> float:
@@ -289,13 +310,72 @@ def with_checkpoint_defaults(cfg: InferConfig, model_path: str) -> InferConfig:
         raise UsageError(f"{model_path}: bad stream defaults: {exc}") from None
 
 
-def _check_output(path: str) -> None:
-    """Fail before the model loads when an output cannot be created under an existing non-directory."""
-    parent = Path(path).parent
-    while not parent.exists() and parent != parent.parent:  # the writers create missing folders
-        parent = parent.parent
-    if parent.exists() and not parent.is_dir():
-        raise UsageError(f"cannot write {path}: {parent} is not a directory")
+def default_output(video: str) -> str:
+    """The WebVTT file written when ``--output`` is not given: next to the video, ``<name>.vtt`` (the bundled demo
+    clip's goes to the working directory)."""
+    return Path(video).stem + ".vtt" if video == str(DEMO_VIDEO) else str(Path(video).with_suffix(".vtt"))
+
+
+def check_outputs(video: str, outputs: dict[str, str]) -> None:
+    """Raise ``UsageError`` (one line naming the file) unless every output can be written without touching the
+    input video or another output.
+
+    ``outputs`` maps a label for messages (``--output``) to a path. An output may not be the video or another
+    output (the same file by any name: symlinks and hard links included); an existing one must be a writable
+    regular file; a new one needs a writable directory as its nearest existing ancestor (the writers create the
+    missing folders). Only looks: creates, opens and changes nothing, so a failed check loses nothing.
+    """
+    checked: list[tuple[str, str]] = []
+    for label, path in outputs.items():
+        if _same_file(path, video):
+            hint = "; give --output" if label == _DEFAULT_OUTPUT else ""
+            raise UsageError(f"{label} {path} is the input video; writing it would destroy the video{hint}")
+        for other_label, other in checked:
+            if _same_file(path, other):
+                raise UsageError(f"{other_label} and {label} are the same file ({path}); give two different files")
+        _check_writable(label, path)
+        checked.append((label, path))
+
+
+_DEFAULT_OUTPUT = "the default output"
+
+
+def _same_file(a: str, b: str) -> bool:
+    """Whether writing ``a`` would write ``b``: the same file once symlinks are followed, or one inode."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return False
+
+
+def _check_writable(label: str, path: str) -> None:
+    def fail(reason: str) -> UsageError:
+        return UsageError(f"cannot write {label} {path}: {reason}")
+
+    if path.endswith(("/", os.sep)):
+        raise fail("it names a directory")
+    try:
+        st = os.stat(path)  # follows symlinks
+    except (FileNotFoundError, NotADirectoryError):  # a new file (or a symlink to one): its folder must allow it
+        parent = Path(os.path.realpath(path)).parent
+        while not parent.exists() and parent != parent.parent:  # the writers create missing folders
+            parent = parent.parent
+        if not parent.is_dir():
+            raise fail(f"{parent} is not a directory") from None
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise fail(f"no permission to create files in {parent}") from None
+        return
+    except OSError as exc:
+        raise fail(exc.strerror or str(exc)) from None
+    if stat.S_ISDIR(st.st_mode):
+        raise fail("it is a directory")
+    if not stat.S_ISREG(st.st_mode):
+        raise fail("not a regular file")
+    # no write bit for anyone (e.g. /proc/version) is read-only even for root, whom access() lets write anything
+    if not (st.st_mode & 0o222 and os.access(path, os.W_OK)):
+        raise fail("the file is read-only")
 
 
 def run(cfg: InferConfig, stream=None) -> Summary:
@@ -317,6 +397,9 @@ def run(cfg: InferConfig, stream=None) -> Summary:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     video = resolve_video_path(cfg.video)
+    vtt_path = cfg.output or default_output(video)
+    check_outputs(video, {"--output" if cfg.output else _DEFAULT_OUTPUT: vtt_path}
+                  | ({"--jsonl": cfg.jsonl} if cfg.jsonl else {}))
 
     def open_reader(c: InferConfig) -> VideoReader:
         return VideoReader(video, fps=c.fps, chunk_seconds=c.chunk_seconds, start=c.start, duration=c.duration)
@@ -329,11 +412,6 @@ def run(cfg: InferConfig, stream=None) -> Summary:
         reader.close()
         reader = open_reader(cfg)
     with reader:
-        vtt_path = cfg.output or (Path(video).stem + ".vtt" if video == str(DEMO_VIDEO) else
-                                  str(Path(video).with_suffix(".vtt")))
-        for path in (vtt_path, cfg.jsonl):
-            if path:
-                _check_output(path)
         loaded = load_model(model_path, device=cfg.device, dtype=cfg.dtype)
         spec = VisionSpec.from_pretrained(loaded.path, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
         session = StreamSession(loaded.model, loaded.tokenizer, cfg.stream_config(loaded.generation_defaults),
@@ -362,6 +440,7 @@ def run(cfg: InferConfig, stream=None) -> Summary:
                 summary.interrupted = True
             finally:
                 bar.close()
+        summary.cut_short = reader.cut_short
         summary.wall_s = time.perf_counter() - t0
         summary.peak_memory_mb = _peak_memory_mb(session.device)
     return summary

@@ -2,7 +2,8 @@
 
 Both writers open their file once, write each chunk as soon as it is produced and flush it, so an
 interrupted run keeps everything it wrote. They know nothing about models or videos beyond a chunk's
-start, end and text.
+start, end and text. Opening a writer creates (or empties) its file: the caller checks the paths first
+(``infer.check_outputs``). A failed write raises ``OSError`` naming the file.
 """
 
 from __future__ import annotations
@@ -27,6 +28,13 @@ def one_line(text: str) -> str:
     return " ".join("".join(c if c.isprintable() else " " for c in text).split())
 
 
+def vtt_cue_text(text: str) -> str:
+    """Commentary as a WebVTT cue payload: one line, with ``&``, ``<`` and ``>`` escaped as ``&amp;``, ``&lt;``
+    and ``&gt;`` (WebVTT cue text, like HTML, reads them as entities and tags; escaped, the payload can hold
+    no blank line, which would end the cue, and no ``-->``, which would start a timing line)."""
+    return one_line(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 class _LineFile:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -35,12 +43,21 @@ class _LineFile:
         self._f = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
 
     def _write(self, text: str) -> None:
-        self._f.write(text)
-        self._f.flush()
+        try:
+            self._f.write(text)
+            self._f.flush()
+        except OSError as exc:
+            raise self._named(exc) from exc
 
     def close(self) -> None:
         if not self._f.closed:
-            self._f.close()
+            try:
+                self._f.close()
+            except OSError as exc:  # what a failed write left in the buffer fails again
+                raise self._named(exc) from exc
+
+    def _named(self, exc: OSError) -> OSError:
+        return OSError(exc.errno, exc.strerror or str(exc), str(self.path))
 
     def __enter__(self):
         return self
@@ -59,8 +76,7 @@ class VttWriter(_LineFile):
 
     def write(self, start: float, end: float, text: str) -> None:
         self._cue += 1
-        payload = one_line(text).replace("-->", "->")  # a cue payload may hold no blank line and no "-->"
-        self._write(f"{self._cue}\n{vtt_timestamp(start)} --> {vtt_timestamp(end)}\n{payload}\n\n")
+        self._write(f"{self._cue}\n{vtt_timestamp(start)} --> {vtt_timestamp(end)}\n{vtt_cue_text(text)}\n\n")
 
 
 class JsonlWriter(_LineFile):
