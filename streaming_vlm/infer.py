@@ -180,6 +180,8 @@ _WINDOWS = {"vision_window", "text_rounds", "text_sink", "text_window"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    # one usage line: a usage error is that line and the error, not 18 lines of every option (see --help)
+    parser.usage = "%(prog)s VIDEO [--model M] [--output OUT.vtt] [--jsonl OUT.jsonl] [options; see --help]"
     parser.add_argument("video", nargs="?", help=_HELP["video"])
     parser.add_argument("--config", help="YAML file with option defaults (keys as in configs/infer.yaml)")
     for f in fields(InferConfig):
