@@ -25,7 +25,13 @@ from streaming_vlm.data.annotations import (
     seeks_path,
 )
 from streaming_vlm.data.validate import validate_file
-from streaming_vlm.data.windows import build_windows, window_bounds
+from streaming_vlm.data.windows import (
+    build_settings_path,
+    build_windows,
+    check_previous_kept,
+    keep_ends,
+    window_bounds,
+)
 
 
 def conversation(video="clip.mp4", start=0.0, end=60.0, words=(), qa=None, previous=None, **extra) -> list:
@@ -485,6 +491,201 @@ def test_resume_refuses_other_settings(tmp_path, capsys):
         build_windows(src, tmp_path / "x.jsonl", variant="sliding")
     assert main(["data", "windows", str(tmp_path / "absent.jsonl"), str(tmp_path / "y.jsonl")]) == 2
     assert not (tmp_path / "y.jsonl").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# window builder: previous text kept only at its ends (O(N) output, the same training tokens)
+
+ODD_WORDS = ["Goal!", "it's", "'s", "3.5", "1,000", "12th", "2-1", "(2)", "naïve", "nai\u0308ve", "e\u0301",
+             "\u0301x", "東京", "⚽⚽", "🏳️\u200d🌈", "Ω", "ﬁne", "¿qué?", "مرحبا", "—", "...", "C++", "$8", "#6",
+             "a\u00a0b", "tab\there", "line\nbreak", "two  spaces", "end \n", "\u200bzw", "<|im_end|>",
+             "x<|im_end|>y", "  padded ", "", "   "]
+PLAIN_WORDS = "the ball goes wide and the keeper saves it what a shot from the edge of the box".split()
+
+
+def long_transcript(seconds: float, seed: int = 0, odd: bool = True, **extra) -> list:
+    """A record with 2.5 words per second over ``seconds``: plain words, and with ``odd`` one odd word in four
+    (punctuation, digits, unicode, inner whitespace, special-token text, blanks)."""
+    import random
+
+    rng = random.Random(seed)
+    n = int(seconds * 2.5)
+    words = [(round(i * 0.4, 3), round(i * 0.4 + 0.3, 3),
+              rng.choice(ODD_WORDS if odd and rng.random() < 0.25 else PLAIN_WORDS)) for i in range(n)]
+    return conversation(video="long.mp4", start=0, end=seconds, words=words, **extra)
+
+
+@pytest.fixture(scope="module")
+def tokenizers():
+    """The tiny tokenizer, the same with Qwen2's NFC normalizer, and the demo model's tokenizer."""
+    from tokenizers import normalizers
+    from transformers import AutoTokenizer
+
+    from streaming_vlm.models import build_tiny_tokenizer
+
+    tiny = build_tiny_tokenizer()
+    nfc = build_tiny_tokenizer()
+    nfc.backend_tokenizer.normalizer = normalizers.NFC()
+    demo = AutoTokenizer.from_pretrained(Path(__file__).resolve().parents[1] / "streaming_vlm/assets/demo_model")
+    assert nfc("nai\u0308ve").input_ids == nfc("naïve").input_ids != tiny("nai\u0308ve").input_ids
+    return {"tiny": tiny, "tiny+NFC": nfc, "demo": demo}
+
+
+@pytest.mark.parametrize("kept", [(24, 40), (3, 5), (0, 7)])
+def test_kept_ends_give_training_the_same_previous_tokens(tmp_path, tokenizers, kept):
+    from streaming_vlm.data.sample import SampleBuilder, SampleConfig
+
+    sink, window = kept
+    records = [long_transcript(400, seed=1, title="Final: Reds vs. Blues (2-1) — naïve ⚽",
+                               previous="Earlier:\n\n  first half,  two goals.\tEnd."),
+               long_transcript(300, seed=2), long_transcript(120, seed=3, odd=False, title="Short")]
+    src = write_lines(tmp_path / "long.jsonl", records)
+    full = build_windows(src, tmp_path / "full.jsonl", text_sink=None, text_window=None)
+    cut = build_windows(src, tmp_path / "cut.jsonl", text_sink=sink, text_window=window)
+    pairs = list(zip(read_windows(tmp_path / "full.jsonl"), read_windows(tmp_path / "cut.jsonl"), strict=True))
+    assert (full.windows, full.cut) == (len(pairs), 0) and cut.cut == sum(a.previous != b.previous for a, b in pairs)
+    assert cut.cut > len(pairs) * 0.8 and all(len(b.previous) <= len(a.previous) for a, b in pairs)
+    assert all((a.video_start, a.words, a.qa) == (b.video_start, b.words, b.qa) for a, b in pairs)
+    smaller = [(sink // 2, window), (sink, window // 2), (0, window), (sink, 0), (0, 0)]  # also read the same
+    for name, tok in tokenizers.items():
+        builder = SampleBuilder(tok, config=SampleConfig(text_sink=sink, text_window=window))
+        policies = [SampleBuilder(tok, config=SampleConfig(text_sink=s, text_window=w)).policy for s, w in smaller]
+        for a, b in pairs:
+            assert builder.previous_ids(b.previous) == builder.previous_ids(a.previous), (name, a.video_start)
+            ids_a, ids_b = builder.layout.encode(a.previous), builder.layout.encode(b.previous)
+            assert len(ids_b) >= min(len(ids_a), sink + window)  # the cut text holds the ends the sample reads
+            for policy in policies:  # = SampleBuilder.previous_ids with these settings
+                assert policy.cut_previous(ids_b) == policy.cut_previous(ids_a), (name, policy, a.video_start)
+
+
+def test_windows_file_grows_linearly_with_the_video(tmp_path):
+    def size(seconds: float, **keep) -> int:
+        src = write_lines(tmp_path / f"t{seconds}.jsonl", [long_transcript(seconds, odd=False)])
+        out = tmp_path / f"w{seconds}_{keep['text_sink']}.jsonl"
+        build_windows(src, out, **keep)
+        return out.stat().st_size
+
+    # 64 + 64 pieces are 51 s of speech: both lengths are far past it
+    kept = size(2400, text_sink=64, text_window=64) / size(1200, text_sink=64, text_window=64)
+    whole = size(2400, text_sink=None, text_window=None) / size(1200, text_sink=None, text_window=None)
+    assert 1.9 < kept < 2.2  # O(N): twice the video, twice the file (and 2.01 times the windows)
+    assert whole > 3.5  # the whole transcript in every window (as before): O(N^2), 3.66 here
+
+
+def test_keep_ends_pieces():
+    assert keep_ends("a b c d e", 1, 2) == "a d e"
+    assert keep_ends("a b c d e", 0, 2) == " d e" and keep_ends("a b c d e", 2, 0) == "a b"
+    assert keep_ends("a b c d e", 3, 2) == "a b c d e" and keep_ends("a b c d e", None, 1) == "a b c d e"
+    assert keep_ends("T\nx  y\tz w v", 1, 1) == "T\nx v"  # pieces start only at a space after a non-space
+    assert keep_ends(" a b c", 1, 1) == " a c" and keep_ends("", 0, 0) == "" and keep_ends("a b", 0, 0) == ""
+
+
+def test_keep_ends_reads_the_same_tokens_on_random_text(tokenizers):
+    import random
+
+    from streaming_vlm.models import build_tiny_tokenizer
+    from streaming_vlm.policy import CachePolicy
+
+    chars = [*"abxyZ.,!?'\"-0123456789", "\u0301", "é", "e\u0301", "東", "⚽", "\u200b", "<|im_end|>", "'s", "\x1c",
+             "ﬁ", "\U0001F3F3", "\u200d"]
+    spaces = [" ", " ", " ", "  ", " \n", "\n", "\t", " \t", "\u00a0", "\u3000", "\r\n", "\u0085", "\u2028", " \n\n"]
+    rng = random.Random(0)
+
+    def random_text(units: int) -> str:
+        return "".join(rng.choice(spaces) if rng.random() < 0.45 else "".join(rng.choices(chars, k=rng.randint(1, 2)))
+                       for _ in range(units))
+
+    # also a tokenizer that learned merges on such text (runs of spaces, newlines after punctuation, ...): a wrong
+    # piece rule (cutting at every space, or at every whitespace after a non-space) fails here
+    trained = build_tiny_tokenizer([random_text(100) for _ in range(150)], vocab_size=768)
+    for _ in range(600):
+        text = random_text(rng.randint(0, 40))
+        sink, window = rng.randint(0, 8), rng.randint(0, 8)
+        kept = keep_ends(text, sink, window)
+        for tok in [*tokenizers.values(), trained]:
+            for policy in (CachePolicy(None, None, sink, window), CachePolicy(None, None, sink // 2, window // 3)):
+                assert (policy.cut_previous(tok.encode(kept, add_special_tokens=False))
+                        == policy.cut_previous(tok.encode(text, add_special_tokens=False))), (text, sink, window)
+
+def test_build_settings_and_the_training_check(tmp_path):
+    src = write_lines(tmp_path / "long.jsonl", [long_transcript(300, odd=False, title="Match")])
+    out = tmp_path / "train_s12w24_with_seeks.jsonl"
+    stats = build_windows(src, out, text_sink=16, text_window=32)
+    assert stats.settings == build_settings_path(out) == tmp_path / "train_s12w24_build.json"
+    assert build_settings_path(tmp_path / "w.jsonl") == tmp_path / "w_build.json"
+    assert json.loads(stats.settings.read_text()) == {
+        "variant": "overlap", "window": 24.0, "stride": 12.0, "drop_empty": False, "text_sink": 16,
+        "text_window": 32, "windows": stats.windows, "previous_cut": stats.cut}
+    assert stats.cut > 0 and stats.lines()[1] == f"previous text: first 16 and last 32 pieces; {stats.cut} windows cut"
+    for sink, window in [(16, 32), (0, 0), (8, 32)]:
+        check_previous_kept(out, sink, window)
+    for sink, window in [(17, 32), (16, 33), (None, 32), (16, None), (512, 512)]:
+        with pytest.raises(ValueError, match="keep only the first 16 and last 32 pieces") as info:
+            check_previous_kept(out, sink, window)
+        assert "--text-sink" in str(info.value) and "\n" not in str(info.value)
+    check_previous_kept(tmp_path / "long.jsonl", None, None)  # no settings beside it: not made by the builder
+    short = build_windows(write_lines(tmp_path / "s.jsonl", [toy()]), tmp_path / "short.jsonl",
+                          text_sink=1, text_window=1)
+    assert short.cut == 3
+    assert build_windows(write_lines(tmp_path / "s2.jsonl", [toy()]), tmp_path / "short2.jsonl").cut == 0
+    check_previous_kept(tmp_path / "short2.jsonl", None, None)  # nothing cut: any setting reads the same text
+
+
+def test_build_settings_follow_interruptions_and_refused_resumes(tmp_path, monkeypatch, capsys):
+    import streaming_vlm.data.windows as windows
+
+    src = write_lines(tmp_path / "long.jsonl", [long_transcript(300, odd=False)])
+    out = tmp_path / "w.jsonl"
+    build_windows(src, out, text_sink=None, text_window=None)
+    whole = json.loads(build_settings_path(out).read_text())
+    assert whole["previous_cut"] == 0
+    check_previous_kept(out, None, None)
+    # a resume with other settings is refused and leaves the file and its settings alone
+    before = build_settings_path(out).read_bytes()
+    with pytest.raises(ValueError, match="differs"):
+        build_windows(src, out, text_sink=8, text_window=8)
+    assert build_settings_path(out).read_bytes() == before
+    # a run cut short: its settings say so before its first window is written, with the count unknown
+    encode, calls = windows._encode, []
+
+    def interrupted(record):
+        calls.append(1)
+        if len(calls) > 10:
+            raise KeyboardInterrupt
+        return encode(record)
+
+    monkeypatch.setattr(windows, "_encode", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        build_windows(src, out, resume=False, text_sink=8, text_window=8)
+    assert json.loads(build_settings_path(out).read_text())["previous_cut"] is None
+    with pytest.raises(ValueError, match=r"\(some windows cut"):
+        check_previous_kept(out, None, None)
+    monkeypatch.setattr(windows, "_encode", encode)
+    stats = build_windows(src, out, text_sink=8, text_window=8)  # resumes the 10 written
+    assert stats.resumed == 10 and json.loads(build_settings_path(out).read_text())["previous_cut"] == stats.cut > 0
+    assert main(["data", "windows", str(src), str(out), "--no-resume", "--text-sink", "unlimited",
+                 "--text-window", "unlimited"]) == 0
+    assert "previous text: whole; 0 windows cut" in capsys.readouterr().out
+    assert json.loads(build_settings_path(out).read_text()) == whole
+    with pytest.raises(SystemExit) as exit_info:
+        main(["data", "windows", str(src), str(out), "--text-sink", "-1"])
+    assert exit_info.value.code == 2
+
+
+def test_training_dataset_refuses_a_file_cut_shorter_than_it_reads(tmp_path, tokenizers):
+    from streaming_vlm.data.dataset import StreamingSFTDataset
+    from streaming_vlm.data.sample import SampleBuilder, SampleConfig
+
+    src = write_lines(tmp_path / "long.jsonl", [long_transcript(300, odd=False)])
+    build_windows(src, tmp_path / "w_with_seeks.jsonl", text_sink=16, text_window=32)
+
+    def dataset(sink, window):
+        builder = SampleBuilder(tokenizers["tiny"], config=SampleConfig(text_sink=sink, text_window=window))
+        return StreamingSFTDataset(["w_with_seeks.jsonl", "w_with_seeks.jsonl"], builder, dataset_path=tmp_path)
+
+    assert len(dataset(16, 32)) == 2 * len(load_seek_index(tmp_path / "w_with_seeks.jsonl"))
+    with pytest.raises(ValueError, match="text_sink=512, text_sliding_window=512"):
+        dataset(512, 512)
 
 
 def test_toy_dataset_has_the_stage_files_and_validates(tmp_path):

@@ -47,12 +47,26 @@ def _validate(args) -> int:
     return 0 if report.ok else 1
 
 
+def _keep(text: str) -> int | None:
+    """A count of previous-text pieces: an integer >= 0, or ``unlimited``."""
+    if text.lower() in ("unlimited", "none"):
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0 or 'unlimited', got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0 or 'unlimited', got {text!r}")
+    return value
+
+
 def _windows(args) -> int:
     from streaming_vlm.data.windows import build_windows
 
     try:
         stats = build_windows(args.input, args.output, window=args.window, stride=args.stride,
-                              variant=args.variant, resume=not args.no_resume, drop_empty=args.drop_empty)
+                              variant=args.variant, resume=not args.no_resume, drop_empty=args.drop_empty,
+                              text_sink=args.text_sink, text_window=args.text_window)
     except (OSError, ValueError) as exc:
         return _error(exc)
     for line in stats.lines():
@@ -84,7 +98,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
     q = actions.add_parser("windows", help="cut long-video records into overlapping training windows",
                            description="Cut long-video records into window records (docs/data.md); resumes an "
-                                       "interrupted output unless --no-resume; writes the output's seek index.")
+                                       "interrupted output unless --no-resume; writes the output's seek index and "
+                                       "its build settings (X_build.json beside it).")
     q.add_argument("input", metavar="IN")
     q.add_argument("output", metavar="OUT")
     q.add_argument("--window", type=float, default=24.0, help="window length in seconds (24)")
@@ -94,6 +109,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     q.add_argument("--no-resume", action="store_true", help="rewrite OUT from scratch")
     q.add_argument("--drop-empty", action="store_true",
                    help="leave out windows with neither words nor questions (training rejects them)")
+    q.add_argument("--text-sink", type=_keep, default=512, metavar="N",
+                   help="previous text keeps its first N pieces (words), as training keeps its first text_sink "
+                        "tokens: use training's text_sink or more; 'unlimited' keeps the whole transcript (512)")
+    q.add_argument("--text-window", type=_keep, default=512, metavar="N",
+                   help="previous text keeps its last N pieces (words): training's text_sliding_window or more; "
+                        "'unlimited' keeps the whole transcript (512)")
     q.set_defaults(run=_windows)
 
     q = actions.add_parser("toy", help="write a small generated dataset laid out like Inf-Stream-Train",

@@ -5,7 +5,9 @@ Contract
 * :class:`StreamingSFTDataset` concatenates one or more annotation files in the order given. Listing a file
   twice upsamples it 2x (the reference's stage-1 mix lists ``train_s12w24_with_seeks.jsonl`` twice). Item ``k``
   seeks to its line, parses the record, resolves the video (as written, else under ``dataset_path``) and builds
-  the sample with a :class:`~streaming_vlm.data.sample.SampleBuilder`.
+  the sample with a :class:`~streaming_vlm.data.sample.SampleBuilder`. A windows file whose previous texts were
+  cut shorter than the builder's ``text_sink``/``text_window`` read is refused on opening (``AnnotationError``;
+  :func:`~streaming_vlm.data.windows.check_previous_kept`).
 * **Bad data is skipped, counted and reported, never retried forever.** A record that cannot be used (malformed
   line, missing or undecodable video, empty transcript: any :class:`AnnotationError` or :class:`VideoError`)
   gives one warning line ``skipping FILE:LINE: ErrorType: problem``, one JSON line appended to the failure log
@@ -39,6 +41,7 @@ from transformers import TrainerCallback
 
 from streaming_vlm.data.annotations import AnnotationError, load_seek_index, read_record_at, resolve_video
 from streaming_vlm.data.sample import SampleBuilder, TrainingSample
+from streaming_vlm.data.windows import check_previous_kept
 from streaming_vlm.video import VideoError
 
 __all__ = [
@@ -142,6 +145,7 @@ class StreamingSFTDataset(torch.utils.data.Dataset):
         for path in annotation_paths:
             resolved = resolve_annotation_path(path, self.dataset_path)
             if resolved not in offsets_of:
+                check_previous_kept(resolved, builder.config.text_sink, builder.config.text_window)
                 offsets_of[resolved] = np.asarray(load_seek_index(resolved), dtype=np.int64)
             self.files.append(resolved)
             self._offsets.append(offsets_of[resolved])
