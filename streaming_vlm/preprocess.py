@@ -264,6 +264,18 @@ class VideoPreprocessor:
         h, w = self.target_size(height, width)
         return num_frames // tp, h // self.spec.patch_size, w // self.spec.patch_size
 
+    def resize(self, frames: np.ndarray | torch.Tensor | Sequence[Any]) -> torch.Tensor:
+        """The resize step of :meth:`__call__` alone: uint8 ``[T, H', W', 3]`` on ``self.device``, with
+        ``(H', W')`` = :meth:`target_size`. A preprocessor whose spec admits exactly ``H' * W'`` pixels per frame
+        (same patch geometry and mean/std) turns the result into :meth:`__call__`'s output bit for bit: it skips
+        the resize and only normalises and patchifies (training carries uint8 frames this way)."""
+        video = _as_uint8_video(frames)
+        if video.shape[-1] != 3:
+            raise ValueError(f"frames must be RGB [T, H, W, 3], got shape {tuple(video.shape)}")
+        height, width = self.target_size(video.shape[1], video.shape[2])
+        video = video.to(self.device, non_blocking=True).permute(0, 3, 1, 2).contiguous()  # [T, 3, H, W]
+        return self._resize(video, height, width).permute(0, 2, 3, 1).contiguous()
+
     def __call__(
         self, frames: np.ndarray | torch.Tensor | Sequence[Any]
     ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -61,6 +61,7 @@ def data_dir(tmp_path_factory) -> Path:
     write_synthetic_video(root / "clip.mp4", 4)
     write_jsonl(root / "train_with_seeks.jsonl", [record("clip.mp4", WORDS_A), record("clip.mp4", WORDS_B)])
     write_jsonl(root / "repeat_with_seeks.jsonl", [record("clip.mp4", WORDS_A)])
+    write_jsonl(root / "one_bad_with_seeks.jsonl", [record("clip.mp4", WORDS_B), "{broken"])
     return root
 
 
@@ -80,25 +81,27 @@ def builder(tiny_model_dir) -> SampleBuilder:
 # ------------------------------------------------------------------------------------------------------------
 
 
-def _sample(ids, labels, positions, pixels=None, grid=None) -> TrainingSample:
+def _sample(ids, labels, positions, frames=None, grid=None) -> TrainingSample:
     ids = torch.tensor(ids)
     return TrainingSample(
         input_ids=ids,
         labels=torch.tensor(labels),
         position_ids=torch.tensor(positions),
-        pixel_values_videos=pixels if pixels is not None else torch.zeros(0, 6),
+        video_frames=frames if frames is not None else torch.zeros(0, 28, 28, 3, dtype=torch.uint8),
         video_grid_thw=torch.tensor(grid if grid is not None else []).reshape(-1, 3),
     )
 
 
 def test_collator_pads_right_and_concatenates_videos():
-    s1 = _sample([5, 6, 7], [-100, 6, 7], [[0, 1, 2], [0, 1, 1], [0, 2, 3]], torch.full((4, 6), 1.0), [[1, 2, 2]])
+    frames1 = torch.full((2, 28, 28, 3), 1, dtype=torch.uint8)  # one chunk of 2 x 2 patches
+    frames2 = torch.arange(4 * 28 * 56 * 3).remainder(251).to(torch.uint8).reshape(4, 28, 56, 3)  # 2 chunks of 2 x 4
+    s1 = _sample([5, 6, 7], [-100, 6, 7], [[0, 1, 2], [0, 1, 1], [0, 2, 3]], frames1, [[1, 2, 2]])
     s2 = _sample(
         [8, 9, 10, 11, 12],
         [-100, -100, 10, 11, 12],
         [[0, 1, 2, 3, 4], [0, 1, 1, 2, 4], [0, 1, 2, 2, 4]],
-        torch.full((8, 6), 2.0),
-        [[1, 2, 2], [1, 2, 2]],
+        frames2,
+        [[1, 2, 4], [1, 2, 4]],
     )
     batch = StreamingCollator(pad_token_id=99)([s1, None, s2])
 
@@ -107,7 +110,7 @@ def test_collator_pads_right_and_concatenates_videos():
         "labels",
         "attention_mask",
         "position_ids",
-        "pixel_values_videos",
+        "video_frames",
         "video_grid_thw",
     }
     assert torch.equal(batch["input_ids"], torch.tensor([[5, 6, 7, 99, 99], [8, 9, 10, 11, 12]]))
@@ -122,9 +125,10 @@ def test_collator_pads_right_and_concatenates_videos():
         ]
     )
     assert torch.equal(batch["position_ids"], expected_positions)
-    assert torch.equal(batch["pixel_values_videos"], torch.cat([torch.full((4, 6), 1.0), torch.full((8, 6), 2.0)]))
-    assert torch.equal(batch["video_grid_thw"], torch.tensor([[1, 2, 2], [1, 2, 2], [1, 2, 2]]))
-    assert all(t.dtype == torch.long for k, t in batch.items() if k != "pixel_values_videos")
+    assert torch.equal(batch["video_frames"], torch.cat([frames1.reshape(-1), frames2.reshape(-1)]))
+    assert batch["video_frames"].dtype == torch.uint8
+    assert torch.equal(batch["video_grid_thw"], torch.tensor([[1, 2, 2], [1, 2, 4], [1, 2, 4]]))
+    assert all(t.dtype == torch.long for k, t in batch.items() if k != "video_frames")
 
 
 def test_collator_text_only_batch_and_empty_batch():
@@ -151,7 +155,7 @@ def _text_sample(generator, length: int, supervised: list[int]) -> TrainingSampl
         ids,
         labels,
         torch.arange(length).expand(3, -1).clone(),
-        torch.zeros(0, 1176),
+        torch.zeros(0, 28, 28, 3, dtype=torch.uint8),
         torch.zeros(0, 3, dtype=torch.long),
     )
 
@@ -533,8 +537,7 @@ def test_bad_records_are_skipped_logged_and_summarised(builder, data_dir, tmp_pa
     ds = StreamingSFTDataset(
         [path], builder, dataset_path=data_dir, failure_log=failure_log, max_bad_sample_fraction=1.0
     )
-    report = BadSampleReport(failure_log)
-    report.on_train_begin(None, None, None)
+    report = BadSampleReport({"train": ds.bad_lines})
     assert len(ds) == 5
 
     with caplog.at_level(logging.WARNING, logger="streaming_vlm.data.dataset"):
@@ -558,8 +561,10 @@ def test_bad_records_are_skipped_logged_and_summarised(builder, data_dir, tmp_pa
     state = SimpleNamespace(is_world_process_zero=True)
     with caplog.at_level(logging.WARNING, logger="streaming_vlm.data.dataset"):
         report.on_train_end(None, state, None)
-    assert report.count == 3 and report.summary.startswith("3 samples skipped: 3 AnnotationError")
-    assert report.summary in caplog.text
+    (summary,) = report.summaries
+    first = f"(first: {path}:2: video not found"
+    assert summary.startswith(f"train data: 3 distinct lines skipped (3 attempts): 3 AnnotationError {first}")
+    assert summary.endswith(f"; details in {failure_log}") and summary in caplog.text
 
     loader = torch.utils.data.DataLoader(ds, batch_size=2, collate_fn=StreamingCollator(pad_token_id=0))
     batch = next(iter(loader))
@@ -586,11 +591,13 @@ def test_mostly_bad_data_stops_with_a_clear_error(builder, data_dir, tmp_path):
     path = write_jsonl(tmp_path / "bad_with_seeks.jsonl", lines)
     log = tmp_path / "bad_samples.jsonl"
     ds = StreamingSFTDataset([path], builder, dataset_path=data_dir, failure_log=log)
-    too_many = r"train data: 19 of 20 samples failed \(95%: 19 AnnotationError\), above max_bad_sample_fraction=0\.05"
+    # 0.05 x 30 lines = 1.5 bad lines allowed: the second distinct bad line stops it
+    too_many = (r"train data: 2 distinct lines of 30 could not be used \(2 AnnotationError\), more than "
+                r"max_bad_sample_fraction=0\.05 allows \(1\.5 lines\); first: .*:2: malformed JSON")
     with pytest.raises(BadDataError, match=too_many):
         for i in range(len(ds)):
             ds[i]
-    assert len(log.read_text().splitlines()) == 19
+    assert len(log.read_text().splitlines()) == 2
 
     # retries are bounded even when the fraction check is off: max_attempts consecutive indexes, then an error
     ds = StreamingSFTDataset([path], builder, dataset_path=data_dir, max_bad_sample_fraction=1.0, max_attempts=5)
@@ -676,7 +683,10 @@ def test_deepspeed_zero3_two_processes_train_save_and_resume(tiny_model_dir, dat
         + yaml.safe_dump(
             {
                 "pretrained_model_name_or_path": str(tiny_model_dir),
-                "train_annotation_paths": ["train_with_seeks.jsonl", "train_with_seeks.jsonl"],
+                # 6 items, 4 distinct lines, one bad (its draw is built from the next line), all drawn in run one
+                "train_annotation_paths": ["train_with_seeks.jsonl", "train_with_seeks.jsonl",
+                                           "one_bad_with_seeks.jsonl"],
+                "max_bad_sample_fraction": 0.5,
                 "eval_annotation_paths": ["train_with_seeks.jsonl"],
                 "dataset_path": str(data_dir),
                 "min_pixels": 3136,
@@ -705,6 +715,16 @@ def test_deepspeed_zero3_two_processes_train_save_and_resume(tiny_model_dir, dat
     shards = sorted(p.name for p in (checkpoint / "global_step2").iterdir())  # one ZeRO partition per rank
     assert any(s.startswith("zero_pp_rank_0_") for s in shards) and any(s.startswith("zero_pp_rank_1_") for s in shards)
     assert json.loads((checkpoint / "trainer_state.json").read_text())["global_step"] == 2
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    tiny = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_model_dir)
+    total = sum(p.numel() for p in tiny.parameters())
+    trainable = total - sum(p.numel() for p in tiny.model.visual.parameters())
+    log = first.stdout + first.stderr
+    assert f": {trainable} of {total} parameters trainable" in log  # full sizes, not ZeRO-3's empty placeholders
+    # the bad line's records came through the batches and every rank's were counted together, once per line
+    assert re.search(r"train data: 1 distinct line skipped \(\d+ attempts\): 1 AnnotationError \(first: "
+                     r".*one_bad_with_seeks\.jsonl:2: malformed JSON", log), log[-6000:]
     print("\n".join(_log_lines(first)))
 
     second = _torchrun(config, tmp_path, "--max_steps", "3")

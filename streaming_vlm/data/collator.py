@@ -9,9 +9,15 @@ Contract: :class:`StreamingCollator` turns a list of samples into the keyword ar
 * ``position_ids`` long ``(3, B, L)``, the sample's own M-RoPE positions, pads set to ``position_pad``
   (default 0). Pads sit after every real token and are masked out, so a real token never attends to them and
   their positions never reach a real token; 0 is just a fixed, harmless value;
-* ``pixel_values_videos`` float ``(sum N_i, D)`` and ``video_grid_thw`` long ``(sum K_i, 3)``: the samples'
-  rows concatenated in batch order, which is the order the model scatters them into the ``<|video_pad|>``
-  tokens. Both keys are left out when no sample holds a video.
+* ``video_frames`` uint8 ``(sum_i T_i * H'_i * W'_i * 3,)`` and ``video_grid_thw`` long ``(sum K_i, 3)``: the
+  samples' resized frames, flattened and concatenated in batch order, and their grid rows in the same order
+  (the order the model scatters vision rows into the ``<|video_pad|>`` tokens). The grid rows fix every chunk's
+  frame count and size, so :func:`~streaming_vlm.data.sample.video_pixel_values` turns the pair into the
+  model's ``pixel_values_videos`` on the training device (the trainer does). Frames stay uint8 until then: a
+  quarter of the bytes of float pixels through the DataLoader workers' shared memory. Both keys are left out
+  when no sample holds a video.
+* ``bad_lines``: the records of the bad lines the samples' dataset skipped to find them (``TrainingSample.skipped``,
+  a list of dicts), present only when there are some; not a model input (the trainer pops it and counts them).
 
 ``None`` entries (samples a dataset could not build) are dropped; an empty batch raises :class:`EmptyBatchError`.
 The collator does not tokenize, truncate or compute positions: samples arrive complete.
@@ -46,6 +52,9 @@ class StreamingCollator:
         if not kept:
             raise EmptyBatchError(f"all {len(samples)} sample(s) of the batch are missing (None); nothing to collate")
         for i, s in enumerate(kept):
+            if s.video_grid_thw.numel() and s.video_frames.dtype != torch.uint8:
+                raise ValueError(f"sample {i} ({s.source or 'no source'}): video_frames must be uint8 resized frames, "
+                                 f"got {s.video_frames.dtype}")
             n = s.input_ids.numel()
             if s.labels.shape != (n,) or s.position_ids.shape != (3, n):
                 raise ValueError(
@@ -74,6 +83,9 @@ class StreamingCollator:
         }
         with_video = [s for s in kept if s.video_grid_thw.numel()]
         if with_video:
-            out["pixel_values_videos"] = torch.cat([s.pixel_values_videos for s in with_video])
+            out["video_frames"] = torch.cat([s.video_frames.reshape(-1) for s in with_video])
             out["video_grid_thw"] = torch.cat([s.video_grid_thw.reshape(-1, 3) for s in with_video]).long()
+        bad_lines = [record for s in kept for record in s.skipped]
+        if bad_lines:
+            out["bad_lines"] = bad_lines
         return out

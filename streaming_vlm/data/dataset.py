@@ -9,16 +9,26 @@ Contract
   cut shorter than the builder's ``text_sink``/``text_window`` read is refused on opening (``AnnotationError``;
   :func:`~streaming_vlm.data.windows.check_previous_kept`).
 * **Bad data is skipped, counted and reported, never retried forever.** A record that cannot be used (malformed
-  line, missing or undecodable video, empty transcript: any :class:`AnnotationError` or :class:`VideoError`)
-  gives one warning line ``skipping FILE:LINE: ErrorType: problem``, one JSON line appended to the failure log
-  (``<output_dir>/bad_samples.jsonl``; one short ``O_APPEND`` write per line, so ranks and DataLoader workers
-  can share the file), and the next index is tried instead, at most ``max_attempts`` indexes in a row.
-  Other exceptions are bugs and propagate.
-* **Too much bad data stops training.** Once this process has tried ``min_attempts`` samples (20), a failure
-  fraction above ``max_bad_sample_fraction`` raises :class:`BadDataError` naming the counts and the log. The
-  counts are per process (each rank and each DataLoader worker counts what it reads).
-* :class:`BadSampleReport` is a ``TrainerCallback`` that, at the end of training, reads the failures logged
-  during the run and logs ``N samples skipped: ...`` on the main process.
+  line, missing or undecodable video, empty transcript, longer than ``max_sample_tokens``: any
+  :class:`AnnotationError` or :class:`VideoError`) gives one warning line ``skipping FILE:LINE: ErrorType:
+  problem``, one JSON line appended to the failure log (``<output_dir>/bad_samples.jsonl``; one short
+  ``O_APPEND`` write per line, so ranks and DataLoader workers can share the file), and the next index is tried
+  instead, at most ``max_attempts`` indexes in a row. The sample finally returned carries the records of the
+  lines skipped for it (``TrainingSample.skipped``), so the counts reach the trainer through the batch whatever
+  process built it. Other exceptions are bugs and propagate.
+* **Too much bad data stops training, whatever the sampling order.** Bad data is counted in *distinct lines*
+  (``(file, line)``; a line tried again, or listed twice to upsample, counts once) by a :class:`BadLineTracker`,
+  and training stops with :class:`BadDataError` once the distinct bad lines exceed
+  ``max_bad_sample_fraction`` x the dataset's distinct lines (known up front from the seek indexes). Over an
+  epoch every line is drawn, so whether a run stops depends only on the data, never on the order of the draws;
+  a dataset under the threshold never stops (a fraction of the attempts so far, from the 20th draw on, could).
+  In training the trainer keeps the trackers: it gathers the records of every rank at every micro-batch
+  (:func:`gather_records`), so all ranks count the same lines and stop at the same step. A dataset used on its
+  own keeps a tracker of its own (``max_bad_sample_fraction=None`` turns its stop off, as the trainer does).
+* :class:`BadSampleReport` is a ``TrainerCallback`` that logs ``N distinct lines skipped (M attempts): ...`` per
+  split on the main process at the end of training.
+* Errors for the entry point derive from :class:`DataError`: one line, an exit status, and whether every rank
+  raises it at once.
 
 Line numbers are found only when a record fails (by counting newlines up to its offset), so opening a
 500k-line file costs one read of its seek index.
@@ -32,11 +42,12 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from transformers import TrainerCallback
 
 from streaming_vlm.data.annotations import AnnotationError, load_seek_index, read_record_at, resolve_video
@@ -46,10 +57,13 @@ from streaming_vlm.video import VideoError
 
 __all__ = [
     "BadDataError",
+    "BadLineTracker",
     "BadSampleReport",
+    "DataError",
+    "DatasetSetupError",
     "StreamingSFTDataset",
+    "gather_records",
     "resolve_annotation_path",
-    "summarize_failures",
 ]
 
 logger = logging.getLogger(__name__)
@@ -58,8 +72,28 @@ SKIPPABLE_ERRORS: tuple[type[Exception], ...] = (AnnotationError, VideoError)
 """Problems of the data, not of the code: the sample is skipped."""
 
 
-class BadDataError(RuntimeError):
+class DataError(Exception):
+    """Training data that cannot be used; ``str()`` is one line.
+
+    ``exit_status``: what the entry point exits with (1: the data is bad; 2: the paths given do not work).
+    ``every_rank``: raised identically by every rank at the same point, so the entry point prints it once (rank 0).
+    """
+
+    exit_status = 1
+
+    def __init__(self, message: str = "", *, every_rank: bool = False):
+        super().__init__(message)
+        self.every_rank = every_rank
+
+
+class BadDataError(DataError, RuntimeError):
     """Too many samples could not be built; the message says how many, why, and where the log is."""
+
+
+class DatasetSetupError(DataError, ValueError):
+    """The annotation files cannot be opened (missing file or seek index, no records): a usage error."""
+
+    exit_status = 2
 
 
 def resolve_annotation_path(path: str | os.PathLike, dataset_path: str | os.PathLike | None) -> Path:
@@ -92,9 +126,97 @@ def _line_number(path: Path, offset: int, block: int = 1 << 22) -> int:
     return newlines + 1
 
 
+def _lines(n: int) -> str:
+    return f"{n} distinct line{'' if n == 1 else 's'}"
+
+
 def _one_line(text: str, limit: int = 300) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class BadLineTracker:
+    """Distinct bad lines of one split and the stop rule (see the module docstring).
+
+    Args:
+        total_lines: distinct lines (records) of the split's annotation files.
+        max_fraction: stop with :class:`BadDataError` once the distinct bad lines exceed
+            ``max_fraction * total_lines``; ``None``: count only.
+        split: a name for messages (``train``, ``eval``).
+        failure_log: where the details are, for messages.
+
+    ``add`` takes failure records (dicts with at least ``file``, ``line``, ``error`` and ``message``).
+    """
+
+    def __init__(self, total_lines: int, max_fraction: float | None, split: str = "train",
+                 failure_log: str | os.PathLike | None = None):
+        if max_fraction is not None and not 0.0 <= max_fraction <= 1.0:
+            raise ValueError(f"max_bad_sample_fraction must be in [0, 1], got {max_fraction}")
+        self.total_lines = int(total_lines)
+        self.max_fraction = max_fraction
+        self.split = split
+        self.failure_log = failure_log
+        self.first: dict[tuple[str, int], dict] = {}  # (file, line) -> its first failure record, in arrival order
+        self.attempts = 0
+        self.kinds: collections.Counter[str] = collections.Counter()  # per distinct line
+
+    @property
+    def distinct(self) -> int:
+        return len(self.first)
+
+    def add(self, records: Sequence[dict], *, every_rank: bool = False) -> None:
+        """Count ``records`` in order; :class:`BadDataError` (``every_rank`` passed on) at the first distinct line
+        over the threshold."""
+        for record in records:
+            self.attempts += 1
+            key = (str(record["file"]), int(record["line"]))
+            if key in self.first:
+                continue
+            self.first[key] = record
+            self.kinds[str(record["error"])] += 1
+            if self.max_fraction is not None and self.distinct > self.max_fraction * self.total_lines:
+                raise self._stop(every_rank)
+
+    def _stop(self, every_rank: bool) -> BadDataError:
+        return BadDataError(
+            f"{self.split} data: {_lines(self.distinct)} of {self.total_lines} could not be used "
+            f"({self._details()}), more than max_bad_sample_fraction={self.max_fraction} allows "
+            f"({self.max_fraction * self.total_lines:g} lines); {self._first()}; "
+            f"see {self.failure_log or 'the warnings above'}",
+            every_rank=every_rank,
+        )
+
+    def _details(self) -> str:
+        return ", ".join(f"{n} {kind}" for kind, n in self.kinds.most_common())
+
+    def _first(self) -> str:
+        r = next(iter(self.first.values()))
+        return _one_line(f"first: {r['file']}:{r['line']}: {r['message']}", 400)
+
+    def summary(self) -> str:
+        """``N distinct lines skipped (M attempts): kinds (first: ...); details in LOG``."""
+        if not self.first:
+            return f"{self.split} data: 0 lines skipped"
+        where = f"; details in {self.failure_log}" if self.failure_log else ""
+        return (f"{self.split} data: {_lines(self.distinct)} skipped ({self.attempts} attempts): "
+                f"{self._details()} ({self._first()}){where}")
+
+
+def gather_records(records: list[dict], device: torch.device | str) -> list[dict]:
+    """Every rank's ``records``, rank after rank, on every rank (a collective: all ranks call it in step).
+
+    One all-reduce of the count (on ``device``, the backend's); the objects are all-gathered only when some rank
+    has any. Without a process group of several ranks: ``records`` as given.
+    """
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return list(records)
+    count = torch.tensor([len(records)], dtype=torch.long, device=device)
+    dist.all_reduce(count)
+    if int(count.item()) == 0:
+        return []
+    gathered: list[list[dict] | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, list(records))
+    return [record for part in gathered for record in part or []]
 
 
 class StreamingSFTDataset(torch.utils.data.Dataset):
@@ -105,8 +227,9 @@ class StreamingSFTDataset(torch.utils.data.Dataset):
         builder: makes a ``TrainingSample`` from a record and its video file.
         dataset_path: root for relative annotation and video paths (``None``: ``$DATASET_PATH``).
         failure_log: JSONL file that failures are appended to (``None``: not written).
-        max_bad_sample_fraction: stop with :class:`BadDataError` above this fraction of failed attempts.
-        min_attempts: attempts before the fraction is checked.
+        max_bad_sample_fraction: stop with :class:`BadDataError` once the distinct bad lines this process has
+            seen exceed this fraction of :attr:`total_lines`; ``None``: never (the trainer counts across
+            processes instead).
         max_attempts: consecutive indexes tried for one item before giving up with :class:`BadDataError`.
         split: a name for messages and the log (``train``, ``eval``).
     """
@@ -118,22 +241,17 @@ class StreamingSFTDataset(torch.utils.data.Dataset):
         *,
         dataset_path: str | os.PathLike | None = None,
         failure_log: str | os.PathLike | None = None,
-        max_bad_sample_fraction: float = 0.05,
-        min_attempts: int = 20,
+        max_bad_sample_fraction: float | None = 0.05,
         max_attempts: int = 32,
         split: str = "train",
     ):
         if not annotation_paths:
             raise ValueError("no annotation files given")
-        if not 0.0 <= max_bad_sample_fraction <= 1.0:
-            raise ValueError(f"max_bad_sample_fraction must be in [0, 1], got {max_bad_sample_fraction}")
         if max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
         self.builder = builder
         self.dataset_path = dataset_path if dataset_path is not None else os.environ.get("DATASET_PATH")
         self.failure_log = Path(failure_log) if failure_log is not None else None
-        self.max_bad_sample_fraction = float(max_bad_sample_fraction)
-        self.min_attempts = int(min_attempts)
         self.max_attempts = int(max_attempts)
         self.split = split
 
@@ -151,11 +269,13 @@ class StreamingSFTDataset(torch.utils.data.Dataset):
             self._offsets.append(offsets_of[resolved])
         self._ends = np.cumsum([len(o) for o in self._offsets]).tolist()
         if not self._ends or self._ends[-1] == 0:
-            raise ValueError(f"no records in {', '.join(str(f) for f in self.files)}")
+            raise AnnotationError(f"no records in {', '.join(str(f) for f in self.files)}")
+        # distinct lines (records) of the distinct files: the denominator of the bad-line fraction
+        self.total_lines = sum(len(o) for o in offsets_of.values())
 
-        self.attempts = 0
+        self.attempts = 0  # this process's, for its own statistics
         self.failures = 0
-        self.failure_kinds: collections.Counter[str] = collections.Counter()
+        self.bad_lines = BadLineTracker(self.total_lines, max_bad_sample_fraction, split, self.failure_log)
 
     def __len__(self) -> int:
         return self._ends[-1]
@@ -178,14 +298,20 @@ class StreamingSFTDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> TrainingSample:
         n = len(self)
         last: str = ""
+        skipped: list[dict] = []
         for step in range(self.max_attempts):
             k = (index + step) % n
             self.attempts += 1
             try:
-                return self.build(k)
+                sample = self.build(k)
             except SKIPPABLE_ERRORS as exc:
-                last = self._record_failure(k, exc)
-                self._check_fraction(last)
+                record = self._record_failure(k, exc)
+                last = f"{record['file']}:{record['line']}: {record['error']}: {record['message']}"
+                skipped.append(record)
+                self.bad_lines.add([record])
+                continue
+            sample.skipped = skipped
+            return sample
         raise BadDataError(
             f"{self.split} data: {self.max_attempts} consecutive samples from index {index} could not be built "
             f"(last: {last}); see {self.failure_log or 'the warnings above'}"
@@ -193,7 +319,8 @@ class StreamingSFTDataset(torch.utils.data.Dataset):
 
     # ---- failures ------------------------------------------------------------------------------------------
 
-    def _record_failure(self, index: int, exc: Exception) -> str:
+    def _record_failure(self, index: int, exc: Exception) -> dict:
+        """Warn, append to the failure log, and return the failure's record."""
         path, offset = self.locate(index)
         line = _line_number(path, offset)
         problem = str(exc)
@@ -202,22 +329,13 @@ class StreamingSFTDataset(torch.utils.data.Dataset):
                 problem = problem[len(prefix) :]
         where = f"{path}:{line}"
         kind = type(exc).__name__
-        message = _one_line(f"{where}: {kind}: {problem}")
         self.failures += 1
-        self.failure_kinds[kind] += 1
-        logger.warning("skipping %s", message)
+        logger.warning("skipping %s", _one_line(f"{where}: {kind}: {problem}"))
+        record = {"file": str(path), "line": line, "offset": offset, "error": kind, "message": _one_line(problem),
+                  "split": self.split}
         if self.failure_log is not None:
-            entry = {
-                "file": str(path),
-                "line": line,
-                "offset": offset,
-                "error": kind,
-                "message": _one_line(problem),
-                "split": self.split,
-                "rank": int(os.environ.get("RANK", 0)),
-                "pid": os.getpid(),
-                "time": round(time.time(), 3),
-            }
+            rank = int(os.environ.get("RANK", 0))
+            entry = {**record, "rank": rank, "pid": os.getpid(), "time": round(time.time(), 3)}
             self.failure_log.parent.mkdir(parents=True, exist_ok=True)
             # one write() per line on an O_APPEND descriptor: concurrent writers never interleave within a line
             fd = os.open(self.failure_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -225,65 +343,21 @@ class StreamingSFTDataset(torch.utils.data.Dataset):
                 os.write(fd, (json.dumps(entry) + "\n").encode("utf-8"))
             finally:
                 os.close(fd)
-        return message
-
-    def _check_fraction(self, last: str) -> None:
-        if self.attempts < self.min_attempts:
-            return
-        fraction = self.failures / self.attempts
-        if fraction > self.max_bad_sample_fraction:
-            kinds = ", ".join(f"{n} {kind}" for kind, n in self.failure_kinds.most_common())
-            raise BadDataError(
-                f"{self.split} data: {self.failures} of {self.attempts} samples failed ({fraction:.0%}: {kinds}), "
-                f"above max_bad_sample_fraction={self.max_bad_sample_fraction}; last: {last}; "
-                f"see {self.failure_log or 'the warnings above'}"
-            )
-
-
-def summarize_failures(path: str | os.PathLike, start: int = 0) -> tuple[int, str]:
-    """``(count, summary line)`` of the failures logged in ``path`` from byte ``start`` on."""
-    path = Path(path)
-    if not path.is_file():
-        return 0, "0 samples skipped"
-    kinds: collections.Counter[str] = collections.Counter()
-    first = ""
-    with open(path, "rb") as f:
-        f.seek(start)
-        for raw in f:
-            try:
-                entry = json.loads(raw)
-            except ValueError:
-                continue  # a line cut by a crash mid-write
-            kinds[str(entry.get("error", "?"))] += 1
-            if not first:
-                first = f"{entry.get('file')}:{entry.get('line')}: {entry.get('message')}"
-    count = sum(kinds.values())
-    if not count:
-        return 0, "0 samples skipped"
-    detail = ", ".join(f"{n} {kind}" for kind, n in kinds.most_common())
-    return count, f"{count} samples skipped: {detail} (first: {first}); details in {path}"
+        return record
 
 
 class BadSampleReport(TrainerCallback):
-    """Logs the failures of this run (``N samples skipped: ...``) at the end of training, on the main process.
+    """Logs each split's :meth:`BadLineTracker.summary` (``N distinct lines skipped (M attempts): ...``) at the end
+    of training, on the main process; a warning when lines were skipped. ``lines`` maps splits to the trackers
+    that counted them (the trainer's, which hold every rank's lines)."""
 
-    Only lines appended after ``on_train_begin`` count, so a resumed run reports its own failures.
-    """
-
-    def __init__(self, failure_log: str | os.PathLike):
-        self.failure_log = Path(failure_log)
-        self.start = 0
-        self.count = 0
-        self.summary = ""
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.start = self.failure_log.stat().st_size if self.failure_log.is_file() else 0
+    def __init__(self, lines: Mapping[str, BadLineTracker]):
+        self.lines = lines
+        self.summaries: list[str] = []
 
     def on_train_end(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
             return
-        self.count, self.summary = summarize_failures(self.failure_log, self.start)
-        if self.count:
-            logger.warning(self.summary)
-        else:
-            logger.info(self.summary)
+        self.summaries = [tracker.summary() for tracker in self.lines.values()]
+        for tracker, summary in zip(self.lines.values(), self.summaries, strict=True):
+            logger.log(logging.WARNING if tracker.distinct else logging.INFO, summary)

@@ -35,13 +35,26 @@ import torch
 
 from streaming_vlm.data.annotations import AnnotationError, StreamRecord
 from streaming_vlm.data.windows import commentary
-from streaming_vlm.layout import DEFAULT_QUERY, DEFAULT_SYSTEM_PROMPT, StreamLayout, TokenMeta
+from streaming_vlm.layout import DEFAULT_QUERY, DEFAULT_SYSTEM_PROMPT, Kind, StreamLayout, TokenMeta
 from streaming_vlm.policy import CachePolicy
 from streaming_vlm.positions import assign_positions
 from streaming_vlm.preprocess import VideoPreprocessor, VisionSpec
-from streaming_vlm.video import VideoReader
+from streaming_vlm.video import VideoError, VideoReader
 
 IGNORE_INDEX = -100
+
+DEFAULT_MAX_SAMPLE_TOKENS = 40_960
+"""Default cap on a sample's tokens. The longest legitimate sample under the default budgets is a 4-minute clip
+(``max_frames`` 480 at 2 fps): 24,576 vision tokens (the whole ``total_pixels`` budget), about 28 template tokens
+per second with Qwen's tokenizer (``Time=a-bs``, turn heads and ends, the marker: 6,720), 1,024 previous-text
+tokens plus ~20 of system prompt and query, and its commentary (4 words/s for 240 s is ~1,250 tokens): about
+33,600. A 24-s window holds at most 24 x 768 = 18,432 vision tokens and ~20,300 tokens in all. 40,960 admits both
+with room to spare and rejects pathological transcripts (20,000 words in one 24-s window made a 101k-token
+sample)."""
+
+
+class SampleTooLongError(AnnotationError):
+    """A record whose sample would exceed ``max_sample_tokens``: a bad sample, skipped like any other."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +76,9 @@ class SampleConfig:
     """Whole sample: long clips get fewer pixels per frame (never fewer than ``min_pixels``)."""
     max_frames: int = 480
     """Frames per sample at most; a longer clip is cut at that many frames."""
+    max_sample_tokens: int | None = DEFAULT_MAX_SAMPLE_TOKENS
+    """Tokens per sample at most (vision and text); a longer record raises :class:`SampleTooLongError` before any
+    frame is decoded. ``None``: no cap."""
 
     def frame_max_pixels(self, n_frames: int, temporal_patch_size: int = 2) -> int:
         """Per-frame pixel cap for a sample of ``n_frames`` frames (the reference's rule)."""
@@ -94,18 +110,77 @@ class ChunkPlan:
 
 @dataclass
 class TrainingSample:
+    """One sample. Its frames travel **resized but still uint8** (``video_frames``), a quarter of the float32
+    ``pixel_values_videos`` they become (a 24-s window of 720p at 2 fps: 81 MB instead of 325 MB), because samples
+    cross the DataLoader workers' shared memory. The resize ran in :meth:`SampleBuilder.build` on the CPU, as the
+    one-go preprocessing does; rescale, normalise and patchify run where the model is
+    (:func:`video_pixel_values`), and the two halves equal :class:`VideoPreprocessor` in one go bit for bit."""
+
     input_ids: torch.Tensor  # long (L,)
     labels: torch.Tensor  # long (L,), IGNORE_INDEX where not supervised
     position_ids: torch.Tensor  # long (3, L)
-    pixel_values_videos: torch.Tensor  # float32 (N, 3 * temporal_patch * patch * patch)
-    video_grid_thw: torch.Tensor  # long (K, 3), one row per chunk
+    video_frames: torch.Tensor  # uint8 (T, H', W', 3): every chunk's frames, resized; T = K * frames per chunk
+    video_grid_thw: torch.Tensor  # long (K, 3), one row per chunk, in vision-tower patches (as the model takes it)
     meta: TokenMeta | None = None
     chunks: list[ChunkPlan] = field(default_factory=list)
     source: str = ""
+    skipped: list[dict] = field(default_factory=list)
+    """Bad lines tried, and skipped, in place of this sample; reported to the trainer through the batch."""
 
     @property
     def num_supervised(self) -> int:
         return int((self.labels != IGNORE_INDEX).sum())
+
+    def pixel_values_videos(self, spec: VisionSpec, device: str | torch.device | None = None) -> torch.Tensor:
+        """The float32 ``pixel_values_videos`` of this sample (see :func:`video_pixel_values`)."""
+        return video_pixel_values(self.video_frames, self.video_grid_thw, spec, device)
+
+
+def video_pixel_values(
+    video_frames: torch.Tensor,
+    video_grid_thw: torch.Tensor,
+    spec: VisionSpec,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """``pixel_values_videos`` ``(sum t*h*w, 3 * temporal_patch_size * patch_size ** 2)`` on ``device`` (default:
+    the frames' device) from resized uint8 frames: the second half of :class:`VideoPreprocessor`.
+
+    ``video_frames`` holds, read flat and in ``video_grid_thw`` order, each chunk's ``t * temporal_patch_size``
+    frames of ``(h * patch_size, w * patch_size, 3)`` (rows ``(t, h, w)`` of ``video_grid_thw``, in patches), as
+    :meth:`VideoPreprocessor.resize` left them; ``spec`` gives the patch geometry and mean/std. Runs of chunks of
+    one size go through one :class:`VideoPreprocessor` call whose pixel bounds equal that size, so nothing is
+    resized again and the rows are exactly those of the one-go preprocessing, chunk after chunk.
+    ``ValueError`` when the frames and the grid disagree.
+    """
+    flat = video_frames.reshape(-1)
+    if flat.dtype != torch.uint8:
+        raise ValueError(f"video_frames must be uint8, got {flat.dtype}")
+    device = flat.device if device is None else torch.device(device)
+    p, tp = spec.patch_size, spec.temporal_patch_size
+    grid = [tuple(int(v) for v in row) for row in video_grid_thw.reshape(-1, 3).tolist()]
+    out: list[torch.Tensor] = []
+    offset = i = 0
+    while i < len(grid):
+        height, width = grid[i][1] * p, grid[i][2] * p
+        n_frames = 0
+        while i < len(grid) and (grid[i][1] * p, grid[i][2] * p) == (height, width):
+            n_frames += grid[i][0] * tp
+            i += 1
+        size = n_frames * height * width * 3
+        if offset + size > flat.numel():
+            raise ValueError(f"video_frames hold {flat.numel()} values, fewer than video_grid_thw describes")
+        exact = dataclasses.replace(spec, min_pixels=height * width, max_pixels=height * width)
+        pixels, _ = VideoPreprocessor(exact, device=device, dtype=dtype)(
+            flat[offset : offset + size].view(n_frames, height, width, 3)
+        )
+        out.append(pixels)
+        offset += size
+    if offset != flat.numel():
+        raise ValueError(f"video_frames hold {flat.numel()} values, video_grid_thw describes {offset}")
+    if not out:
+        return torch.zeros(0, 3 * tp * p * p, dtype=dtype, device=device)
+    return torch.cat(out)
 
 
 class SampleBuilder:
@@ -185,8 +260,20 @@ class SampleBuilder:
 
     # ---- the sample ----------------------------------------------------------------------------------------
 
+    def check_length(self, record: StreamRecord, meta: TokenMeta) -> None:
+        """:class:`SampleTooLongError` when the sample's tokens exceed ``max_sample_tokens``."""
+        cap = self.config.max_sample_tokens
+        if cap is None or len(meta) <= cap:
+            return
+        vision = int((meta.kind == Kind.VISION).sum())
+        raise SampleTooLongError(
+            f"{record.source}: {len(meta)} tokens ({vision} vision, {len(meta) - vision} text; {len(record.words)} "
+            f"words), above max_sample_tokens={cap}"
+        )
+
     def build(self, record: StreamRecord, video_path: str | Path) -> TrainingSample:
-        """Read the clip's frames and build the sample; ``VideoError``/``AnnotationError`` on bad input."""
+        """Read the clip's frames and build the sample; ``VideoError``/``AnnotationError`` on bad input,
+        :class:`SampleTooLongError` (before any frame is decoded) when it would exceed ``max_sample_tokens``."""
         cfg = self.config
         reader = VideoReader(video_path, fps=cfg.fps, chunk_seconds=cfg.chunk_seconds, start=record.video_start,
                              duration=record.video_end - record.video_start)
@@ -200,23 +287,29 @@ class SampleBuilder:
             frame_max = cfg.frame_max_pixels(n_frames, self.spec.temporal_patch_size)
             spec = dataclasses.replace(self.spec, min_pixels=min(cfg.min_pixels, frame_max), max_pixels=frame_max)
             pre = VideoPreprocessor(spec)
-            pixels, grids = [], []
-            for chunk, _plan in zip(reader.chunks(), plans, strict=False):
-                pv, grid = pre(chunk.frames)
-                pixels.append(pv)
-                grids.append(grid)
-        if len(grids) != len(plans):
+            # Every decoded frame has the probed size (video.py rescales a mid-stream change to it), so the grid,
+            # the tokens and the sample's length are known before a single frame is decoded.
+            grid = pre.grid_thw(self.frames_per_chunk, reader.info.height, reader.info.width)
+            m = self.spec.merge_size
+            meta, labels = self.tokens(record, plans, [(grid[0], grid[1] // m, grid[2] // m)] * len(plans))
+            self.check_length(record, meta)
+            size = (grid[1] * self.spec.patch_size, grid[2] * self.spec.patch_size)
+            frames = []
+            for _plan, chunk in zip(plans, reader.chunks(), strict=False):  # plans first: no chunk decoded past them
+                resized = pre.resize(chunk.frames)  # uint8 [frames per chunk, H', W', 3], on the CPU
+                if tuple(resized.shape[1:3]) != size:
+                    raise VideoError(f"{video_path}: frames of {chunk.frames.shape[2]}x{chunk.frames.shape[1]} "
+                                     f"where the probe found {reader.info.width}x{reader.info.height}")
+                frames.append(resized)
+        if len(frames) != len(plans):
             raise AnnotationError(f"{record.source}: the video ends before the clip does")
-        m = self.spec.merge_size
-        llm_grids = [(int(g[0, 0]), int(g[0, 1]) // m, int(g[0, 2]) // m) for g in grids]
-        meta, labels = self.tokens(record, plans, llm_grids)
         positions, _ = assign_positions(meta.group_start, meta.rel)
         return TrainingSample(
             input_ids=meta.ids,
             labels=labels,
             position_ids=positions,
-            pixel_values_videos=torch.cat(pixels),
-            video_grid_thw=torch.cat(grids),
+            video_frames=torch.cat(frames),
+            video_grid_thw=torch.tensor([grid] * len(plans), dtype=torch.long),
             meta=meta,
             chunks=plans,
             source=record.source,

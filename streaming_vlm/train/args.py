@@ -35,7 +35,7 @@ from typing import Any
 
 import yaml
 
-from streaming_vlm.data.sample import SampleConfig
+from streaming_vlm.data.sample import DEFAULT_MAX_SAMPLE_TOKENS, SampleConfig
 from streaming_vlm.layout import DEFAULT_QUERY
 
 __all__ = ["ConfigError", "DataArguments", "ModelArguments", "load_config", "parse_args"]
@@ -117,9 +117,18 @@ class DataArguments:
     )
     max_frames: int = field(default=480, metadata={"help": "Frames per sample at most (480 = 4 min at 2 fps)."})
     query: str = field(default=DEFAULT_QUERY, metadata={"help": "User query joined to the first chunk's turn."})
+    max_sample_tokens: int | None = field(
+        default=DEFAULT_MAX_SAMPLE_TOKENS,
+        metadata={"help": f"Tokens per sample at most, vision and text (default {DEFAULT_MAX_SAMPLE_TOKENS}: the "
+                          "longest legitimate sample under the default budgets, a 4-minute clip, has ~33,600; a 24-s "
+                          "window ~20,300). A longer record is a bad sample, rejected before its frames are decoded. "
+                          "null: no cap."},
+    )
     max_bad_sample_fraction: float = field(
         default=0.05,
-        metadata={"help": "Stop when more than this fraction of samples cannot be built (checked after 20)."},
+        metadata={"help": "Stop when the distinct lines that cannot be used (a line retried or upsampled counts once) "
+                          "exceed this fraction of the data's distinct lines: whether a run stops depends on the "
+                          "data, not on the sampling order."},
     )
 
     def __post_init__(self) -> None:
@@ -137,6 +146,8 @@ class DataArguments:
             raise ConfigError(f"fps must be > 0, got {self.fps}")
         if not 0 < self.min_pixels <= self.max_pixels:
             raise ConfigError(f"need 0 < min_pixels <= max_pixels, got {self.min_pixels} and {self.max_pixels}")
+        if self.max_sample_tokens is not None and self.max_sample_tokens < 1:
+            raise ConfigError(f"max_sample_tokens must be >= 1 or null, got {self.max_sample_tokens}")
         if not 0.0 <= self.max_bad_sample_fraction <= 1.0:
             raise ConfigError(f"max_bad_sample_fraction must be in [0, 1], got {self.max_bad_sample_fraction}")
 
@@ -151,6 +162,7 @@ class DataArguments:
             max_pixels=self.max_pixels,
             total_pixels=self.total_pixels,
             max_frames=self.max_frames,
+            max_sample_tokens=self.max_sample_tokens,
         )
 
 

@@ -2,6 +2,14 @@
 
 Arguments are those of :func:`streaming_vlm.train.args.parse_args` (``--config FILE.yaml`` plus ``--key value``
 overrides). Launch one process per GPU with ``torchrun`` (see ``scripts/sft_stage_1.sh``).
+
+Exit status: 0 trained; 2 a usage error (bad config, annotation files that cannot be opened); 1 bad data (more
+distinct bad lines than ``max_bad_sample_fraction`` allows, or ``max_attempts`` bad lines in a row). These errors
+are one line on stderr, no traceback: ``streaming-vlm train: error: ...``. Under ``torchrun`` an error that every
+rank raises at the same point (config, setup, the bad-line stop, which all ranks count together) is printed by
+rank 0 alone and every rank exits with the status; an error of one rank (a run of bad lines in its shard) is
+printed by that rank, as ``streaming-vlm train: error (rank R): ...``, and torchrun then stops the others (and adds
+its own failure summary). Any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -9,8 +17,31 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import os
 import sys
 from collections.abc import Sequence
+
+PROG = "streaming-vlm train"
+
+
+def error_line(exc: BaseException) -> str:
+    """An error's one-line message, also when a DataLoader worker raised it: the DataLoader re-raises it in the
+    main process with the worker's whole traceback as its message, whose last line is ``module.Type: message``."""
+    text = str(exc).strip()
+    if "\nOriginal Traceback" in text:
+        last = text.splitlines()[-1]
+        prefix = f"{type(exc).__module__}.{type(exc).__qualname__}: "
+        text = last[len(prefix):] if last.startswith(prefix) else last
+    return " ".join(text.split())
+
+
+def report_error(exc: BaseException, every_rank: bool) -> None:
+    """Print ``exc`` on stderr in one line: once (rank 0) if every rank raised it, else with the rank's number."""
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    if every_rank and rank != 0:
+        return
+    where = f" (rank {rank})" if world > 1 and not every_rank else ""
+    print(f"{PROG}: error{where}: {error_line(exc)}", file=sys.stderr, flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -18,6 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch.distributed as dist
     import transformers
 
+    from streaming_vlm.data.dataset import DataError
     from streaming_vlm.train.args import ConfigError, parse_args
 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
@@ -25,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             model_args, data_args, training_args = parse_args(argv)
         except ConfigError as exc:
-            print(f"streaming-vlm train: error: {exc}", file=sys.stderr)
+            report_error(exc, every_rank=True)
             return 2
         level = logging.INFO if training_args.should_log else logging.WARNING
         logging.getLogger().setLevel(level)
@@ -33,7 +65,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         from streaming_vlm.train.trainer import run_training
 
-        run_training(model_args, data_args, training_args)
+        try:
+            run_training(model_args, data_args, training_args)
+        except DataError as exc:
+            report_error(exc, every_rank=exc.every_rank)
+            return exc.exit_status
         if dist.is_available() and dist.is_initialized():
             dist.barrier()  # no rank tears down while another is still saving or communicating
     finally:

@@ -2,7 +2,7 @@
 
 Contract
 --------
-* :class:`StreamingSFTTrainer` is ``transformers.Trainer`` with two differences:
+* :class:`StreamingSFTTrainer` is ``transformers.Trainer`` with these differences:
 
   - **Loss = token mean over the whole gradient-accumulation window**, across processes. Qwen2.5-VL sets
     ``accepts_loss_kwargs = False``, so the stock Trainer never counts ``num_items_in_batch`` for it;
@@ -13,10 +13,19 @@ Contract
     its tokens, however they are split into micro-batches. Logits are computed only where the next token is
     supervised (``logits_to_keep``), which saves the (L, vocab) tensor for vision and prompt tokens.
   - ``supervised_tokens`` (tokens behind each training log entry, all ranks) is added to the training logs.
+  - **Pixels are made on the training device.** Batches carry resized uint8 ``video_frames`` (a quarter of the
+    bytes of float pixels through the DataLoader workers); :meth:`~StreamingSFTTrainer._prepare_inputs` moves
+    them to the device and turns them into ``pixel_values_videos`` with ``vision_spec``
+    (:func:`~streaming_vlm.data.sample.video_pixel_values`: identical to the one-go CPU preprocessing).
+  - **Bad lines are counted across processes.** ``_prepare_inputs`` also pops the batch's ``bad_lines``, gathers
+    every rank's (one small all-reduce per micro-batch, an all-gather only when some rank has any) and adds them
+    to the split's :class:`~streaming_vlm.data.dataset.BadLineTracker`; every rank then holds the same counts
+    and raises the same :class:`~streaming_vlm.data.dataset.BadDataError` (``every_rank``) at the same step.
 
 * :func:`prepare_model` loads the model for training: weights in float32 (mixed precision through the Trainer's
   autocast) unless DeepSpeed keeps the master copy (:func:`load_dtype`), the vision tower frozen (optionally
-  keeping its merger trainable), ``use_cache`` off, non-reentrant activation checkpointing.
+  keeping its merger trainable), ``use_cache`` off, non-reentrant activation checkpointing; it logs the
+  trainable and total parameter counts (:func:`count_parameters`: full sizes under ZeRO-3 too).
 * ``vision_learning_rate`` gives the vision tower its own optimizer groups and rate (same schedule).
 * :func:`run_training` wires everything: W&B mode, Liger fallback, datasets (failures logged to
   ``<output_dir>/bad_samples.jsonl`` and summarised at the end), auto-resume from the newest complete
@@ -33,7 +42,7 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +50,16 @@ import torch
 import torch.nn.functional as F
 from transformers import Trainer
 
+from streaming_vlm.data.annotations import AnnotationError
 from streaming_vlm.data.collator import StreamingCollator
-from streaming_vlm.data.dataset import BadSampleReport, StreamingSFTDataset
-from streaming_vlm.data.sample import IGNORE_INDEX, SampleBuilder
+from streaming_vlm.data.dataset import (
+    BadLineTracker,
+    BadSampleReport,
+    DatasetSetupError,
+    StreamingSFTDataset,
+    gather_records,
+)
+from streaming_vlm.data.sample import IGNORE_INDEX, SampleBuilder, video_pixel_values
 from streaming_vlm.models import STREAM_DEFAULTS_FILE
 from streaming_vlm.preprocess import VisionSpec
 
@@ -51,6 +67,7 @@ __all__ = [
     "StreamingSFTTrainer",
     "build_trainer",
     "configure_wandb",
+    "count_parameters",
     "disable_unavailable_liger",
     "find_resume_checkpoint",
     "prepare_model",
@@ -69,10 +86,16 @@ class StreamingSFTTrainer(Trainer):
     # compute_loss already divides by the window's token count: the Trainer must not divide by the steps again
     loss_is_scaled_for_ga = True
 
-    def __init__(self, *args, vision_learning_rate: float | None = None, **kwargs):
+    def __init__(self, *args, vision_learning_rate: float | None = None, vision_spec: VisionSpec | None = None,
+                 bad_lines: Mapping[str, BadLineTracker] | None = None, **kwargs):
+        """``vision_spec``: patch geometry and mean/std of the model's vision tower, needed for batches that carry
+        ``video_frames``. ``bad_lines``: the tracker of each split (``train``, ``eval``) that the batches' bad-line
+        records go to (``None``: they are dropped)."""
         super().__init__(*args, **kwargs)
         self._supervised_since_log = 0
         self.vision_learning_rate = vision_learning_rate
+        self.vision_spec = vision_spec
+        self.bad_lines = dict(bad_lines or {})
 
     def create_optimizer(self, model=None):
         """The Trainer's optimizer; with ``vision_learning_rate``, the vision tower's parameters move to their own
@@ -122,6 +145,31 @@ class StreamingSFTTrainer(Trainer):
         if num_items is not None:
             self._supervised_since_log += int(num_items)
         return batches, num_items
+
+    def _prepare_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """Count the batch's bad lines (all ranks), make ``pixel_values_videos`` from ``video_frames`` on the
+        device, then the stock preparation (device placement, DeepSpeed's input dtype)."""
+        inputs = dict(inputs)
+        self._count_bad_lines(inputs.pop("bad_lines", []))
+        frames = inputs.pop("video_frames", None)
+        if frames is not None:
+            if self.vision_spec is None:
+                raise ValueError("the batch carries video_frames but the trainer has no vision_spec to preprocess them")
+            inputs["pixel_values_videos"] = video_pixel_values(
+                frames.to(self.args.device, non_blocking=True), inputs["video_grid_thw"], self.vision_spec
+            )
+        return super()._prepare_inputs(inputs)
+
+    def _count_bad_lines(self, records: list[dict]) -> None:
+        """Add every rank's bad-line records to the trackers; called by all ranks in step (once per micro-batch)."""
+        if not self.bad_lines:
+            return
+        by_split: dict[str, list[dict]] = {}
+        for record in gather_records(records, self.args.device):
+            by_split.setdefault(str(record.get("split", "train")), []).append(record)
+        for split, part in by_split.items():
+            if split in self.bad_lines:
+                self.bad_lines[split].add(part, every_rank=True)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """Token cross-entropy summed over this micro-batch, divided by ``num_items_in_batch`` (the window's
@@ -269,10 +317,20 @@ def prepare_model(model_args, training_args):
     for name in ("activation_checkpointing_kwargs", "gradient_checkpointing_kwargs"):
         if hasattr(training_args, name) and not getattr(training_args, name):
             setattr(training_args, name, {"use_reentrant": False})
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    trainable, total = count_parameters(model)
     logger.info("model %s: %d of %d parameters trainable (%s)", path, trainable, total, model.dtype)
     return model, tokenizer
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """``(trainable, total)`` parameter counts. Under ZeRO-3 a parameter holds an empty placeholder and its
+    full size is ``ds_numel``, which is counted instead of ``numel()``."""
+    trainable = total = 0
+    for p in model.parameters():
+        n = int(getattr(p, "ds_numel", p.numel()))
+        total += n
+        trainable += n if p.requires_grad else 0
+    return trainable, total
 
 
 def _copy_preprocessor_files(source: str, output_dir: str) -> None:
@@ -314,17 +372,20 @@ def build_trainer(model_args, data_args, training_args) -> StreamingSFTTrainer:
     failure_log = Path(training_args.output_dir) / BAD_SAMPLES_FILE
 
     def dataset(paths, split):
-        return StreamingSFTDataset(
-            paths,
-            builder,
-            dataset_path=data_args.dataset_path,
-            failure_log=failure_log,
-            max_bad_sample_fraction=data_args.max_bad_sample_fraction,
-            split=split,
-        )
+        try:  # the trainer counts bad lines across processes (the datasets' own stop is off)
+            return StreamingSFTDataset(
+                paths, builder, dataset_path=data_args.dataset_path, failure_log=failure_log,
+                max_bad_sample_fraction=None, split=split,
+            )  # fmt: skip
+        except (FileNotFoundError, AnnotationError) as exc:
+            raise DatasetSetupError(f"{split} data: {exc}", every_rank=True) from None
 
     train_dataset = dataset(data_args.train_annotation_paths, "train")
     eval_dataset = dataset(data_args.eval_annotation_paths, "eval") if data_args.eval_annotation_paths else None
+    bad_lines = {
+        ds.split: BadLineTracker(ds.total_lines, data_args.max_bad_sample_fraction, ds.split, failure_log)
+        for ds in (train_dataset, eval_dataset) if ds is not None
+    }
     return StreamingSFTTrainer(
         model=model,
         args=training_args,
@@ -332,8 +393,10 @@ def build_trainer(model_args, data_args, training_args) -> StreamingSFTTrainer:
         eval_dataset=eval_dataset,
         data_collator=StreamingCollator(tokenizer.pad_token_id),
         processing_class=tokenizer,
-        callbacks=[BadSampleReport(failure_log)],
+        callbacks=[BadSampleReport(bad_lines)],
         vision_learning_rate=model_args.vision_learning_rate,
+        vision_spec=spec,
+        bad_lines=bad_lines,
     )
 
 
