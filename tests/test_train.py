@@ -541,9 +541,12 @@ def test_bad_records_are_skipped_logged_and_summarised(builder, data_dir, tmp_pa
     assert len(ds) == 5
 
     with caplog.at_level(logging.WARNING, logger="streaming_vlm.data.dataset"):
-        sample = ds[1]  # lines 2, 4 and 5 fail; replaced by the next good one, line 6
+        # retries step by 3 of the 5 indexes (about 0.618 n, coprime with n): 3 -> 1 -> 4 and 2 -> 0
+        sample = ds[3]  # lines 5 and 2 fail; replaced by line 6
+        other = ds[2]  # line 4 fails; replaced by line 1
     assert torch.equal(sample.input_ids, ds.build(4).input_ids)
-    assert ds.failures == 3 and ds.attempts == 4
+    assert torch.equal(other.input_ids, ds.build(0).input_ids)
+    assert ds.failures == 3 and ds.attempts == 5
 
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 3 and all("\n" not in w for w in warnings)
@@ -554,7 +557,7 @@ def test_bad_records_are_skipped_logged_and_summarised(builder, data_dir, tmp_pa
 
     entries = [json.loads(x) for x in failure_log.read_text().splitlines()]
     assert [(e["line"], e["error"], e["split"]) for e in entries] == [
-        (n, "AnnotationError", "train") for n in (2, 4, 5)
+        (n, "AnnotationError", "train") for n in (5, 2, 4)
     ]
     assert all(e["file"] == str(path) for e in entries)
 
@@ -562,7 +565,7 @@ def test_bad_records_are_skipped_logged_and_summarised(builder, data_dir, tmp_pa
     with caplog.at_level(logging.WARNING, logger="streaming_vlm.data.dataset"):
         report.on_train_end(None, state, None)
     (summary,) = report.summaries
-    first = f"(first: {path}:2: video not found"
+    first = f"(first: {path}:5: empty transcript"
     assert summary.startswith(f"train data: 3 distinct lines skipped (3 attempts): 3 AnnotationError {first}")
     assert summary.endswith(f"; details in {failure_log}") and summary in caplog.text
 
@@ -599,11 +602,12 @@ def test_mostly_bad_data_stops_with_a_clear_error(builder, data_dir, tmp_path):
             ds[i]
     assert len(log.read_text().splitlines()) == 2
 
-    # retries are bounded even when the fraction check is off: max_attempts consecutive indexes, then an error
-    ds = StreamingSFTDataset([path], builder, dataset_path=data_dir, max_bad_sample_fraction=1.0, max_attempts=5)
-    with pytest.raises(BadDataError, match="5 consecutive samples from index 3 could not be built"):
+    # retries are bounded even when the fraction check is off: max_attempts indexes, then an error
+    # (indexes 3, 22, 11 are bad; the fourth try, 0, would be the good line)
+    ds = StreamingSFTDataset([path], builder, dataset_path=data_dir, max_bad_sample_fraction=1.0, max_attempts=3)
+    with pytest.raises(BadDataError, match="3 samples tried for index 3 could not be built"):
         ds[3]
-    assert ds.attempts == 5
+    assert ds.attempts == 3
 
 
 def test_annotation_paths_resolve_under_the_dataset_path(builder, data_dir, tmp_path):

@@ -353,6 +353,21 @@ def test_missing_annotation_file_is_a_usage_error_from_the_entry_point(tiny_mode
     assert errors[0].startswith("streaming-vlm train: error: train data: annotation file not found: tried nope.jsonl")
 
 
+def test_a_run_of_bad_lines_longer_than_max_attempts_is_left_at_once(tmp_path):
+    """The windows of one missing hour-long video are hundreds of consecutive bad lines: an item inside the run
+    finds a good sample within max_attempts instead of failing (stepping by one index could not leave it)."""
+    from streaming_vlm.data.dataset import StreamingSFTDataset
+
+    run = set(range(101, 401))  # 300 consecutive bad lines of 1,000
+    path = _mixed_file(tmp_path, "run_with_seeks.jsonl", run, 1000)
+    ds = StreamingSFTDataset([path], _CheapBuilder(), dataset_path=tmp_path, max_bad_sample_fraction=None,
+                             max_attempts=4)
+    for index in (100, 150, 250, 399):  # line index + 1 is bad: inside the run, its start, its end
+        sample = ds[index]
+        assert 1 <= len(sample.skipped) < 4
+        assert all(r["line"] in run for r in sample.skipped)
+
+
 def test_a_worker_error_is_printed_as_its_own_line_by_its_rank_and_an_every_rank_error_once(tmp_path, capsys,
                                                                                             monkeypatch):
     from streaming_vlm.data.dataset import BadDataError, StreamingSFTDataset
@@ -366,7 +381,7 @@ def test_a_worker_error_is_printed_as_its_own_line_by_its_rank_and_an_every_rank
         next(iter(loader))
     assert "Traceback" in str(caught.value)  # the DataLoader wraps the worker's traceback into the message
     line = error_line(caught.value)
-    assert line.startswith("train data: 3 consecutive samples from index 0 could not be built (last: ")
+    assert line.startswith("train data: 3 samples tried for index 0 could not be built (last: ")
     assert "\n" not in line and "Traceback" not in line
 
     monkeypatch.setenv("WORLD_SIZE", "2")

@@ -12,10 +12,11 @@ Contract
   line, missing or undecodable video, empty transcript, longer than ``max_sample_tokens``: any
   :class:`AnnotationError` or :class:`VideoError`) gives one warning line ``skipping FILE:LINE: ErrorType:
   problem``, one JSON line appended to the failure log (``<output_dir>/bad_samples.jsonl``; one short
-  ``O_APPEND`` write per line, so ranks and DataLoader workers can share the file), and the next index is tried
-  instead, at most ``max_attempts`` indexes in a row. The sample finally returned carries the records of the
-  lines skipped for it (``TrainingSample.skipped``), so the counts reach the trainer through the batch whatever
-  process built it. Other exceptions are bugs and propagate.
+  ``O_APPEND`` write per line, so ranks and DataLoader workers can share the file), and another index is tried
+  instead (about 0.618 x the dataset length further on, so a run of bad lines such as the windows of one
+  missing video is left at once), at most ``max_attempts`` indexes for one item. The sample finally returned
+  carries the records of the lines skipped for it (``TrainingSample.skipped``), so the counts reach the trainer
+  through the batch whatever process built it. Other exceptions are bugs and propagate.
 * **Too much bad data stops training, whatever the sampling order.** Bad data is counted in *distinct lines*
   (``(file, line)``; a line tried again, or listed twice to upsample, counts once) by a :class:`BadLineTracker`,
   and training stops with :class:`BadDataError` once the distinct bad lines exceed
@@ -40,6 +41,7 @@ import bisect
 import collections
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -219,6 +221,17 @@ def gather_records(records: list[dict], device: torch.device | str) -> list[dict
     return [record for part in gathered for record in part or []]
 
 
+def _retry_stride(n: int) -> int:
+    """The step between the indexes tried for one item: about 0.618 n and coprime with n, so the first n tries
+    visit every index once and consecutive tries land far apart. Windows of one video sit on consecutive lines,
+    so one missing hour-long video is a run of hundreds of bad lines that stepping by 1 could not leave within
+    ``max_attempts``."""
+    stride = max(1, round(n * 0.6180339887))
+    while math.gcd(stride, n) != 1:
+        stride += 1
+    return stride
+
+
 class StreamingSFTDataset(torch.utils.data.Dataset):
     """Training samples from annotation files with seek indexes (see the module docstring).
 
@@ -230,7 +243,8 @@ class StreamingSFTDataset(torch.utils.data.Dataset):
         max_bad_sample_fraction: stop with :class:`BadDataError` once the distinct bad lines this process has
             seen exceed this fraction of :attr:`total_lines`; ``None``: never (the trainer counts across
             processes instead).
-        max_attempts: consecutive indexes tried for one item before giving up with :class:`BadDataError`.
+        max_attempts: indexes tried for one item (spread over the data, see :func:`_retry_stride`) before giving
+            up with :class:`BadDataError`.
         split: a name for messages and the log (``train``, ``eval``).
     """
 
@@ -299,8 +313,9 @@ class StreamingSFTDataset(torch.utils.data.Dataset):
         n = len(self)
         last: str = ""
         skipped: list[dict] = []
+        stride = _retry_stride(n)
         for step in range(self.max_attempts):
-            k = (index + step) % n
+            k = (index + step * stride) % n
             self.attempts += 1
             try:
                 sample = self.build(k)
@@ -313,7 +328,7 @@ class StreamingSFTDataset(torch.utils.data.Dataset):
             sample.skipped = skipped
             return sample
         raise BadDataError(
-            f"{self.split} data: {self.max_attempts} consecutive samples from index {index} could not be built "
+            f"{self.split} data: {self.max_attempts} samples tried for index {index} could not be built "
             f"(last: {last}); see {self.failure_log or 'the warnings above'}"
         )
 

@@ -4,10 +4,10 @@ Arguments are those of :func:`streaming_vlm.train.args.parse_args` (``--config F
 overrides). Launch one process per GPU with ``torchrun`` (see ``scripts/sft_stage_1.sh``).
 
 Exit status: 0 trained; 2 a usage error (bad config, annotation files that cannot be opened); 1 bad data (more
-distinct bad lines than ``max_bad_sample_fraction`` allows, or ``max_attempts`` bad lines in a row). These errors
-are one line on stderr, no traceback: ``streaming-vlm train: error: ...``. Under ``torchrun`` an error that every
-rank raises at the same point (config, setup, the bad-line stop, which all ranks count together) is printed by
-rank 0 alone and every rank exits with the status; an error of one rank (a run of bad lines in its shard) is
+distinct bad lines than ``max_bad_sample_fraction`` allows, or ``max_attempts`` bad lines tried for one item).
+These errors are one line on stderr, no traceback: ``streaming-vlm train: error: ...``. Under ``torchrun`` an error
+that every rank raises at the same point (config, setup, the bad-line stop, which all ranks count together) is printed
+by rank 0 alone and every rank exits with the status; an error of one rank (a run of bad lines in its shard) is
 printed by that rank, as ``streaming-vlm train: error (rank R): ...``, and torchrun then stops the others (and adds
 its own failure summary). Any other exception is a bug and keeps its traceback.
 """
