@@ -40,3 +40,16 @@ def finite_float(text: str) -> float:
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
     return value
+
+
+def count_or_unlimited(text: str) -> int | None:
+    """An integer >= 0, or ``unlimited`` (also ``none``, ``inf``) for no limit, returned as ``None``."""
+    if text.lower() in ("none", "unlimited", "inf"):
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0 or 'unlimited', got {text!r}")
+    return value

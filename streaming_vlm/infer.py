@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from streaming_vlm.argtypes import finite_float
+from streaming_vlm.argtypes import count_or_unlimited, finite_float
 from streaming_vlm.engine import MODES, StreamConfig, StreamSession
 from streaming_vlm.layout import DEFAULT_QUERY, DEFAULT_SYSTEM_PROMPT
 from streaming_vlm.sampling import SamplingConfig
@@ -131,19 +131,6 @@ class UsageError(Exception):
 # ---- argument parsing ----------------------------------------------------------------------------------------
 
 
-def _window(value: str) -> int | None:
-    """A window size: a non-negative integer, or none/unlimited."""
-    if value.lower() in ("none", "unlimited", "inf"):
-        return None
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer or 'unlimited', got {value!r}") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"expected >= 0 or 'unlimited', got {n}")
-    return n
-
-
 _HELP = {
     "video": "video file to comment on, or 'demo' for the bundled 30-second synthetic clip",
     "model": "hub id or local directory of a Qwen2.5-VL checkpoint; 'demo' = the bundled demo model, "
@@ -194,7 +181,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             continue
         kind = _NUMBER_TYPES.get(f.type, str)
         if f.name in _WINDOWS:
-            kind = _window
+            kind = count_or_unlimited
         parser.add_argument(flag, type=kind, default=argparse.SUPPRESS,
                             help=f"{_HELP[f.name]} (default: {f.default})")
 

@@ -418,18 +418,10 @@ def test_score_barrier_uses_the_runner_timeout(tmp_path, dataset, generated, bas
     """Under torchrun (rank 1 of 2 here), the process group is the runner's, with the runner's timeout."""
     import datetime
 
-    import torch.distributed as dist
+    from tests.test_eval_runner import fake_process_group
 
-    calls, state = [], {"up": False}
-
-    def init_process_group(backend, **kw):
-        calls.append((backend, kw))
-        state["up"] = True
-
-    monkeypatch.setattr(dist, "is_initialized", lambda: state["up"])
-    monkeypatch.setattr(dist, "init_process_group", init_process_group)
-    monkeypatch.setattr(dist, "barrier", lambda: None)
-    monkeypatch.setattr(dist, "destroy_process_group", lambda: state.update(up=False))
+    state: dict = {}
+    calls = fake_process_group(monkeypatch, state)
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("STREAMING_VLM_EVAL_BARRIER_TIMEOUT_S", "123")

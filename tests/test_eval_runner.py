@@ -102,11 +102,13 @@ def test_unfinished_records_are_run_again_and_win_only_when_finished(tmp_path, m
     assert calls == []
 
 
-def fake_process_group(monkeypatch):
-    """torch.distributed's set-up and barrier recorded instead of run; returns the init calls."""
+def fake_process_group(monkeypatch, state: dict | None = None):
+    """torch.distributed's set-up, barrier and tear-down recorded instead of run; returns the init calls.
+    ``state["up"]`` says whether the fake group is up."""
     import torch.distributed as dist
 
-    calls, state = [], {"up": False}
+    calls, state = [], state if state is not None else {}
+    state["up"] = False
 
     def init_process_group(backend, **kw):
         calls.append((backend, kw))
@@ -115,6 +117,7 @@ def fake_process_group(monkeypatch):
     monkeypatch.setattr(dist, "is_initialized", lambda: state["up"])
     monkeypatch.setattr(dist, "init_process_group", init_process_group)
     monkeypatch.setattr(dist, "barrier", lambda: None)
+    monkeypatch.setattr(dist, "destroy_process_group", lambda: state.update(up=False))
     return calls
 
 

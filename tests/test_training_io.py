@@ -16,34 +16,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from streaming_vlm.data.annotations import build_seek_index
 from streaming_vlm.data.collator import StreamingCollator
 from streaming_vlm.data.sample import SampleBuilder, SampleConfig, TrainingSample
 from streaming_vlm.synthetic import write_synthetic_video
+from tests.test_train import record, write_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 WORDS = [[0.2, 0.6, "red"], [1.1, 1.5, "ball"], [2.2, 2.5, "goal"]]
-
-
-def record(video: str, words: list, start: float = 0, end: float = 4, previous: str = "earlier words") -> list:
-    """One annotation line in the Inf-Stream-Train format."""
-    return [
-        {
-            "role": "user",
-            "content": [
-                {"type": "video", "video": video, "video_start": start, "video_end": end},
-                {"type": "text", "text": "", "previous": previous},
-            ],
-        },
-        {"role": "assistant", "content": [{"type": "text_stream", "text_stream": words}]},
-    ]
-
-
-def write_jsonl(path: Path, lines: list) -> Path:
-    """Write lines (objects become JSON, strings go verbatim) and the seek index beside them."""
-    path.write_text("".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines), encoding="utf-8")
-    build_seek_index(path)
-    return path
 
 
 @pytest.fixture(scope="module")

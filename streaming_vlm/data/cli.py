@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from streaming_vlm.argtypes import count_or_unlimited
+
 
 def _error(exc: BaseException) -> int:
     if isinstance(exc, OSError) and exc.strerror:
@@ -45,19 +47,6 @@ def _validate(args) -> int:
     for line in report.lines():
         print(line)
     return 0 if report.ok else 1
-
-
-def _keep(text: str) -> int | None:
-    """A count of previous-text pieces: an integer >= 0, or ``unlimited``."""
-    if text.lower() in ("unlimited", "none"):
-        return None
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0 or 'unlimited', got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0 or 'unlimited', got {text!r}")
-    return value
 
 
 def _windows(args) -> int:
@@ -109,10 +98,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     q.add_argument("--no-resume", action="store_true", help="rewrite OUT from scratch")
     q.add_argument("--drop-empty", action="store_true",
                    help="leave out windows with neither words nor questions (training rejects them)")
-    q.add_argument("--text-sink", type=_keep, default=512, metavar="N",
+    q.add_argument("--text-sink", type=count_or_unlimited, default=512, metavar="N",
                    help="previous text keeps its first N pieces (words), as training keeps its first text_sink "
                         "tokens: use training's text_sink or more; 'unlimited' keeps the whole transcript (512)")
-    q.add_argument("--text-window", type=_keep, default=512, metavar="N",
+    q.add_argument("--text-window", type=count_or_unlimited, default=512, metavar="N",
                    help="previous text keeps its last N pieces (words): training's text_sliding_window or more; "
                         "'unlimited' keeps the whole transcript (512)")
     q.set_defaults(run=_windows)
