@@ -58,7 +58,7 @@ import os
 import sys
 import warnings
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -241,8 +241,9 @@ class _StreamEnd:
         return self.max_ts + (self.last_duration if self.last_duration > 0 else frame_ticks)
 
 
-def _demux(container, stream) -> Iterator:
-    """The packets of ``stream``, going on after unreadable parts (up to ``_MAX_DEMUX_ERRORS`` in a row)."""
+def _demux(container, stream, on_error: Callable[[BaseException], None] | None = None) -> Iterator:
+    """The packets of ``stream``, going on after unreadable parts (up to ``_MAX_DEMUX_ERRORS`` in a row);
+    ``on_error`` sees each demuxing error."""
     packets = container.demux(stream)
     errors = 0
     while True:
@@ -250,7 +251,9 @@ def _demux(container, stream) -> Iterator:
             packet = next(packets)
         except StopIteration:
             return
-        except (av.FFmpegError, OSError):
+        except (av.FFmpegError, OSError) as exc:
+            if on_error is not None:
+                on_error(exc)
             errors += 1
             if errors >= _MAX_DEMUX_ERRORS:
                 return
@@ -584,22 +587,10 @@ class VideoReader:
         def seconds(ticks: int | None) -> float:
             return last_t if ticks is None else float((ticks - origin) * tb)
 
-        packets = container.demux(stream)
-        demux_errors = 0
-        while True:
-            try:
-                packet = next(packets)
-            except StopIteration:
-                break
-            except (av.FFmpegError, OSError) as exc:
-                report.error(last_t, exc, "unreadable part(s) of the file")
-                demux_errors += 1
-                if demux_errors >= _MAX_DEMUX_ERRORS:
-                    packet = None
-                    break
-                packets = container.demux(stream)
-                continue
-            demux_errors = 0
+        def unreadable(exc: BaseException) -> None:
+            report.error(last_t, exc, "unreadable part(s) of the file")
+
+        for packet in _demux(container, stream, unreadable):
             end.add(packet)
             try:
                 frames = packet.decode()
@@ -614,14 +605,13 @@ class VideoReader:
                 last_t = seconds(pts)
                 report.progress(last_t)
                 yield pts, frame
-        if demux_errors >= _MAX_DEMUX_ERRORS:
-            try:  # drain what the decoder still holds
-                for frame in stream.codec_context.decode(None):
-                    pts = frame.pts if frame.pts is not None else (origin if last_pts is None else last_pts + step)
-                    last_pts = end.last_frame = pts
-                    yield pts, frame
-            except (av.FFmpegError, OSError):
-                pass
+        try:  # drain what the decoder still holds (nothing after a clean end: the last packet flushed it)
+            for frame in stream.codec_context.decode(None):
+                pts = frame.pts if frame.pts is not None else (origin if last_pts is None else last_pts + step)
+                last_pts = end.last_frame = pts
+                yield pts, frame
+        except (av.FFmpegError, OSError):
+            pass
 
     def _to_rgb(self, frame, state: dict) -> np.ndarray:
         width, height = self.info.width, self.info.height
