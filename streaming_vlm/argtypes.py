@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable, Sequence
 
 
 def positive_float(text: str) -> float:
@@ -42,9 +43,13 @@ def finite_float(text: str) -> float:
     return value
 
 
+UNLIMITED_WORDS = ("unlimited", "none", "inf")
+"""Words (any case) that mean "no limit" where a count is expected; ``None`` in code."""
+
+
 def count_or_unlimited(text: str) -> int | None:
     """An integer >= 0, or ``unlimited`` (also ``none``, ``inf``) for no limit, returned as ``None``."""
-    if text.lower() in ("none", "unlimited", "inf"):
+    if text.lower() in UNLIMITED_WORDS:
         return None
     try:
         value = int(text)
@@ -53,3 +58,25 @@ def count_or_unlimited(text: str) -> int | None:
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected an integer >= 0 or 'unlimited', got {text!r}")
     return value
+
+
+def csv_choices(
+    choices: Sequence[str], *, what: str = "values", ignore_case: bool = False
+) -> Callable[[str], list[str]]:
+    """An argument type for a comma-separated subset of ``choices`` (e.g. ``--modes streaming,full``).
+
+    The returned function gives the named choices in the order written, each once; blanks around commas are
+    ignored. With ``ignore_case`` a name matches whatever its case and comes back spelled as in ``choices``. An
+    empty list or an unknown name is an ``ArgumentTypeError`` naming ``what``, every choice and the text.
+    """
+    canonical = {(c.lower() if ignore_case else c): c for c in choices}
+
+    def parse(text: str) -> list[str]:
+        names = [n.strip() for n in text.split(",") if n.strip()]
+        picked = [canonical.get(n.lower() if ignore_case else n) for n in names]
+        if None in picked or not names:
+            raise argparse.ArgumentTypeError(f"{what} must be a comma-separated subset of {','.join(choices)}, "
+                                             f"got {text!r}")
+        return list(dict.fromkeys(picked))
+
+    return parse

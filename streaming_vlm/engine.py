@@ -24,10 +24,11 @@ from dataclasses import dataclass, field
 import torch
 
 from streaming_vlm.cache import StreamingCache
-from streaming_vlm.layout import DEFAULT_QUERY, DEFAULT_SYSTEM_PROMPT, Kind, StreamLayout, TokenMeta
+from streaming_vlm.layout import Kind, StreamLayout, TokenMeta
 from streaming_vlm.policy import CachePolicy
 from streaming_vlm.preprocess import VideoPreprocessor, VisionSpec
 from streaming_vlm.sampling import SamplingConfig, select_token
+from streaming_vlm.settings import DEFAULTS
 
 MODES = ("streaming", "full", "sliding", "recompute")
 
@@ -38,21 +39,21 @@ class StreamConfig:
 
     mode: str = "streaming"
     """One of streaming, full, sliding, recompute."""
-    query: str = DEFAULT_QUERY
+    query: str = DEFAULTS.query
     """Instruction joined to the first chunk's user turn."""
     previous_text: str = ""
     """Earlier commentary or context (title, transcript so far) placed in the previous-text turn."""
-    system_prompt: str = DEFAULT_SYSTEM_PROMPT
-    chunk_seconds: float = 1.0
-    fps: float = 2.0
-    vision_window: int | None = 16
-    text_rounds: int | None = 16
-    text_sink: int | None = 512
-    text_window: int | None = 512
-    reset_every: float = 100.0
+    system_prompt: str = DEFAULTS.system_prompt
+    chunk_seconds: float = DEFAULTS.chunk_seconds
+    fps: float = DEFAULTS.fps
+    vision_window: int | None = DEFAULTS.vision_window
+    text_rounds: int | None = DEFAULTS.text_rounds
+    text_sink: int | None = DEFAULTS.text_sink
+    text_window: int | None = DEFAULTS.text_window
+    reset_every: float = DEFAULTS.reset_every
     """Seconds between context restarts in ``sliding`` mode."""
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    seed: int = 0
+    seed: int = DEFAULTS.seed
 
     def __post_init__(self):
         if self.mode not in MODES:

@@ -32,9 +32,9 @@ from enum import IntEnum
 import torch
 
 from streaming_vlm.positions import vision_offsets
+from streaming_vlm.settings import DEFAULT_QUERY as DEFAULT_QUERY  # re-exported: layout.DEFAULT_QUERY
+from streaming_vlm.settings import DEFAULT_SYSTEM_PROMPT
 
-DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
-DEFAULT_QUERY = "Commentate on this match"
 END_MARKER = " ..."
 PREVIOUS_TEXT_ROLE = "previous text"
 

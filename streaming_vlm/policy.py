@@ -22,19 +22,20 @@ from dataclasses import dataclass
 import torch
 
 from streaming_vlm.layout import NO_ROUND, Kind, TokenMeta
+from streaming_vlm.settings import DEFAULTS
 
 
 @dataclass(frozen=True)
 class CachePolicy:
     """What the streaming cache keeps. ``None`` means unlimited."""
 
-    vision_window: int | None = 16
+    vision_window: int | None = DEFAULTS.vision_window
     """Chunks whose vision tokens stay (including the current one)."""
-    text_rounds: int | None = 16
+    text_rounds: int | None = DEFAULTS.text_rounds
     """Assistant turns kept verbatim (including the current one); older ones retire into previous text."""
-    text_sink: int | None = 512
+    text_sink: int | None = DEFAULTS.text_sink
     """First previous-text tokens kept (the text attention sink)."""
-    text_window: int | None = 512
+    text_window: int | None = DEFAULTS.text_window
     """Last previous-text tokens kept."""
 
     def __post_init__(self):

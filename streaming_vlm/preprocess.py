@@ -39,6 +39,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from streaming_vlm.settings import DEFAULTS, MAX_PIXELS
+
 __all__ = [
     "IMAGE_MEAN",
     "IMAGE_STD",
@@ -65,8 +67,8 @@ def smart_resize(
     height: int,
     width: int,
     factor: int = 28,
-    min_pixels: int = 4 * 28 * 28,
-    max_pixels: int = 768 * 28 * 28,
+    min_pixels: int = 56 * 56,
+    max_pixels: int = MAX_PIXELS,
 ) -> tuple[int, int]:
     """Qwen's resize rule; returns ``(new_height, new_width)``.
 
@@ -104,15 +106,15 @@ class VisionSpec:
     """Everything video preprocessing needs to know about the vision tower.
 
     ``min_pixels`` / ``max_pixels`` bound the pixel count of each frame after resizing. Their defaults are
-    StreamingVLM's (``VIDEO_MIN_PIXELS = 100 * 28 * 28`` and a per-frame cap of ``768 * 28 * 28 = 602112``),
-    not the model repository's image limits, which is why :meth:`from_pretrained` never reads them from disk.
+    StreamingVLM's stream settings (``settings.MIN_PIXELS`` and ``settings.MAX_PIXELS``), not the model
+    repository's image limits, which is why :meth:`from_pretrained` never reads them from disk.
     """
 
     patch_size: int = 14
     temporal_patch_size: int = 2
     merge_size: int = 2
-    min_pixels: int = 100 * 28 * 28
-    max_pixels: int = 768 * 28 * 28
+    min_pixels: int = DEFAULTS.min_pixels
+    max_pixels: int = DEFAULTS.max_pixels
     image_mean: tuple[float, float, float] = IMAGE_MEAN
     image_std: tuple[float, float, float] = IMAGE_STD
 

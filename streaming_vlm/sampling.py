@@ -10,18 +10,20 @@ from dataclasses import dataclass
 
 import torch
 
+from streaming_vlm.settings import DEFAULTS
+
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    temperature: float = 0.9
+    temperature: float = DEFAULTS.temperature
     """0 = greedy."""
-    top_p: float | None = None
+    top_p: float | None = DEFAULTS.top_p
     """Nucleus sampling mass (None or 1.0 = off)."""
-    top_k: int | None = None
+    top_k: int | None = DEFAULTS.top_k
     """Keep the k most likely tokens (None or 0 = off)."""
-    repetition_penalty: float = 1.05
+    repetition_penalty: float = DEFAULTS.repetition_penalty
     """Applied to tokens of the commentary in context, never to vision or prompt tokens (1.0 = off)."""
-    max_new_tokens: int = 20
+    max_new_tokens: int = DEFAULTS.max_new_tokens
 
     def __post_init__(self):
         if self.temperature < 0:
