@@ -26,6 +26,8 @@ import yaml
 from streaming_vlm.argtypes import count_or_unlimited, finite_float
 from streaming_vlm.engine import MODES, StreamConfig, StreamSession
 from streaming_vlm.layout import DEFAULT_QUERY, DEFAULT_SYSTEM_PROMPT
+from streaming_vlm.models import DEMO_MODEL as DEMO_MODEL  # re-exported: model-path resolution lives in models
+from streaming_vlm.models import resolve_model_path
 from streaming_vlm.sampling import SamplingConfig
 
 DEFAULT_MODEL = "demo"
@@ -266,24 +268,6 @@ DEMO_VIDEO = Path(__file__).parent / "assets" / "demo.mp4"
 def resolve_video_path(video: str) -> str:
     """``demo`` names the bundled clip unless a file of that name exists."""
     return str(DEMO_VIDEO) if video == "demo" and not Path(video).exists() else video
-
-
-DEMO_MODEL = Path(__file__).parent / "assets" / "demo_model"
-DEMO_MODEL_ALIAS = "demo"
-
-
-def resolve_model_path(model: str) -> str:
-    """``tiny`` builds (once) and names the random tiny model; ``demo`` names the bundled demo checkpoint."""
-    from streaming_vlm.models import TINY_MODEL_ALIAS, ModelLoadError, ensure_tiny_model
-
-    if model == TINY_MODEL_ALIAS:
-        return str(ensure_tiny_model())
-    if model == DEMO_MODEL_ALIAS and not Path(model).exists():
-        if not (DEMO_MODEL / "model.safetensors").is_file():
-            raise ModelLoadError(f"the demo model is not in this install ({DEMO_MODEL}); "
-                                 "train it with SHIP=1 bash scripts/train_demo.sh, or pass --model")
-        return str(DEMO_MODEL)
-    return model
 
 
 def with_checkpoint_defaults(cfg: InferConfig, model_path: str) -> InferConfig:

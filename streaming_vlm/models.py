@@ -2,6 +2,9 @@
 
 Contract:
 
+* :func:`resolve_model_path` turns what ``--model`` names into a path or hub id (``tiny``: the tiny model,
+  built on first use; ``demo``: the bundled demo checkpoint); :func:`add_load_arguments` adds ``--device`` and
+  ``--dtype`` to a parser.
 * :func:`load_model` takes a hub id (``mit-han-lab/StreamingVLM``, ``Qwen/Qwen2.5-VL-7B-Instruct``) or a
   local directory and returns a :class:`LoadedModel`: a ``Qwen2_5_VLForConditionalGeneration`` in eval mode
   with gradients off, on the requested device and dtype, its fast tokenizer, and the sampling defaults found
@@ -22,6 +25,7 @@ Nothing here runs at import time, and no function touches the network unless giv
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import math
@@ -35,6 +39,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from streaming_vlm.settings import CHECKPOINT_FILE, CHECKPOINT_KEYS
+
 if TYPE_CHECKING:  # transformers is imported where it is used, so importing this module stays cheap
     from transformers import (
         PreTrainedTokenizerBase,
@@ -43,15 +49,18 @@ if TYPE_CHECKING:  # transformers is imported where it is used, so importing thi
     )
 
 __all__ = [
+    "DEMO_MODEL",
     "QWEN_SPECIAL_TOKENS",
     "LoadedModel",
     "ModelLoadError",
+    "add_load_arguments",
     "build_tiny_model",
     "build_tiny_tokenizer",
     "default_attn_implementation",
     "load_model",
     "resolve_device",
     "resolve_dtype",
+    "resolve_model_path",
 ]
 
 QWEN_SPECIAL_TOKENS = [
@@ -512,14 +521,11 @@ def _hub_offline() -> bool:
     )
 
 
-STREAM_DEFAULTS_FILE = "streaming_vlm.json"
-"""Optional file in a checkpoint directory: the stream settings (pixels, query, windows, sampling) it was trained
-for, used by ``infer`` and the evaluations for every option the user does not set."""
+STREAM_DEFAULTS_FILE = CHECKPOINT_FILE
+"""Old name of ``settings.CHECKPOINT_FILE`` (the checkpoint's stream settings), until its readers move there."""
 
-STREAM_DEFAULT_KEYS = frozenset({
-    "min_pixels", "max_pixels", "fps", "query", "system_prompt", "vision_window", "text_rounds", "text_sink",
-    "text_window", "max_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty",
-})
+STREAM_DEFAULT_KEYS = CHECKPOINT_KEYS
+"""Old name of ``settings.CHECKPOINT_KEYS``, until its readers move there."""
 
 
 def stream_defaults(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -644,6 +650,41 @@ def load_model(
 
 TINY_MODEL_ALIAS = "tiny"
 """``--model tiny`` names the random tiny model, built offline into the user cache on first use."""
+
+DEMO_MODEL = Path(__file__).parent / "assets" / "demo_model"
+"""The bundled demo checkpoint (trained on the synthetic world)."""
+DEMO_MODEL_ALIAS = "demo"
+"""``--model demo`` names :data:`DEMO_MODEL` (unless a file or folder named ``demo`` exists)."""
+
+
+def resolve_model_path(model: str) -> str:
+    """What ``--model`` names: ``tiny`` builds (once, :func:`ensure_tiny_model`) and names the random tiny model;
+    ``demo`` names the bundled demo checkpoint unless a path ``demo`` exists (:class:`ModelLoadError` when the
+    install lacks it); anything else (a directory, a hub id) is returned as given. Nothing is loaded."""
+    if model == TINY_MODEL_ALIAS:
+        return str(ensure_tiny_model())  # looked up at call time: tests patch it
+    if model == DEMO_MODEL_ALIAS and not Path(model).exists():
+        if not (DEMO_MODEL / "model.safetensors").is_file():
+            raise ModelLoadError(f"the demo model is not in this install ({DEMO_MODEL}); "
+                                 "train it with SHIP=1 bash scripts/train_demo.sh, or pass --model")
+        return str(DEMO_MODEL)
+    return model
+
+
+def add_load_arguments(parser: argparse.ArgumentParser, *, device: str = "auto", dtype: str = "auto"):
+    """Add ``--device`` and ``--dtype`` (how a model is loaded: :func:`load_model`) to a new argument group of
+    ``parser``, with these defaults (``argparse.SUPPRESS``: absent unless given), and return the group. Values are
+    checked where they are used (:func:`resolve_device`, :func:`resolve_dtype`), so a bad one is a one-line
+    ``ValueError``, not an argparse usage error."""
+
+    def shown(default: str) -> str:
+        return "" if default == argparse.SUPPRESS else f" (default: {default})"
+
+    group = parser.add_argument_group("model loading")
+    group.add_argument("--device", default=device, help="auto, cpu, cuda or cuda:N" + shown(device))
+    group.add_argument("--dtype", default=dtype,
+                       help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16 or fp32" + shown(dtype))
+    return group
 
 
 def user_cache_dir() -> Path:
