@@ -83,8 +83,8 @@ _KINDS = {
 }
 
 
-def _setting(default: Any, help: str, kind: str, *, checkpoint: bool = False) -> Any:
-    return field(default=default, metadata={"help": help, "kind": kind, "checkpoint": checkpoint})
+def _setting(default: Any, help_text: str, kind: str, *, checkpoint: bool = False) -> Any:
+    return field(default=default, metadata={"help": help_text, "kind": kind, "checkpoint": checkpoint})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -107,7 +107,7 @@ class StreamSettings:
     total_pixels: int = _setting(
         TOTAL_PIXELS, "pixel budget of a whole clip whose length is known in advance (a training sample, an "
         "offline answer), shared by its frames", "int")
-    max_frames: int = _setting(480, "frames of such a clip at most", "int")
+    max_frames: int = _setting(480, "most frames of a clip whose length is known in advance", "int")
     query: str = _setting(DEFAULT_QUERY, "instruction given with the first chunk", "str", checkpoint=True)
     system_prompt: str = _setting(DEFAULT_SYSTEM_PROMPT, "system prompt", "str", checkpoint=True)
     vision_window: int | None = _setting(
