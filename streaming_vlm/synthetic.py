@@ -66,7 +66,8 @@ def write_synthetic_video(
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=Fraction(fps, 1))
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.options = {"preset": "veryfast", "crf": "28"}
+        # no macroblock-tree rate control: with it this libx264 encodes the same frames differently run to run
+        stream.options = {"preset": "veryfast", "crf": "28", "x264-params": "no-mbtree=1"}
         for i in range(int(round(seconds * fps))):
             frame = av.VideoFrame.from_ndarray(_frame(i / fps, width, height, spec, background), format="rgb24")
             for packet in stream.encode(frame):
