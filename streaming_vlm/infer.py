@@ -1,8 +1,10 @@
 """``streaming-vlm infer``: streaming commentary on a video file.
 
 Wires a ``VideoReader`` (frames by time) to a ``StreamSession`` (the engine) and the output writers
-(WebVTT, JSON lines), with a progress bar and a closing summary. Options come from ``InferConfig``
-(typed, with defaults), optionally from a YAML file (``--config``), then from command-line flags.
+(WebVTT, JSON lines), with a progress bar and a closing summary. Options are an ``InferConfig``: the stream
+settings (``settings.StreamSettings``: their flags, defaults and help come from ``streaming_vlm/settings.py``)
+plus the job's own options. Later wins: the defaults, the checkpoint's ``streaming_vlm.json`` (for every setting
+not given in the next two), a YAML file (``--config``), the command-line flags.
 Bad input (a missing or unreadable video, a start past its end, an output that cannot be written or would
 overwrite the video, an unloadable model) ends the run with one line on stderr and a non-zero exit code, before
 anything expensive happens and before any output is created.
@@ -21,59 +23,45 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
-import yaml
 
-from streaming_vlm.argtypes import count_or_unlimited, finite_float
-from streaming_vlm.engine import MODES, StreamConfig, StreamSession
-from streaming_vlm.layout import DEFAULT_QUERY, DEFAULT_SYSTEM_PROMPT
+from streaming_vlm import settings
+from streaming_vlm.argtypes import finite_float
+from streaming_vlm.engine import MODES, StreamSession
 from streaming_vlm.models import DEMO_MODEL as DEMO_MODEL  # re-exported: model-path resolution lives in models
-from streaming_vlm.models import resolve_model_path
-from streaming_vlm.sampling import SamplingConfig
+from streaming_vlm.models import add_load_arguments, resolve_model_path
+from streaming_vlm.settings import CHECKPOINT_FILE, EXPLICIT_SOURCES, SETTING_NAMES, SettingsError, StreamSettings
 
 DEFAULT_MODEL = "demo"
 """The bundled demo checkpoint (trained on the synthetic world); real models are one ``--model`` away."""
 
 
-@dataclass
-class InferConfig:
-    """Options of ``streaming-vlm infer`` (YAML keys use these names; flags use dashes)."""
+@dataclass(frozen=True, kw_only=True)
+class InferConfig(StreamSettings):
+    """Options of ``streaming-vlm infer``: the stream settings and the job's own options (YAML keys use these
+    names; flags use dashes). ``total_pixels`` and ``max_frames`` (clips of known length) play no part in a
+    stream: infer has no flag or YAML key for them."""
 
     video: str = ""
     model: str = DEFAULT_MODEL
     output: str | None = None
     jsonl: str | None = None
     mode: str = "streaming"
-    query: str = DEFAULT_QUERY
     previous_text: str = ""
-    system_prompt: str = DEFAULT_SYSTEM_PROMPT
     start: float = 0.0
     duration: float | None = None
-    chunk_seconds: float = 1.0
-    fps: float = 2.0
-    min_pixels: int = 100 * 28 * 28
-    max_pixels: int = 768 * 28 * 28
-    vision_window: int | None = 16
-    text_rounds: int | None = 16
-    text_sink: int | None = 512
-    text_window: int | None = 512
-    reset_every: float = 100.0
-    max_new_tokens: int = 20
-    temperature: float = 0.9
-    top_p: float | None = None
-    top_k: int | None = None
-    repetition_penalty: float = 1.05
-    seed: int = 0
     device: str = "auto"
     dtype: str = "auto"
     quiet: bool = False
     explicit: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
-    """Options the user set (YAML or flags); the others may come from the checkpoint's ``streaming_vlm.json``."""
+    """Options the user set (YAML or flags); the other settings may come from the checkpoint's
+    ``streaming_vlm.json``."""
 
     def __post_init__(self):
-        for f in fields(self):  # YAML values skip the flags' types
-            value = getattr(self, f.name)
-            if f.type in _NUMBER_TYPES and value is not None:
-                flag = "--" + f.name.replace("_", "-")
+        super().__post_init__()  # every stream setting, alone and min_pixels <= max_pixels
+        for name in ("start", "duration"):  # YAML values skip the flags' types
+            value = getattr(self, name)
+            if value is not None:
+                flag = "--" + name
                 if isinstance(value, bool) or not isinstance(value, (int, float)):
                     raise ValueError(f"{flag} must be a number, got {value!r}")
                 if not math.isfinite(value):
@@ -84,46 +72,7 @@ class InferConfig:
             raise ValueError(f"--start must be >= 0, got {self.start}")
         if self.duration is not None and self.duration <= 0:
             raise ValueError(f"--duration must be > 0, got {self.duration}")
-        if self.min_pixels > self.max_pixels:
-            raise ValueError(f"--min-pixels ({self.min_pixels}) is larger than --max-pixels ({self.max_pixels})")
-        if not (self.fps > 0 and self.chunk_seconds > 0):
-            raise ValueError(f"--fps and --chunk-seconds must be > 0, got {self.fps:g} and {self.chunk_seconds:g}")
-        frames = self.fps * self.chunk_seconds
-        n = round(frames)
-        if n < 2 or n % 2 or abs(frames - n) > 1e-9 * frames:  # Qwen2.5-VL encodes frames in pairs
-            raise ValueError(f"--fps * --chunk-seconds must be an even whole number of frames per chunk, "
-                             f"got {self.fps:g} * {self.chunk_seconds:g} = {frames:g}")
-        self.stream_config({})  # the sampling, window and reset options, checked before anything loads
-
-    def sampling(self, checkpoint_defaults: dict) -> SamplingConfig:
-        """Flags win; top-p/top-k otherwise come from the checkpoint's generation config."""
-        return SamplingConfig(
-            temperature=self.temperature,
-            top_p=self.top_p if self.top_p is not None else checkpoint_defaults.get("top_p"),
-            top_k=self.top_k if self.top_k is not None else checkpoint_defaults.get("top_k"),
-            repetition_penalty=self.repetition_penalty,
-            max_new_tokens=self.max_new_tokens,
-        )
-
-    def stream_config(self, checkpoint_defaults: dict) -> StreamConfig:
-        return StreamConfig(
-            mode=self.mode,
-            query=self.query,
-            previous_text=self.previous_text,
-            system_prompt=self.system_prompt,
-            chunk_seconds=self.chunk_seconds,
-            fps=self.fps,
-            vision_window=self.vision_window,
-            text_rounds=self.text_rounds,
-            text_sink=self.text_sink,
-            text_window=self.text_window,
-            reset_every=self.reset_every,
-            sampling=self.sampling(checkpoint_defaults),
-            seed=self.seed,
-        )
-
-
-_NUMBER_TYPES = {"float": finite_float, "int": int, "float | None": finite_float, "int | None": int}
+        self.check_chunks()  # Qwen2.5-VL encodes frames in pairs
 
 
 class UsageError(Exception):
@@ -132,88 +81,54 @@ class UsageError(Exception):
 
 # ---- argument parsing ----------------------------------------------------------------------------------------
 
-
-_HELP = {
-    "video": "video file to comment on, or 'demo' for the bundled 30-second synthetic clip",
-    "model": "hub id or local directory of a Qwen2.5-VL checkpoint; 'demo' = the bundled demo model, "
-             "'tiny' = a random tiny model (both offline)",
-    "output": "WebVTT file to write (default: next to the video, <name>.vtt)",
-    "jsonl": "also write one JSON object per chunk to this file",
-    "mode": "streaming (StreamingVLM cache), full (no eviction), sliding (restart every --reset-every s), "
-    "recompute (re-prefill the kept window every chunk)",
-    "query": "instruction given with the first chunk",
-    "previous_text": "earlier commentary or context (title, transcript so far)",
-    "system_prompt": "system prompt",
-    "start": "start time in seconds",
-    "duration": "seconds to stream (default: to the end of the video)",
-    "chunk_seconds": "seconds of video per step",
-    "fps": "frames sampled per second of video",
-    "min_pixels": "minimum pixels per frame after resizing",
-    "max_pixels": "maximum pixels per frame after resizing (default 768*28*28)",
-    "vision_window": "chunks whose vision tokens stay in the cache (or 'unlimited')",
-    "text_rounds": "assistant turns kept verbatim before retiring into previous text (or 'unlimited')",
-    "text_sink": "first previous-text tokens kept (or 'unlimited')",
-    "text_window": "last previous-text tokens kept (or 'unlimited')",
-    "reset_every": "seconds between context restarts in sliding mode",
-    "max_new_tokens": "tokens generated per chunk at most",
-    "temperature": "sampling temperature; 0 = greedy",
-    "top_p": "nucleus sampling (default: the checkpoint's generation config)",
-    "top_k": "top-k sampling (default: the checkpoint's generation config)",
-    "repetition_penalty": "penalty on tokens of the commentary in context (1 = off)",
-    "seed": "random seed of the sampler",
-    "device": "auto, cpu, cuda or cuda:N",
-    "dtype": "auto (bf16 on GPU, fp32 on CPU), bf16, fp16 or fp32",
-    "quiet": "no progress bar",
-}
-_WINDOWS = {"vision_window", "text_rounds", "text_sink", "text_window"}
+_NOT_STREAMED = ("total_pixels", "max_frames")
+"""Settings of clips of known length (training samples, offline answers): no flag or YAML key in infer."""
+_YAML_KEYS = frozenset(f.name for f in fields(InferConfig) if f.name not in (*_NOT_STREAMED, "explicit"))
+"""What a ``--config`` file may set: every option that has a flag, and ``video``."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     # one usage line: a usage error is that line and the error, not 18 lines of every option (see --help)
     parser.usage = "%(prog)s VIDEO [--model M] [--output OUT.vtt] [--jsonl OUT.jsonl] [options; see --help]"
-    parser.add_argument("video", nargs="?", help=_HELP["video"])
+    # every option has default=SUPPRESS: one left off the command line is absent from the namespace, so the YAML
+    # and the checkpoint can set it (settings.given)
+    parser.add_argument("video", nargs="?", default=argparse.SUPPRESS,
+                        help="video file to comment on, or 'demo' for the bundled 30-second synthetic clip")
     parser.add_argument("--config", help="YAML file with option defaults (keys as in configs/infer.yaml)")
-    for f in fields(InferConfig):
-        if f.name in ("video", "explicit"):
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        # an option left off the command line is absent from the namespace: None from a window flag is 'unlimited'
-        if f.type == "bool":
-            parser.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=_HELP[f.name])
-            continue
-        kind = _NUMBER_TYPES.get(f.type, str)
-        if f.name in _WINDOWS:
-            kind = count_or_unlimited
-        parser.add_argument(flag, type=kind, default=argparse.SUPPRESS,
-                            help=f"{_HELP[f.name]} (default: {f.default})")
+    job = parser.add_argument_group("job")
+    job.add_argument("--model", default=argparse.SUPPRESS,
+                     help="hub id or local directory of a Qwen2.5-VL checkpoint; 'demo' = the bundled demo model, "
+                          f"'tiny' = a random tiny model (both offline) (default: {DEFAULT_MODEL})")
+    job.add_argument("--output", default=argparse.SUPPRESS,
+                     help="WebVTT file to write (default: next to the video, <name>.vtt)")
+    job.add_argument("--jsonl", default=argparse.SUPPRESS, help="also write one JSON object per chunk to this file")
+    job.add_argument("--mode", default=argparse.SUPPRESS,
+                     help="streaming (StreamingVLM cache), full (no eviction), sliding (restart every --reset-every "
+                          "s), recompute (re-prefill the kept window every chunk) (default: streaming)")
+    job.add_argument("--previous-text", default=argparse.SUPPRESS,
+                     help="earlier commentary or context (title, transcript so far) (default: none)")
+    job.add_argument("--start", type=finite_float, default=argparse.SUPPRESS,
+                     help="start time in seconds (default: 0.0)")
+    job.add_argument("--duration", type=finite_float, default=argparse.SUPPRESS,
+                     help="seconds to stream (default: to the end of the video)")
+    job.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bar")
+    settings.add_arguments(parser, exclude=_NOT_STREAMED,
+                           title="stream settings (a checkpoint's streaming_vlm.json replaces the defaults shown)")
+    add_load_arguments(parser, given_only=True)
 
 
 def config_from_args(args: argparse.Namespace) -> InferConfig:
-    """Defaults <- YAML (``--config``) <- flags."""
-    values: dict = {}
-    if args.config:
-        path = Path(args.config)
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise UsageError(f"cannot read config {path}: {str(exc).splitlines()[0]}") from exc
-        if not isinstance(loaded, dict):
-            raise UsageError(f"config {path} must be a mapping of option names to values")
-        known = {f.name for f in fields(InferConfig)}
-        unknown = sorted(set(loaded) - known)
-        if unknown:
-            raise UsageError(f"config {path}: unknown option(s) {', '.join(unknown)}")
-        values.update(loaded)
-    given = vars(args)
-    for f in fields(InferConfig):
-        if f.name in given and f.name != "explicit" and (given[f.name] is not None or f.name in _WINDOWS):
-            values[f.name] = given[f.name]
-    if not values.get("video"):
-        raise UsageError("no video given: streaming-vlm infer VIDEO [--model M]")
+    """Defaults <- YAML (``--config``) <- flags; the checkpoint's settings join once the model path is known
+    (:func:`with_checkpoint_defaults`). ``UsageError`` (one line) for anything that cannot be used."""
     try:
-        return InferConfig(**values, explicit=frozenset(values))
+        config = settings.load_config(args.config, known=_YAML_KEYS) if args.config else {}
+        flags = settings.given(args, InferConfig)
+        if not (flags.get("video") or config.get("video")):
+            raise UsageError("no video given: streaming-vlm infer VIDEO [--model M]")
+        cfg, sources = settings.resolve(flags, config=config, cls=InferConfig)
     except (TypeError, ValueError) as exc:
-        raise UsageError(str(exc)) from exc
+        raise UsageError(str(exc)) from None
+    return replace(cfg, explicit=frozenset(name for name, source in sources.items() if source in EXPLICIT_SOURCES))
 
 
 # ---- the job -------------------------------------------------------------------------------------------------
@@ -271,16 +186,23 @@ def resolve_video_path(video: str) -> str:
 
 
 def with_checkpoint_defaults(cfg: InferConfig, model_path: str) -> InferConfig:
-    """``cfg`` with every option the user did not set taken from the checkpoint's ``streaming_vlm.json``."""
-    from streaming_vlm.models import stream_defaults
-
-    if not Path(model_path).is_dir():
-        return cfg
-    chosen = {k: v for k, v in stream_defaults(model_path).items() if k not in cfg.explicit}
+    """``cfg`` with every setting the user did not give (flags or YAML) taken from the checkpoint's
+    ``streaming_vlm.json``, read for a local directory only (``settings.from_checkpoint``); a ``min_pixels`` not
+    given that is above the resolved ``max_pixels`` is lowered to it. ``UsageError`` naming the file when it cannot
+    be used."""
     try:
-        return replace(cfg, **chosen) if chosen else cfg
-    except (TypeError, ValueError) as exc:
-        raise UsageError(f"{model_path}: bad stream defaults: {exc}") from None
+        checkpoint = settings.from_checkpoint(model_path)
+    except SettingsError as exc:
+        raise UsageError(str(exc)) from None
+    if not checkpoint:
+        return cfg
+    kept = {f.name: getattr(cfg, f.name) for f in fields(cfg)
+            if f.init and (f.name in cfg.explicit or f.name not in SETTING_NAMES)}  # the job's options, as given
+    try:
+        resolved, _ = settings.resolve(kept, checkpoint=checkpoint, cls=InferConfig)
+    except ValueError as exc:
+        raise UsageError(f"{Path(model_path) / CHECKPOINT_FILE}: {exc}") from None
+    return resolved
 
 
 def default_output(video: str) -> str:
@@ -357,7 +279,6 @@ def run(cfg: InferConfig, stream=None) -> Summary:
 
     from streaming_vlm.models import load_model, resolve_device, resolve_dtype
     from streaming_vlm.outputs import JsonlWriter, VttWriter, one_line
-    from streaming_vlm.preprocess import VisionSpec
     from streaming_vlm.video import VideoReader
 
     if cfg.quiet:
@@ -386,9 +307,9 @@ def run(cfg: InferConfig, stream=None) -> Summary:
         reader = open_reader(cfg)
     with reader:
         loaded = load_model(model_path, device=cfg.device, dtype=cfg.dtype)
-        spec = VisionSpec.from_pretrained(loaded.path, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
-        session = StreamSession(loaded.model, loaded.tokenizer, cfg.stream_config(loaded.generation_defaults),
-                                vision_spec=spec)
+        config = cfg.stream_config(cfg.mode, previous_text=cfg.previous_text,
+                                   generation_defaults=loaded.generation_defaults)
+        session = StreamSession(loaded.model, loaded.tokenizer, config, vision_spec=cfg.vision_spec(loaded.path))
         summary = Summary()
         t0 = time.perf_counter()
         with VttWriter(vtt_path) as vtt, (JsonlWriter(cfg.jsonl) if cfg.jsonl else _Null()) as jsonl:

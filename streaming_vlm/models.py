@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from streaming_vlm.settings import CHECKPOINT_FILE, CHECKPOINT_KEYS
+from streaming_vlm.settings import from_checkpoint
 
 if TYPE_CHECKING:  # transformers is imported where it is used, so importing this module stays cheap
     from transformers import (
@@ -521,26 +521,9 @@ def _hub_offline() -> bool:
     )
 
 
-STREAM_DEFAULTS_FILE = CHECKPOINT_FILE
-"""Old name of ``settings.CHECKPOINT_FILE`` (the checkpoint's stream settings), until its readers move there."""
-
-STREAM_DEFAULT_KEYS = CHECKPOINT_KEYS
-"""Old name of ``settings.CHECKPOINT_KEYS``, until its readers move there."""
-
-
-def stream_defaults(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The checkpoint's ``streaming_vlm.json`` (``{}`` when absent); ``ModelLoadError`` when it is malformed."""
-    file = Path(path) / STREAM_DEFAULTS_FILE
-    if not file.is_file():
-        return {}
-    try:
-        values = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"{file}: cannot read: {_one_line(exc)}") from None
-    if not isinstance(values, dict) or set(values) - STREAM_DEFAULT_KEYS:
-        unknown = sorted(set(values) - STREAM_DEFAULT_KEYS) if isinstance(values, dict) else []
-        raise ModelLoadError(f"{file}: expected a mapping of stream options; unknown: {', '.join(unknown) or '-'}")
-    return values
+stream_defaults = from_checkpoint
+"""Old name of ``settings.from_checkpoint``, kept while ``eval/synth.py`` (its last reader) still imports it from
+here."""
 
 
 def _generation_defaults(source: str, is_local: bool, local_only: bool) -> dict[str, Any]:
@@ -671,18 +654,21 @@ def resolve_model_path(model: str) -> str:
     return model
 
 
-def add_load_arguments(parser: argparse.ArgumentParser, *, device: str = "auto", dtype: str = "auto"):
+def add_load_arguments(parser: argparse.ArgumentParser, *, device: str = "auto", dtype: str = "auto",
+                       given_only: bool = False):
     """Add ``--device`` and ``--dtype`` (how a model is loaded: :func:`load_model`) to a new argument group of
-    ``parser``, with these defaults (``argparse.SUPPRESS``: absent unless given), and return the group. Values are
-    checked where they are used (:func:`resolve_device`, :func:`resolve_dtype`), so a bad one is a one-line
-    ``ValueError``, not an argparse usage error."""
+    ``parser``, with these defaults, and return the group. With ``given_only`` (or a default of
+    ``argparse.SUPPRESS``) a flag left off the command line is absent from the namespace, so that a config file can
+    set it; the help still shows the default. Values are checked where they are used (:func:`resolve_device`,
+    :func:`resolve_dtype`), so a bad one is a one-line ``ValueError``, not an argparse usage error."""
 
     def shown(default: str) -> str:
         return "" if default == argparse.SUPPRESS else f" (default: {default})"
 
     group = parser.add_argument_group("model loading")
-    group.add_argument("--device", default=device, help="auto, cpu, cuda or cuda:N" + shown(device))
-    group.add_argument("--dtype", default=dtype,
+    group.add_argument("--device", default=argparse.SUPPRESS if given_only else device,
+                       help="auto, cpu, cuda or cuda:N" + shown(device))
+    group.add_argument("--dtype", default=argparse.SUPPRESS if given_only else dtype,
                        help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16 or fp32" + shown(dtype))
     return group
 

@@ -8,8 +8,11 @@ exact cue times, one JSONL record per chunk, the closing summary, and one ``stre
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 import warnings
@@ -21,10 +24,12 @@ import pytest
 import torch
 import yaml
 
+import streaming_vlm.infer as infer_module
 import streaming_vlm.models as models
 from streaming_vlm.cli import build_parser, main
 from streaming_vlm.engine import StreamSession
-from streaming_vlm.infer import config_from_args
+from streaming_vlm.infer import InferConfig, config_from_args
+from streaming_vlm.settings import CHECKPOINT_FILE, SETTING_NAMES, StreamSettings
 from streaming_vlm.synthetic import write_synthetic_video
 
 REPO = Path(__file__).resolve().parents[1]
@@ -553,6 +558,56 @@ def test_unset_flags_keep_the_defaults():
     cfg = config_from_args(build_parser().parse_args(["infer", "x.mp4"]))
     assert (cfg.vision_window, cfg.text_rounds, cfg.text_sink, cfg.text_window) == (16, 16, 512, 512)
     assert cfg.quiet is False and cfg.top_p is None and cfg.mode == "streaming"
+
+
+def test_a_max_pixels_alone_lowers_the_default_min_pixels():
+    cfg = config_from_args(build_parser().parse_args(["infer", "x.mp4", "--max-pixels", "3136"]))
+    assert (cfg.min_pixels, cfg.max_pixels) == (3136, 3136)
+    too_big = r"--min-pixels \(700000\) is larger than --max-pixels \(602112\)"
+    with pytest.raises(infer_module.UsageError, match=too_big):
+        config_from_args(build_parser().parse_args(["infer", "x.mp4", "--min-pixels", "700000"]))  # given: an error
+
+
+def test_the_checkpoint_settings_fill_what_flags_and_yaml_leave(tiny_model_dir, clips, tmp_path, monkeypatch, capsys):
+    """Flags > --config YAML > the checkpoint's streaming_vlm.json > defaults. The reader is reopened at the
+    checkpoint's fps, and the checkpoint's min_pixels is lowered to a smaller --max-pixels (no error)."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    (model / CHECKPOINT_FILE).write_text(json.dumps({
+        "fps": 4.0, "min_pixels": 3136, "max_pixels": 3136, "text_sink": 3, "text_window": 2, "max_new_tokens": 2,
+        "temperature": 0.0}))  # fmt: skip
+    config = tmp_path / "run.yaml"
+    config.write_text("text_window: 5\nmax_new_tokens: 3\n")
+    seen = []
+    step = StreamSession.step
+
+    def recording_step(self, frames, *args, **kwargs):
+        seen.append((len(frames), self.config, self.preprocessor.spec))
+        return step(self, frames, *args, **kwargs)
+
+    monkeypatch.setattr(StreamSession, "step", recording_step)
+    code, _, err = infer(capsys, clips["2s"], "--model", model, "--config", config, "--quiet", "--max-pixels", 784,
+                         "--max-new-tokens", 4, "--output", tmp_path / "out.vtt")
+    assert code == 0, err
+    assert [frames for frames, _, _ in seen] == [4, 4]  # 4 frames per 1-s chunk: the checkpoint's fps
+    _, stream, spec = seen[0]
+    assert (spec.min_pixels, spec.max_pixels) == (784, 784)
+    assert (stream.fps, stream.text_sink, stream.text_window, stream.vision_window) == (4.0, 3, 5, 16)
+    assert (stream.sampling.max_new_tokens, stream.sampling.temperature) == (4, 0.0)
+
+
+def test_infer_options_are_the_stream_settings_and_the_jobs_own():
+    assert issubclass(InferConfig, StreamSettings)
+    own = {f.name for f in dataclasses.fields(InferConfig)} - set(SETTING_NAMES)
+    assert own == {"video", "model", "output", "jsonl", "mode", "previous_text", "start", "duration", "device",
+                   "dtype", "quiet", "explicit"}
+    parser = argparse.ArgumentParser(prog="streaming-vlm infer")
+    infer_module.add_arguments(parser)
+    helptext = " ".join(parser.format_help().split())
+    for f in dataclasses.fields(StreamSettings):  # each setting's flag and help text, from settings.py
+        flag = "--" + f.name.replace("_", "-")
+        shown = f.name not in ("total_pixels", "max_frames")  # clips of known length: not a stream's
+        assert (flag in helptext) == shown and (" ".join(f.metadata["help"].split()) in helptext) == shown, f.name
 
 
 # --------------------------------------------------------------------------------------------------

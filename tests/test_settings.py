@@ -93,8 +93,8 @@ def test_every_setting_has_a_one_line_help_text_and_a_kind():
 
 def test_checkpoint_keys_are_the_14_of_today_listed_once():
     assert CHECKPOINT_KEYS == TODAYS_CHECKPOINT_KEYS
-    assert models.STREAM_DEFAULT_KEYS is CHECKPOINT_KEYS
-    assert models.STREAM_DEFAULTS_FILE == CHECKPOINT_FILE == "streaming_vlm.json"
+    assert CHECKPOINT_FILE == "streaming_vlm.json"
+    assert not hasattr(models, "STREAM_DEFAULT_KEYS") and not hasattr(models, "STREAM_DEFAULTS_FILE")  # once
     record = DEFAULTS.checkpoint_record()
     assert set(record) == TODAYS_CHECKPOINT_KEYS and record == {k: TODAYS_DEFAULTS[k] for k in record}
 
@@ -509,3 +509,8 @@ def test_load_arguments():
     quiet = argparse.ArgumentParser()
     models.add_load_arguments(quiet, device=argparse.SUPPRESS, dtype=argparse.SUPPRESS)
     assert vars(quiet.parse_args([])) == {}
+    given_only = argparse.ArgumentParser()  # absent unless given (a config file may set it), the default still shown
+    models.add_load_arguments(given_only, given_only=True)
+    assert vars(given_only.parse_args([])) == {}
+    assert vars(given_only.parse_args(["--dtype", "bf16"])) == {"dtype": "bf16"}
+    assert "(default: auto)" in given_only.format_help()

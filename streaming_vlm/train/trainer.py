@@ -60,8 +60,8 @@ from streaming_vlm.data.dataset import (
     gather_records,
 )
 from streaming_vlm.data.sample import IGNORE_INDEX, SampleBuilder, video_pixel_values
-from streaming_vlm.models import STREAM_DEFAULTS_FILE
 from streaming_vlm.preprocess import VisionSpec
+from streaming_vlm.settings import CHECKPOINT_FILE
 
 __all__ = [
     "StreamingSFTTrainer",
@@ -337,7 +337,7 @@ def _copy_preprocessor_files(source: str, output_dir: str) -> None:
     """Keep the source checkpoint's preprocessor configs and stream defaults beside the saved model (a local
     directory, or a hub id already in the local cache; nothing is downloaded)."""
     for name in ("preprocessor_config.json", "video_preprocessor_config.json", "chat_template.json",
-                 STREAM_DEFAULTS_FILE):
+                 CHECKPOINT_FILE):
         src: Path | None = Path(source) / name
         if not src.is_file():
             src = None

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from streaming_vlm.layout import DEFAULT_QUERY, DEFAULT_SYSTEM_PROMPT, END_MARKER, PREVIOUS_TEXT_ROLE
-from streaming_vlm.models import STREAM_DEFAULTS_FILE, build_tiny_model, build_tiny_tokenizer
+from streaming_vlm.models import build_tiny_model, build_tiny_tokenizer
+from streaming_vlm.settings import CHECKPOINT_FILE, StreamSettings
 from streaming_vlm.world.script import DEFAULT_WORLD, WorldConfig, corpus
 
 DEMO_TEXT: dict[str, Any] = {
@@ -32,21 +33,24 @@ DEMO_TEXT: dict[str, Any] = {
 DEMO_VOCAB = 640
 
 
-def demo_stream_defaults(config: WorldConfig = DEFAULT_WORLD) -> dict[str, Any]:
-    """Settings every run of the demo uses unless told otherwise (written to ``streaming_vlm.json``)."""
+DEMO_LEFT_TO_THE_RUN = ("vision_window", "text_rounds", "top_p", "top_k")
+"""Checkpoint settings the demo's ``streaming_vlm.json`` leaves out: the cache's vision window and text rounds are
+the defaults', and top-p/top-k come from its ``generation_config.json`` (moot at temperature 0)."""
+
+
+def demo_settings(config: WorldConfig = DEFAULT_WORLD) -> StreamSettings:
+    """The stream settings the demo is trained and run with: frames kept at the world's size, short text windows,
+    short greedy commentary without a repetition penalty."""
     pixels = config.size * config.size
-    return {
-        "min_pixels": pixels,
-        "max_pixels": pixels,
-        "fps": 2.0,
-        "query": DEFAULT_QUERY,
-        "system_prompt": DEFAULT_SYSTEM_PROMPT,
-        "text_sink": 32,
-        "text_window": 64,
-        "max_new_tokens": 12,
-        "temperature": 0.0,
-        "repetition_penalty": 1.0,
-    }
+    return StreamSettings(min_pixels=pixels, max_pixels=pixels, text_sink=32, text_window=64, max_new_tokens=12,
+                          temperature=0.0, repetition_penalty=1.0)
+
+
+def demo_stream_defaults(config: WorldConfig = DEFAULT_WORLD) -> dict[str, Any]:
+    """What the demo's ``streaming_vlm.json`` holds: the checkpoint record of :func:`demo_settings` but for
+    :data:`DEMO_LEFT_TO_THE_RUN`. Every run of the demo uses these unless told otherwise."""
+    record = demo_settings(config).checkpoint_record()
+    return {name: value for name, value in record.items() if name not in DEMO_LEFT_TO_THE_RUN}
 
 
 def demo_corpus(config: WorldConfig = DEFAULT_WORLD) -> list[str]:
@@ -62,6 +66,6 @@ def build_demo_init(out_dir: str | os.PathLike[str], seed: int = 0, config: Worl
     """Write the untrained demo checkpoint to ``out_dir``; returns its path."""
     tokenizer = build_tiny_tokenizer(demo_corpus(config), vocab_size=DEMO_VOCAB)
     out = build_tiny_model(out_dir, seed=seed, tokenizer=tokenizer, **DEMO_TEXT)
-    (out / STREAM_DEFAULTS_FILE).write_text(json.dumps(demo_stream_defaults(config), indent=2) + "\n",
+    (out / CHECKPOINT_FILE).write_text(json.dumps(demo_stream_defaults(config), indent=2) + "\n",
                                             encoding="utf-8")
     return out

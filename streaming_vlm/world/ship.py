@@ -11,10 +11,10 @@ import shutil
 import sys
 from pathlib import Path
 
-from streaming_vlm.models import STREAM_DEFAULTS_FILE
+from streaming_vlm.settings import CHECKPOINT_FILE
 
 FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
-         "preprocessor_config.json", STREAM_DEFAULTS_FILE)
+         "preprocessor_config.json", CHECKPOINT_FILE)
 MAX_MB = 20
 
 
