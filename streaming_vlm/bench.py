@@ -33,7 +33,6 @@ import logging
 import math
 import os
 import platform
-import resource
 import statistics
 import sys
 import tempfile
@@ -46,6 +45,10 @@ from tqdm import tqdm
 
 from streaming_vlm.argtypes import positive_float, positive_int
 from streaming_vlm.engine import MODES, StreamConfig, StreamSession
+
+# Moved to their own homes (issue 14); still importable from here for older callers.
+from streaming_vlm.eval.runner import save_figure, write_json  # noqa: F401
+from streaming_vlm.memory import current_rss_mb, peak_rss_mb, reset_peak_rss  # noqa: F401
 from streaming_vlm.preprocess import VisionSpec, smart_resize
 from streaming_vlm.sampling import SamplingConfig
 
@@ -55,56 +58,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_PIXELS = 112 * 112
 CHUNK_SECONDS = 1.0
-_MB = 1024.0 * 1024.0
-
-
-# ------------------------------------------------------------------------------------------------------------
-# memory
-# ------------------------------------------------------------------------------------------------------------
-
-
-def _maxrss_mb() -> float:
-    """Process peak RSS from getrusage (kilobytes on Linux, bytes on macOS)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / _MB if sys.platform == "darwin" else peak / 1024.0
-
-
-def current_rss_mb() -> float:
-    """Resident memory now, from ``/proc/self/statm``; the peak from getrusage where there is no /proc."""
-    try:
-        with open("/proc/self/statm", encoding="ascii") as f:
-            resident_pages = int(f.read().split()[1])
-        return resident_pages * os.sysconf("SC_PAGE_SIZE") / _MB
-    except (OSError, ValueError, IndexError):
-        return _maxrss_mb()
-
-
-def _vm_hwm_mb() -> float | None:
-    """``VmHWM`` (peak resident memory since the last reset) from ``/proc/self/status``, or None."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-def reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS counter of this process (Linux ``clear_refs`` 5); True if it worked."""
-    try:
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
-            f.write("5")
-    except OSError:
-        return False
-    return _vm_hwm_mb() is not None
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory: ``VmHWM`` where available (resettable), else getrusage's ``ru_maxrss``."""
-    hwm = _vm_hwm_mb()
-    return hwm if hwm is not None else _maxrss_mb()
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -294,25 +247,6 @@ def comparisons(modes: dict[str, dict[str, Any]]) -> dict[str, float | None]:
 # ------------------------------------------------------------------------------------------------------------
 
 
-def _to_json(obj: Any, level: int = 0) -> str:
-    """Indented JSON, except that lists of records are written one record per line."""
-    pad = "  " * level
-    if isinstance(obj, dict) and obj:
-        items = [f"{pad}  {json.dumps(str(k))}: {_to_json(v, level + 1)}" for k, v in obj.items()]
-        return "{\n" + ",\n".join(items) + "\n" + pad + "}"
-    if isinstance(obj, list) and obj and all(isinstance(x, dict) for x in obj):
-        items = [f"{pad}  {json.dumps(x)}" for x in obj]
-        return "[\n" + ",\n".join(items) + "\n" + pad + "]"
-    return json.dumps(obj)
-
-
-def write_json(doc: dict[str, Any], path: str | os.PathLike[str]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(_to_json(doc) + "\n", encoding="utf-8")
-    return path
-
-
 _COLORS = {"streaming": "tab:blue", "full": "tab:red", "sliding": "tab:green", "recompute": "tab:orange"}
 
 
@@ -358,17 +292,6 @@ def write_figure(doc: dict[str, Any], path: str | os.PathLike[str]) -> Path:
         fontsize=10,
     )
     return save_figure(fig, path)
-
-
-def save_figure(fig, path: str | os.PathLike[str]) -> Path:
-    """Write a matplotlib figure (creating folders) and close it."""
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
 
 
 def _ms(seconds: float | None) -> str:

@@ -15,11 +15,13 @@ from dataclasses import dataclass
 from streaming_vlm.engine import ChunkResult, StreamConfig, StreamSession
 from streaming_vlm.models import LoadedModel
 from streaming_vlm.preprocess import VisionSpec
+from streaming_vlm.settings import DEFAULTS, StreamSettings
 
 
 @dataclass
 class EvalModel:
-    """A loaded checkpoint and the preprocessing geometry every benchmark uses with it."""
+    """A loaded checkpoint and the preprocessing geometry every benchmark uses with it (the pixel bounds of a
+    stream: the settings' ``frame_pixels()``)."""
 
     loaded: LoadedModel
     spec: VisionSpec
@@ -27,28 +29,33 @@ class EvalModel:
 
 def load_eval_model(
     model: str,
+    settings: StreamSettings | None = None,
     *,
     device: str = "auto",
     dtype: str = "auto",
-    min_pixels: int = 100 * 28 * 28,
-    max_pixels: int = 768 * 28 * 28,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
 ) -> EvalModel:
     """Load ``model`` (hub id, directory, ``demo`` or ``tiny``) once; raises ``ModelLoadError`` (one line).
 
-    Under torchrun, ``device="auto"`` is this rank's GPU (``cuda:$LOCAL_RANK``).
+    The vision spec takes the checkpoint's geometry and the per-frame pixel bounds of a stream from ``settings``
+    (``StreamSettings.frame_pixels()``; default: the defaults); ``min_pixels``/``max_pixels``, when given, replace
+    them (for callers that have no settings object). Under torchrun, ``device="auto"`` is this rank's GPU
+    (``cuda:$LOCAL_RANK``).
     """
     from streaming_vlm.eval.runner import rank_device
-    from streaming_vlm.infer import resolve_model_path
-    from streaming_vlm.models import load_model
+    from streaming_vlm.models import load_model, resolve_model_path
 
+    low, high = (settings or DEFAULTS).frame_pixels()
     loaded = load_model(resolve_model_path(model), device=rank_device(device), dtype=dtype)
-    spec = VisionSpec.from_pretrained(loaded.path, min_pixels=min_pixels, max_pixels=max_pixels)
+    spec = VisionSpec.from_pretrained(loaded.path, min_pixels=low if min_pixels is None else min_pixels,
+                                      max_pixels=high if max_pixels is None else max_pixels)
     return EvalModel(loaded, spec)
 
 
-def new_session(model: EvalModel, config: StreamConfig) -> StreamSession:
-    """A fresh stream (empty cache) for ``model`` under ``config``."""
-    return StreamSession(model.loaded.model, model.loaded.tokenizer, config, vision_spec=model.spec)
+def new_session(model: EvalModel, config: StreamConfig, spec: VisionSpec | None = None) -> StreamSession:
+    """A fresh stream (empty cache) for ``model`` under ``config``, with ``spec`` (default: the model's)."""
+    return StreamSession(model.loaded.model, model.loaded.tokenizer, config, vision_spec=spec or model.spec)
 
 
 def stream_span(

@@ -9,7 +9,11 @@ It knows nothing about models, prompts or scores.
 Before merging, every rank waits for the slowest at a barrier of a gloo process group that the runner sets up
 (the same for every benchmark). Its timeout bounds that wait, which can be a whole shard's run time (a resumed
 run where one rank has nothing left to do): :data:`BARRIER_TIMEOUT_S` (24 hours) unless the environment variable
-``STREAMING_VLM_EVAL_BARRIER_TIMEOUT_S`` gives another number of seconds.
+``STREAMING_VLM_EVAL_BARRIER_TIMEOUT_S`` gives another number of seconds. :func:`close_process_group` tears it down
+at the end of a run (``eval/harness.py`` does).
+
+It also writes what a benchmark produces: results JSON (:func:`write_results`, :func:`write_json`), figures
+(:func:`save_figure`) and plain-text tables (:func:`format_table`).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -121,6 +126,16 @@ def _barrier(world: int) -> None:
     dist.barrier()
 
 
+def close_process_group() -> None:
+    """Tear down the process group :func:`_barrier` set up (or anyone else did), if there is one."""
+    if "torch.distributed" not in sys.modules:  # never imported: no group to close
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def run_items(
     name: str,
     items: Iterable[dict],
@@ -188,9 +203,42 @@ def run_items(
 
 
 def write_results(path: str | Path, results: dict) -> Path:
+    """``results`` as indented JSON (folders created); returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return path
+
+
+def _to_json(obj: Any, level: int = 0) -> str:
+    """Indented JSON, except that lists of records are written one record per line."""
+    pad = "  " * level
+    if isinstance(obj, dict) and obj:
+        items = [f"{pad}  {json.dumps(str(k))}: {_to_json(v, level + 1)}" for k, v in obj.items()]
+        return "{\n" + ",\n".join(items) + "\n" + pad + "}"
+    if isinstance(obj, list) and obj and all(isinstance(x, dict) for x in obj):
+        items = [f"{pad}  {json.dumps(x)}" for x in obj]
+        return "[\n" + ",\n".join(items) + "\n" + pad + "]"
+    return json.dumps(obj)
+
+
+def write_json(doc: dict[str, Any], path: str | os.PathLike[str]) -> Path:
+    """``doc`` as indented JSON with each list of records one record per line (long per-chunk series stay
+    readable); folders created; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(_to_json(doc) + "\n", encoding="utf-8")
+    return path
+
+
+def save_figure(fig, path: str | os.PathLike[str]) -> Path:
+    """Write a matplotlib figure (creating folders) and close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
     return path
 
 
