@@ -15,8 +15,10 @@ import torch
 from streaming_vlm.data.annotations import StreamRecord, Word
 from streaming_vlm.engine import StreamSession
 from streaming_vlm.eval import synth
-from streaming_vlm.eval.synth import TimedCall, chunk_texts, match_calls, per_minute, score_stream
+from streaming_vlm.settings import SETTING_NAMES
+from streaming_vlm.world import score
 from streaming_vlm.world.dataset import split_specs, write_streams
+from streaming_vlm.world.score import TimedCall, chunk_texts, match_calls, per_minute, score_stream
 from streaming_vlm.world.script import GOAL, events, score_word
 
 
@@ -136,8 +138,8 @@ def test_ground_truth_chunks_take_the_words_ending_in_the_second():
 
 
 def test_scores_reaching_back_before_a_sliding_reset():
-    assert synth.reset_starts(0.0, 60.0, 1.0, 24.0) == [0.0, 24.0, 48.0]
-    assert synth.reset_starts(0.0, 60.0, 1.0, 24.5) == [0.0, 25.0, 50.0]
+    assert score.reset_starts(0.0, 60.0, 1.0, 24.0) == [0.0, 24.0, 48.0]
+    assert score.reset_starts(0.0, 60.0, 1.0, 24.5) == [0.0, 25.0, 50.0]
     gt = _at(20, {2: "black ball! score one", 5: "black ball! score two", 12: "red bar! score two",
                   15: "whistle! score zero", 16: "black bar! score zero"})  # fmt: skip
     pred = list(gt)
@@ -210,13 +212,6 @@ def test_report_edges_targets_and_stopped_streams():
     assert targets["streaming_fact_accuracy"]["pass"] is True
     assert any(line.startswith("full:") and "stopped (time budget at 300 s in d/long)" in line
                for line in report["findings"])
-
-
-def test_settings_come_from_flags_then_checkpoint_then_defaults():
-    got = synth.resolve_settings({"fps": 4.0, "text_sink": "unlimited", "max_new_tokens": None},
-                                 {"fps": 2.0, "max_new_tokens": 12, "temperature": 0.7})
-    assert (got["fps"], got["text_sink"], got["max_new_tokens"], got["temperature"]) == (4.0, None, 12, 0.7)
-    assert (got["repetition_penalty"], got["text_window"], got["query"]) == (1.0, 512, "Commentate on this match")
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -400,3 +395,45 @@ def test_bad_data_is_one_line_exit_2(tmp_path, tiny_model_dir, capsys, which):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("streaming-vlm eval synth: error:") and "nowhere" in err
     assert not (tmp_path / "report.json").exists()
+
+
+def test_settings_come_from_flags_then_checkpoint_then_defaults(tmp_path, tiny_model_dir, data):
+    """A checkpoint's streaming_vlm.json fills what no flag gives, the benchmark's preset what neither does; the
+    streams run with exactly those settings, and the report says where each came from."""
+    import shutil
+
+    model = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    (model / "streaming_vlm.json").write_text(json.dumps({
+        "fps": 2.0, "max_new_tokens": 3, "temperature": 0.7, "min_pixels": 3136, "max_pixels": 3136}))
+    seen = []
+    step = StreamSession.step
+
+    def spy(self, frames, start, end, **kwargs):
+        seen.append((self.config, self.preprocessor.spec.min_pixels, self.preprocessor.spec.max_pixels, len(frames)))
+        return step(self, frames, start, end, **kwargs)
+
+    patch = pytest.MonkeyPatch()
+    patch.setattr(StreamSession, "step", spy)
+    argv = ["--data", str(data), "--model", str(model), "--fps", "4", "--text-sink", "unlimited", "--modes",
+            "streaming", "--max-minutes", "0.05", "--device", "cpu", "--dtype", "fp32", "--quiet",
+            "--report", str(tmp_path / "report.json"), "--out", str(tmp_path / "records"), "--figure", ""]
+    rc, _ = _main(argv, patch)
+    assert rc == 0 and len(seen) == 3 and not (tmp_path / "report.png").exists()
+    config, low, high, frames = seen[0]
+    assert (config.fps, frames, config.text_sink, config.sampling.max_new_tokens, config.sampling.temperature) == (
+        4.0, 4, None, 3, 0.7)
+    assert (config.sampling.repetition_penalty, config.text_window, config.query, config.reset_every) == (
+        1.0, 512, "Commentate on this match", 24.0)
+    assert (low, high) == (3136, 3136)
+    report = json.loads((tmp_path / "report.json").read_text())
+    got = report["settings"]
+    assert (got["fps"], got["text_sink"], got["max_new_tokens"], got["temperature"]) == (4.0, None, 3, 0.7)
+    assert (got["repetition_penalty"], got["text_window"], got["query"]) == (1.0, 512, "Commentate on this match")
+    stream = report["meta"]["stream_settings"]
+    assert list(stream) == list(SETTING_NAMES) and {k: v for k, v in got.items() if k in stream} == {
+        k: stream[k] for k in got if k in stream}  # the report's settings are the ones streamed with
+    sources = report["meta"]["stream_settings_sources"]
+    assert {k: sources[k] for k in ("fps", "text_sink", "max_new_tokens", "temperature", "min_pixels",
+                                    "repetition_penalty", "reset_every", "text_window")} == {
+        "fps": "flag", "text_sink": "flag", "max_new_tokens": "checkpoint", "temperature": "checkpoint",
+        "min_pixels": "checkpoint", "repetition_penalty": "preset", "reset_every": "preset", "text_window": "default"}
