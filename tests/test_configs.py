@@ -18,6 +18,7 @@ from streaming_vlm import settings
 from streaming_vlm.cli import build_parser
 from streaming_vlm.infer import InferConfig, config_from_args
 from streaming_vlm.settings import CHECKPOINT_FILE, SETTING_NAMES, SettingsError
+from streaming_vlm.train.args import TRAINING_ALIASES
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -26,8 +27,6 @@ INFER_YAMLS = [p for p in YAMLS if p.name.startswith("infer")]
 TRAINING_YAMLS = [p for p in YAMLS if p not in INFER_YAMLS]
 CHECKPOINT_JSONS = sorted((REPO / "streaming_vlm" / "assets").rglob(CHECKPOINT_FILE))
 DEMO_CHECKPOINT = REPO / "streaming_vlm" / "assets" / "demo_model" / CHECKPOINT_FILE
-TRAINING_ALIASES = {"text_sliding_window": "text_window"}
-"""Training keeps the reference's argument names; these are the settings they are."""
 # a line of the leading comment that shows how to run the file
 LAUNCH = re.compile(r"Launch:|^#\s*\$?\s*(streaming-vlm|python3?|torchrun|deepspeed|accelerate|bash|sh)\s")
 
@@ -161,6 +160,14 @@ def test_the_demo_writes_checkpoint_settings_that_load_strictly(tmp_path):
     got, _ = settings.resolve({}, checkpoint=values)
     assert {key: getattr(got, key) for key in values} == values
     assert values == json.loads(DEMO_CHECKPOINT.read_text(encoding="utf-8"))  # the shipped one is what it writes
+
+
+def test_the_demo_checkpoint_record_is_the_demos_settings():
+    from streaming_vlm.world.demo import DEMO_LEFT_TO_THE_RUN, demo_settings, demo_stream_defaults
+
+    got, sources = settings.resolve({}, checkpoint=demo_stream_defaults())
+    assert got == demo_settings()  # what the json leaves out is the default
+    assert {key for key, source in sources.items() if source == "default"} >= set(DEMO_LEFT_TO_THE_RUN)
 
 
 def _with_unknown_key(source: Path, target: Path) -> Path:

@@ -11,6 +11,7 @@ import torch
 from streaming_vlm.data.annotations import QA, AnnotationError, StreamRecord, Word
 from streaming_vlm.data.sample import IGNORE_INDEX, SampleBuilder, SampleConfig
 from streaming_vlm.layout import Kind
+from streaming_vlm.settings import DEFAULTS, SETTING_NAMES, SettingsError, StreamSettings
 from streaming_vlm.synthetic import write_synthetic_video
 from tests.conftest import SMALL_SPEC
 
@@ -104,6 +105,24 @@ def test_pixel_budget_and_frame_cap(tiny):
     builder = SampleBuilder(tiny.tokenizer, SMALL_SPEC, cfg)
     long = StreamRecord("x.mp4", 0.0, 300.0, words=[Word(1.0, 1.5, "hi")])
     assert len(builder.plan(long)) == 240  # 480 frames at 2 fps
+
+
+def test_sample_config_is_the_stream_settings_plus_a_token_cap(tiny):
+    """Samples take their settings (defaults, normalised values, checks) from the one settings object; a sample adds
+    only its token cap."""
+    assert issubclass(SampleConfig, StreamSettings)
+    assert {f.name for f in dataclasses.fields(SampleConfig)} - set(SETTING_NAMES) == {"max_sample_tokens"}
+    assert SampleConfig().as_record() == DEFAULTS.as_record()
+    cfg = SampleConfig(text_window="unlimited", fps=4)
+    assert (cfg.text_window, cfg.fps, type(cfg.fps)) == (None, 4.0, float)
+    bad = (({"min_pixels": 5000, "max_pixels": 3136}, r"--min-pixels \(5000\) is larger than --max-pixels \(3136\)"),
+           ({"text_sink": -1}, r"text_sink must be >= 0 or None \(unlimited\), got -1"),
+           ({"max_sample_tokens": 0}, "max_sample_tokens must be >= 1 or null, got 0"))  # fmt: skip
+    for values, words in bad:
+        with pytest.raises(SettingsError, match=words):
+            SampleConfig(**values)
+    with pytest.raises(SettingsError, match=r"even whole number of frames per chunk, got 3 \* 1 = 3"):
+        SampleBuilder(tiny.tokenizer, SMALL_SPEC, SampleConfig(fps=3.0))  # Qwen2.5-VL encodes frames in pairs
 
 
 def test_bad_records(tiny, video, tmp_path):

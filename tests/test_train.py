@@ -417,6 +417,44 @@ def test_yaml_config_with_command_line_overrides(tmp_path):
         parse_args(["--pretrained_model_name_or_path", "m", "--output_dir", "o", "--report_to", "none"])
 
 
+def test_data_arguments_are_the_stream_settings_under_the_reference_names(tmp_path):
+    """Defaults, help and checks of the data arguments that are stream settings come from settings.py; a window
+    takes 'unlimited' as inference does (YAML and command line, the command line winning); a bad value is one
+    ConfigError naming the argument as training spells it."""
+    import dataclasses
+
+    from streaming_vlm import settings
+    from streaming_vlm.train.args import TRAINING_ALIASES, ConfigError, DataArguments, parse_args
+
+    ours = {f.name: f for f in dataclasses.fields(DataArguments)}
+    for name in ("text_sink", "text_sliding_window", "fps", "min_pixels", "max_pixels", "total_pixels", "max_frames",
+                 "query"):  # fmt: skip
+        setting = {f.name: f for f in dataclasses.fields(settings.StreamSettings)}[TRAINING_ALIASES.get(name, name)]
+        assert (ours[name].default, dict(ours[name].metadata)) == (setting.default, {"help": setting.metadata["help"]})
+    base = ["--pretrained_model_name_or_path", "m", "--train_annotation_paths", "a.jsonl", "--output_dir", "o",
+            "--report_to", "none"]
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("text_sink: unlimited\ntext_sliding_window: 7\nfps: 4\n")
+    _, data_args, _ = parse_args(["--config", str(cfg), *base, "--text_sliding_window", "none"])
+    assert (data_args.text_sink, data_args.text_sliding_window, data_args.fps) == (None, None, 4.0)
+    assert data_args.sample_config() == SampleConfig(text_sink=None, text_window=None, fps=4.0)
+    _, data_args, _ = parse_args(["--config", str(cfg), *base, "--text-sink", "3"])
+    assert (data_args.text_sink, data_args.text_sliding_window) == (3, 7)
+    bad = {
+        "--fps=3": "even whole number of frames per chunk, got 3 * 1 = 3",
+        "--min_pixels=5000 --max_pixels=3136": "--min-pixels (5000) is larger than --max-pixels (3136)",
+        "--text_sliding_window=-1": "--text_sliding_window: expected an integer >= 0 or 'unlimited', got '-1'",
+        "--text_sliding_window=lots": "--text_sliding_window: expected an integer >= 0 or 'unlimited', got 'lots'",
+    }
+    for flags, words in bad.items():
+        with pytest.raises(ConfigError) as caught:
+            parse_args([*base, *flags.split()])
+        assert str(caught.value) == words or str(caught.value).endswith(words), flags
+    cfg.write_text("text_sliding_window: -2\n")
+    with pytest.raises(ConfigError, match=r"^text_sliding_window must be >= 0 or None \(unlimited\), got -2$"):
+        parse_args(["--config", str(cfg), *base])
+
+
 def test_reference_launch_line_names_still_parse(tmp_path):
     from streaming_vlm.train.args import parse_args
 

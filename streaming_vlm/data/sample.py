@@ -35,10 +35,11 @@ import torch
 
 from streaming_vlm.data.annotations import AnnotationError, StreamRecord
 from streaming_vlm.data.windows import commentary
-from streaming_vlm.layout import DEFAULT_QUERY, DEFAULT_SYSTEM_PROMPT, Kind, StreamLayout, TokenMeta
+from streaming_vlm.layout import Kind, StreamLayout, TokenMeta
 from streaming_vlm.policy import CachePolicy
 from streaming_vlm.positions import assign_positions
 from streaming_vlm.preprocess import VideoPreprocessor, VisionSpec
+from streaming_vlm.settings import SettingsError, StreamSettings
 from streaming_vlm.video import VideoError, VideoReader
 
 IGNORE_INDEX = -100
@@ -57,33 +58,28 @@ class SampleTooLongError(AnnotationError):
     """A record whose sample would exceed ``max_sample_tokens``: a bad sample, skipped like any other."""
 
 
-@dataclass(frozen=True)
-class SampleConfig:
-    """How records become samples; the defaults are the reference's."""
+@dataclass(frozen=True, kw_only=True)
+class SampleConfig(StreamSettings):
+    """How records become samples: the stream settings (defaults, checks and help in ``streaming_vlm/settings.py``;
+    the defaults are the reference's) and the cap on a sample's tokens.
 
-    text_sink: int | None = 512
-    text_window: int | None = 512
-    fps: float = 2.0
-    chunk_seconds: float = 1.0
-    query: str = DEFAULT_QUERY
-    """Joins the first chunk of a sample that starts its stream, and no other (see the module doc)."""
-    system_prompt: str = DEFAULT_SYSTEM_PROMPT
-    min_pixels: int = 100 * 28 * 28
-    """Per frame."""
-    max_pixels: int = 768 * 28 * 28
-    """Per frame (the inference cap)."""
-    total_pixels: int = 24576 * 28 * 28
-    """Whole sample: long clips get fewer pixels per frame (never fewer than ``min_pixels``)."""
-    max_frames: int = 480
-    """Frames per sample at most; a longer clip is cut at that many frames."""
+    A sample uses ``fps``, ``chunk_seconds``, ``query`` (joins the first chunk of a sample that starts its stream,
+    and no other: see the module doc), ``system_prompt``, ``text_sink``/``text_window`` (the previous-text cut),
+    ``max_frames`` (a longer clip is cut at that many frames) and the pixel budget: a clip of known length shares
+    ``total_pixels`` among its frames, within ``[min_pixels, max_pixels]`` per frame (``frame_pixels``)."""
+
     max_sample_tokens: int | None = DEFAULT_MAX_SAMPLE_TOKENS
     """Tokens per sample at most (vision and text); a longer record raises :class:`SampleTooLongError` before any
     frame is decoded. ``None``: no cap."""
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.max_sample_tokens is not None and self.max_sample_tokens < 1:
+            raise SettingsError(f"max_sample_tokens must be >= 1 or null, got {self.max_sample_tokens}")
+
     def frame_max_pixels(self, n_frames: int, temporal_patch_size: int = 2) -> int:
-        """Per-frame pixel cap for a sample of ``n_frames`` frames (the reference's rule)."""
-        budget = int(self.total_pixels * temporal_patch_size / max(n_frames, 1))
-        return max(min(self.max_pixels, budget), self.min_pixels)
+        """Per-frame pixel cap for a sample of ``n_frames`` frames: ``frame_pixels``' cap."""
+        return self.frame_pixels(n_frames, temporal_patch_size)[1]
 
 
 def opens_stream(record: StreamRecord) -> bool:
@@ -190,13 +186,14 @@ class SampleBuilder:
         tokenizer: the model's tokenizer.
         vision_spec: patch geometry (``VisionSpec.from_pretrained(model_dir)``); its pixel bounds are
             replaced by the config's per-sample budget.
-        config: ``SampleConfig``.
+        config: ``SampleConfig``; its chunks must hold an even whole number of frames (``SettingsError``).
         tokens_per_second: the model's ``vision_config.tokens_per_second`` (2 for Qwen2.5-VL).
     """
 
     def __init__(self, tokenizer, vision_spec: VisionSpec | None = None, config: SampleConfig | None = None,
                  tokens_per_second: float = 2):
         self.config = config or SampleConfig()
+        self.config.check_chunks()  # Qwen2.5-VL encodes frames in pairs
         self.spec = vision_spec or VisionSpec()
         time_interval = tokens_per_second * self.spec.temporal_patch_size / self.config.fps
         self.layout = StreamLayout(tokenizer, self.config.system_prompt, time_interval=time_interval)
@@ -284,9 +281,7 @@ class SampleBuilder:
             if not any(p.text or p.answer for p in plans):
                 raise AnnotationError(f"{record.source}: empty transcript (no word ends inside the clip)")
             n_frames = len(plans) * self.frames_per_chunk
-            frame_max = cfg.frame_max_pixels(n_frames, self.spec.temporal_patch_size)
-            spec = dataclasses.replace(self.spec, min_pixels=min(cfg.min_pixels, frame_max), max_pixels=frame_max)
-            pre = VideoPreprocessor(spec)
+            pre = VideoPreprocessor(cfg.vision_spec(self.spec, n_frames))
             # Every decoded frame has the probed size (video.py rescales a mid-stream change to it), so the grid,
             # the tokens and the sample's length are known before a single frame is decoded.
             grid = pre.grid_thw(self.frames_per_chunk, reader.info.height, reader.info.width)

@@ -6,6 +6,10 @@ Contract
   ``transformers.TrainingArguments`` field. Names follow the reference launch scripts
   (``--pretrained_model_name_or_path``, ``--train_annotation_paths``, ``--eval_annotation_paths``,
   ``--text_sink``, ``--text_sliding_window`` ...), so their command lines keep working.
+* The data arguments that are stream settings (``text_sink``, ``text_sliding_window``, ``fps``, the pixel
+  budgets, ``max_frames``, ``query``) take their defaults, help texts and checks from ``streaming_vlm/settings.py``
+  (:data:`TRAINING_ALIASES` maps a reference name to its setting); :meth:`DataArguments.sample_config` builds the
+  samples' :class:`SampleConfig` from them. A window may be ``null``, ``unlimited`` (``none``, ``inf``) or a count.
 * :func:`parse_args` reads ``--config FILE.yaml`` (keys are argument names), turns it into argument strings
   placed *before* the command-line ones, so the command line wins; ``null`` in the YAML sets a field to
   ``None``. Unknown YAML keys raise :class:`ConfigError`; unknown command-line flags are an argparse error.
@@ -35,10 +39,11 @@ from typing import Any
 
 import yaml
 
+from streaming_vlm.argtypes import count_or_unlimited
 from streaming_vlm.data.sample import DEFAULT_MAX_SAMPLE_TOKENS, SampleConfig
-from streaming_vlm.layout import DEFAULT_QUERY
+from streaming_vlm.settings import SETTING_NAMES, SettingsError, setting_field
 
-__all__ = ["ConfigError", "DataArguments", "ModelArguments", "load_config", "parse_args"]
+__all__ = ["TRAINING_ALIASES", "ConfigError", "DataArguments", "ModelArguments", "load_config", "parse_args"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +60,12 @@ RENAMED_ARGUMENTS = {
 }
 
 _NONE_WORDS = ("", "none", "null")
+
+TRAINING_ALIASES = {"text_sliding_window": "text_window"}
+"""Data arguments that keep the reference's name for a stream setting: training name -> setting name."""
+
+_WINDOW_ARGUMENTS = ("text_sink", "text_sliding_window")
+"""Data arguments that take a count or ``unlimited``; they bypass ``HfArgumentParser``'s int-only type."""
 
 
 class ConfigError(ValueError):
@@ -103,20 +114,15 @@ class DataArguments:
         default_factory=lambda: os.environ.get("DATASET_PATH"),
         metadata={"help": "Root of relative annotation and video paths (default: $DATASET_PATH)."},
     )
-    text_sink: int | None = field(
-        default=512, metadata={"help": "Previous-text tokens kept from the start (null: keep all)."}
-    )
-    text_sliding_window: int | None = field(
-        default=512, metadata={"help": "Previous-text tokens kept from the end (null: keep all)."}
-    )
-    fps: float = field(default=2.0, metadata={"help": "Frames per second sampled from the video."})
-    min_pixels: int = field(default=100 * 28 * 28, metadata={"help": "Per-frame minimum pixel count."})
-    max_pixels: int = field(default=768 * 28 * 28, metadata={"help": "Per-frame maximum pixel count."})
-    total_pixels: int = field(
-        default=24576 * 28 * 28, metadata={"help": "Pixel budget of a whole sample (long clips get fewer per frame)."}
-    )
-    max_frames: int = field(default=480, metadata={"help": "Frames per sample at most (480 = 4 min at 2 fps)."})
-    query: str = field(default=DEFAULT_QUERY, metadata={"help": "User query joined to the first chunk's turn."})
+    # stream settings under the reference's names: default, help and checks from streaming_vlm/settings.py
+    text_sink: int | None = setting_field("text_sink")
+    text_sliding_window: int | None = setting_field("text_window")
+    fps: float = setting_field("fps")
+    min_pixels: int = setting_field("min_pixels")
+    max_pixels: int = setting_field("max_pixels")
+    total_pixels: int = setting_field("total_pixels")
+    max_frames: int = setting_field("max_frames")
+    query: str = setting_field("query")
     max_sample_tokens: int | None = field(
         default=DEFAULT_MAX_SAMPLE_TOKENS,
         metadata={"help": f"Tokens per sample at most, vision and text (default {DEFAULT_MAX_SAMPLE_TOKENS}: the "
@@ -138,32 +144,32 @@ class DataArguments:
             self.eval_annotation_paths = [self.eval_annotation_paths]
         if not self.train_annotation_paths:
             raise ConfigError("train_annotation_paths is required: one or more annotation JSONL files")
-        for name in ("text_sink", "text_sliding_window"):
-            value = getattr(self, name)
-            if value is not None and value < 0:
-                raise ConfigError(f"{name} must be >= 0 or null, got {value}")
-        if self.fps <= 0:
-            raise ConfigError(f"fps must be > 0, got {self.fps}")
-        if not 0 < self.min_pixels <= self.max_pixels:
-            raise ConfigError(f"need 0 < min_pixels <= max_pixels, got {self.min_pixels} and {self.max_pixels}")
-        if self.max_sample_tokens is not None and self.max_sample_tokens < 1:
-            raise ConfigError(f"max_sample_tokens must be >= 1 or null, got {self.max_sample_tokens}")
+        try:
+            sample = self.sample_config()
+            sample.check_chunks()
+        except SettingsError as exc:
+            raise ConfigError(_in_training_names(str(exc))) from None
+        for name in _SETTING_ARGUMENTS:  # as the settings hold them: 'unlimited' is None, an int fps a float
+            setattr(self, name, getattr(sample, TRAINING_ALIASES.get(name, name)))
         if not 0.0 <= self.max_bad_sample_fraction <= 1.0:
             raise ConfigError(f"max_bad_sample_fraction must be in [0, 1], got {self.max_bad_sample_fraction}")
 
     def sample_config(self) -> SampleConfig:
-        """The :class:`SampleConfig` these arguments describe."""
-        return SampleConfig(
-            text_sink=self.text_sink,
-            text_window=self.text_sliding_window,
-            fps=self.fps,
-            query=self.query,
-            min_pixels=self.min_pixels,
-            max_pixels=self.max_pixels,
-            total_pixels=self.total_pixels,
-            max_frames=self.max_frames,
-            max_sample_tokens=self.max_sample_tokens,
-        )
+        """The :class:`SampleConfig` these arguments describe (``SettingsError`` for a bad value)."""
+        values = {TRAINING_ALIASES.get(name, name): getattr(self, name) for name in _SETTING_ARGUMENTS}
+        return SampleConfig(**values, max_sample_tokens=self.max_sample_tokens)
+
+
+_SETTING_ARGUMENTS = tuple(f.name for f in dataclasses.fields(DataArguments)
+                           if TRAINING_ALIASES.get(f.name, f.name) in SETTING_NAMES)
+"""The data arguments that are stream settings (under their training names)."""
+
+
+def _in_training_names(message: str) -> str:
+    """A settings message with each setting that training knows by another name called by that name."""
+    for training, setting in TRAINING_ALIASES.items():
+        message = message.replace("--" + setting.replace("_", "-"), "--" + training).replace(setting, training)
+    return message
 
 
 def _argument_parser():
@@ -233,9 +239,22 @@ def _yaml_to_argv(values: dict[str, Any], known: set[str], source: str, parser) 
             logger.warning("%s: ignoring %s: %s", source, key, RETIRED_ARGUMENTS[key])
         elif value is None:
             parser.set_defaults(**{key: None})
+        elif key in _WINDOW_ARGUMENTS:  # a number is checked by DataArguments
+            parser.set_defaults(**{key: _window(value, f"{source}: {key}")})
         else:
             argv += _as_argv(key, value)
     return argv
+
+
+def _window(value: Any, where: str) -> Any:
+    """A window's value for ``set_defaults``: text (``unlimited``, a count) read now, since argparse would parse a
+    string default with the field's int type; :class:`ConfigError` naming ``where`` for other text."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return count_or_unlimited(value)
+    except argparse.ArgumentTypeError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def _adapt_to_machine(ns: argparse.Namespace) -> None:
@@ -273,6 +292,8 @@ def parse_args(argv: Sequence[str] | None = None):
     renamed = [old for old in RENAMED_ARGUMENTS if old not in known]
     for name in renamed:
         pre.add_argument(f"--{name}", default=None)
+    for name in _WINDOW_ARGUMENTS:  # read here: HfArgumentParser would take only an int
+        pre.add_argument(f"--{name}", f"--{name.replace('_', '-')}", default=argparse.SUPPRESS)
     early, rest = pre.parse_known_args(argv)
     for name, reason in RETIRED_ARGUMENTS.items():
         if getattr(early, name) is not None:
@@ -284,6 +305,9 @@ def parse_args(argv: Sequence[str] | None = None):
 
     parser = _argument_parser()
     from_file = _yaml_to_argv(load_config(early.config), known, str(early.config), parser) if early.config else []
+    for name in _WINDOW_ARGUMENTS:  # the command line beats the file
+        if name in vars(early):
+            parser.set_defaults(**{name: _window(getattr(early, name), f"--{name}")})
     ns = parser.parse_args(from_file + rest)
     _adapt_to_machine(ns)
 
