@@ -39,8 +39,6 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from streaming_vlm.settings import from_checkpoint
-
 if TYPE_CHECKING:  # transformers is imported where it is used, so importing this module stays cheap
     from transformers import (
         PreTrainedTokenizerBase,
@@ -519,11 +517,6 @@ def _hub_offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE) or any(
         f.strip().upper() in ("1", "ON", "YES", "TRUE") for f in flags
     )
-
-
-stream_defaults = from_checkpoint
-"""Old name of ``settings.from_checkpoint``, kept while ``eval/synth.py`` (its last reader) still imports it from
-here."""
 
 
 def _generation_defaults(source: str, is_local: bool, local_only: bool) -> dict[str, Any]:

@@ -94,7 +94,8 @@ def test_every_setting_has_a_one_line_help_text_and_a_kind():
 def test_checkpoint_keys_are_the_14_of_today_listed_once():
     assert CHECKPOINT_KEYS == TODAYS_CHECKPOINT_KEYS
     assert CHECKPOINT_FILE == "streaming_vlm.json"
-    assert not hasattr(models, "STREAM_DEFAULT_KEYS") and not hasattr(models, "STREAM_DEFAULTS_FILE")  # once
+    for old_name in ("STREAM_DEFAULT_KEYS", "STREAM_DEFAULTS_FILE", "stream_defaults"):  # listed and read once
+        assert not hasattr(models, old_name), old_name
     record = DEFAULTS.checkpoint_record()
     assert set(record) == TODAYS_CHECKPOINT_KEYS and record == {k: TODAYS_DEFAULTS[k] for k in record}
 
