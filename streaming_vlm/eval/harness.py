@@ -23,7 +23,8 @@ and figure) and its ``main`` is ``harness.run(TheBenchmark(), argv)``. :func:`ru
 
 A mapping ``{phase: Benchmark}`` becomes sub-commands (``inf-stream generate|baseline|score``), next to plain
 :class:`Command` s (``inf-stream merge``); every phase shares the error prefix ``streaming-vlm eval NAME``.
-Nothing here imports an entry module (``infer``, ``bench``) or loads torch until a model is asked for.
+Nothing here imports an entry module (``infer``, ``bench``); importing this module loads no framework (a benchmark
+with a model imports ``models``, hence torch, when its parser is built).
 """
 
 from __future__ import annotations
