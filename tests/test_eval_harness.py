@@ -291,3 +291,13 @@ def test_library_code_imports_no_entry_module():
                 names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
             offenders += [f"{rel}:{node.lineno} {n}" for n in names if n in ENTRY_MODULES]
     assert offenders == []
+
+
+def test_importing_the_harness_loads_no_framework():
+    import subprocess
+    import sys
+
+    code = ("import sys, streaming_vlm.eval.harness; "
+            "print(sorted(m for m in ('torch', 'transformers', 'yaml') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.strip() == "[]"
