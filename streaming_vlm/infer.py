@@ -29,7 +29,7 @@ from streaming_vlm.argtypes import finite_float
 from streaming_vlm.engine import MODES, StreamSession
 from streaming_vlm.models import DEMO_MODEL as DEMO_MODEL  # re-exported: model-path resolution lives in models
 from streaming_vlm.models import add_load_arguments, resolve_model_path
-from streaming_vlm.settings import CHECKPOINT_FILE, EXPLICIT_SOURCES, SETTING_NAMES, SettingsError, StreamSettings
+from streaming_vlm.settings import CHECKPOINT_FILE, SETTING_NAMES, SettingsError, StreamSettings
 
 DEFAULT_MODEL = "demo"
 """The bundled demo checkpoint (trained on the synthetic world); real models are one ``--model`` away."""
@@ -125,10 +125,10 @@ def config_from_args(args: argparse.Namespace) -> InferConfig:
         flags = settings.given(args, InferConfig)
         if not (flags.get("video") or config.get("video")):
             raise UsageError("no video given: streaming-vlm infer VIDEO [--model M]")
-        cfg, sources = settings.resolve(flags, config=config, cls=InferConfig)
+        cfg, _ = settings.resolve(flags, config=config, cls=InferConfig)
     except (TypeError, ValueError) as exc:
         raise UsageError(str(exc)) from None
-    return replace(cfg, explicit=frozenset(name for name, source in sources.items() if source in EXPLICIT_SOURCES))
+    return replace(cfg, explicit=frozenset(flags) | frozenset(config))  # not a min_pixels lowered to max_pixels
 
 
 # ---- the job -------------------------------------------------------------------------------------------------

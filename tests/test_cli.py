@@ -560,9 +560,12 @@ def test_unset_flags_keep_the_defaults():
     assert cfg.quiet is False and cfg.top_p is None and cfg.mode == "streaming"
 
 
-def test_a_max_pixels_alone_lowers_the_default_min_pixels():
+def test_a_max_pixels_alone_lowers_the_default_min_pixels(tmp_path):
     cfg = config_from_args(build_parser().parse_args(["infer", "x.mp4", "--max-pixels", "3136"]))
     assert (cfg.min_pixels, cfg.max_pixels) == (3136, 3136)
+    (tmp_path / CHECKPOINT_FILE).write_text(json.dumps({"min_pixels": 784}))
+    cfg = infer_module.with_checkpoint_defaults(cfg, str(tmp_path))  # the lowered min_pixels was not given
+    assert (cfg.min_pixels, cfg.max_pixels) == (784, 3136)
     too_big = r"--min-pixels \(700000\) is larger than --max-pixels \(602112\)"
     with pytest.raises(infer_module.UsageError, match=too_big):
         config_from_args(build_parser().parse_args(["infer", "x.mp4", "--min-pixels", "700000"]))  # given: an error
