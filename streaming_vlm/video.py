@@ -420,10 +420,12 @@ def probe(path: str | os.PathLike) -> VideoInfo:
 
 
 class _DamageReport:
-    """Collect decode errors and warn once per damaged region (errors close together in time)."""
+    """Collect decode errors and warn once per damaged region (errors close together in time); ``report``, when
+    given, receives each region's one-line message instead of a :class:`VideoDecodeWarning` (live sources)."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, report: Callable[[str], None] | None = None) -> None:
         self.path = path
+        self._report = report
         self.reset()
 
     def reset(self) -> None:
@@ -456,7 +458,10 @@ class _DamageReport:
             f"{self.path}: damaged video, skipped {self.count} {self.what} {where} ({self.reason}); decoding continues"
         )
         self.reset()
-        _warn(message)
+        if self._report is not None:
+            self._report(message)
+        else:
+            _warn(message)
 
 
 # --------------------------------------------------------------------------------------------------
