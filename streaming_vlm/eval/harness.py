@@ -88,9 +88,9 @@ class Benchmark(abc.ABC):
 
     Class attributes: ``name`` (``streaming-vlm eval NAME``, also the error prefix), ``description`` (``--help``),
     ``help`` (one line in a parent's list of phases), ``settings_use``, ``model_default`` (None: ``--model`` is
-    required; :data:`NO_MODEL`: none), ``default_device``/``default_dtype``, ``out_flag`` (named in the resume
-    error), ``resumable`` (False: rank 0 runs the items in order, in process, nothing is resumed) and ``errors``
-    (its own exception types, reported as one line, exit 2).
+    required, unless ``model_required`` is False; :data:`NO_MODEL`: none), ``default_device``/``default_dtype``,
+    ``out_flag`` (named in the resume error), ``resumable`` (False: rank 0 runs the items in order, in process,
+    nothing is resumed) and ``errors`` (its own exception types, reported as one line, exit 2).
     """
 
     name: ClassVar[str]
@@ -98,6 +98,7 @@ class Benchmark(abc.ABC):
     help: ClassVar[str] = ""
     settings_use: ClassVar[SettingsUse] = SettingsUse()
     model_default: ClassVar[str | None] = None
+    model_required: ClassVar[bool] = True
     default_device: ClassVar[str] = "auto"
     default_dtype: ClassVar[str] = "auto"
     out_flag: ClassVar[str] = "--out"
@@ -324,7 +325,7 @@ def _add_harness_arguments(bench: Benchmark, parser: argparse.ArgumentParser) ->
         from streaming_vlm.models import add_load_arguments
 
         default = bench.model_default
-        parser.add_argument("--model", default=default, required=default is None,
+        parser.add_argument("--model", default=default, required=default is None and bench.model_required,
                             help="checkpoint directory, hub id, 'demo' (the bundled demo checkpoint) or 'tiny' "
                             f"(a random tiny model){'' if default is None else f' (default: {default})'}")
         group = add_load_arguments(parser, device=bench.default_device, dtype=bench.default_dtype)
