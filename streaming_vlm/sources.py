@@ -20,19 +20,22 @@ Contract
   A live chunk is complete, and yielded, when the source has a frame at or after its end; when the stream ends
   the last chunk may be partial and ends where the stream ends (the last frame's end).
 * **Timestamps come from the source, never from arrival.** Time 0 is the first frame's timestamp: its pts for
-  files and URLs (as in :mod:`streaming_vlm.video`), the first pushed timestamp for a push source. A timeline
-  that goes back by more than 1 s (a restarted or wrapped stream, a reconnection to a stream whose pts start over)
-  is re-anchored so that its frame follows the previous one by ``max(one frame, the wall time since the previous
-  frame)``; a smaller step back (damaged or reordered data) is kept, as the file reader keeps it; a reconnection
-  whose pts go on keeps them, and a gap repeats the last frame.
+  files and URLs (as in :mod:`streaming_vlm.video`), the first pushed timestamp for a push source. A timestamp
+  more than 1 s before the previous one (a restarted or wrapped stream, a reconnection to a stream whose pts start
+  over) or more than 60 s after it (a bogus jump, which would otherwise fill a minute or more of chunks with one
+  frozen frame) re-anchors the timeline: that frame follows the previous one by ``max(one frame, the wall time
+  since the previous frame)``, and is reported. A smaller step back (damaged or reordered data) is kept, as the
+  file reader keeps it; a smaller gap (a reconnection whose pts go on) is kept and repeats the last frame.
 * **Pacing.** :class:`LiveFeed` runs a source in its own thread, so frames keep arriving while the model works,
   and holds at most ``max_ready`` complete chunks (default 1). When a chunk completes while the buffer is full,
   the oldest ready chunk is dropped: the consumer always gets the oldest of the newest ``max_ready`` chunks, so a
   consumer slower than real time skips whole chunks instead of falling behind. Skipped chunks are reported with
   the next delivered chunk (their indices and time range). **Lag** of a delivered chunk = the clock when it is
   handed to the consumer minus the clock when the source completed it (for a paced file: when its end passed on
-  the wall clock); it stays below about ``max_ready`` chunk periods plus one model step, whatever the model's
-  speed. Time spent before the source receives data (network, encoder, segment latency) is not visible here.
+  the wall clock). While the source runs it stays below ``max_ready`` chunk periods (plus thread scheduling),
+  whatever the model's speed; the at most ``max_ready`` chunks still ready when the stream ends are delivered
+  after it, each within one more model step. Time spent before the source receives data (network, encoder,
+  segment latency) is not visible here; the consumer's own processing time is its to add (``ready_at``).
 * **Clocks.** Every wait and timestamp of wall time goes through a :class:`Clock` (monotonic seconds, optionally
   faster than real time), so tests and replays need not sleep in real time.
 
@@ -359,7 +362,8 @@ class UrlSource:
     """Any URL or device FFmpeg opens (RTSP, HLS, HTTP, ``file:``, a plain path, ``lavfi``...), through PyAV.
 
     * **Timeouts.** Opening waits at most ``open_timeout`` s, each read at most ``read_timeout`` s (PyAV's
-      interrupt). ``close()`` is seen between packets, so a stalled read holds the thread for ``read_timeout``.
+      interrupt, and FFmpeg's ``rw_timeout`` for a URL, which also bounds the reads made while opening).
+      ``close()`` is seen between packets, so a stalled read holds the thread for up to ``read_timeout``.
     * **Reconnection.** A failed open, a read error or a timeout closes the connection and opens the URL again
       after ``backoff_s * 2**(i-1)`` s (at most ``max_backoff_s``) for the ``i``-th consecutive failure; each is
       reported through ``notify``. After ``max_reconnects`` consecutive failures without a decoded frame the
@@ -399,6 +403,8 @@ class UrlSource:
         self.reconnect_at_eof, self.realtime = reconnect_at_eof, realtime
         self.clock = clock or Clock()
         opts = dict(options or {})
+        if format is None:  # a protocol's own I/O timeout (us) also bounds the reads made while opening (probing)
+            opts.setdefault("rw_timeout", str(round(float(read_timeout) * 1e6)))
         if protocols is not None:
             allowed = sorted({p.lower() for p in protocols})
             match = _SCHEME.match(self.url)

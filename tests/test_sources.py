@@ -117,9 +117,10 @@ def videos(tmp_path_factory) -> dict[str, Path]:
 
 class FileServer:
     """A local HTTP server (in a thread) whose i-th GET is answered by ``responses[i]``: ``(data, cut)`` sends
-    ``data`` with its full Content-Length but drops the connection after ``cut`` bytes (None: all of it)."""
+    ``data`` with its full Content-Length but drops the connection after ``cut`` bytes (None: all of it);
+    ``(data, cut, stall)`` first stalls ``stall`` seconds after the ``cut`` bytes."""
 
-    def __init__(self, responses: list[tuple[bytes, int | None]]) -> None:
+    def __init__(self, responses: list[tuple]) -> None:
         self.responses = responses
         self.requests = 0
         owner = self
@@ -131,13 +132,15 @@ class FileServer:
                 if i >= len(owner.responses):
                     self.send_error(503)
                     return
-                data, cut = owner.responses[i]
+                data, cut, *stall = owner.responses[i]
                 self.send_response(200)
                 self.send_header("Content-Type", "video/mp2t")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data if cut is None else data[:cut])
                 self.wfile.flush()
+                if stall:
+                    time.sleep(stall[0])
                 if cut is not None:
                     self.connection.shutdown(2)
 
@@ -263,6 +266,17 @@ def test_url_source_reconnects_after_the_server_drops_and_keeps_the_stream_pts(t
         want = min(math.floor(t * 10 + 1e-9), last_a) if t < 4.0 else math.floor(t * 10 + 1e-9)
         assert index == want, t
         assert frame_time == pytest.approx(want / 10, abs=1e-9)
+
+
+def test_url_source_read_timeout_reconnects_from_a_stalled_server(videos):
+    data = videos["ts"].read_bytes()
+    issues: list[str] = []
+    with FileServer([(data, len(data) // 3, 3.0), (data, None)]) as server:
+        started = time.monotonic()
+        chunks = list(UrlSource(server.url, read_timeout=0.3, backoff_s=0.01).chunks(issues.append))
+        assert time.monotonic() - started < 2.0  # gave up on the stalled read well before the server's 3 s
+    assert len(issues) == 1 and "(Connection timed out); reconnecting in 0.01 s (attempt 1 of 5)" in issues[0]
+    assert_same_chunks(chunks, reader_chunks(videos["ts"]))  # the stall came while probing: no frame yet
 
 
 def test_url_source_reconnection_whose_pts_start_over_follows_on_after_the_outage(tmp_path):
