@@ -19,6 +19,7 @@ Modes, on one code path:
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -222,29 +223,50 @@ class StreamSession:
         """Feed one chunk with ``question`` and answer it by picking the most likely of ``options``.
 
         Each option is scored as a whole sequence, ``option`` then a newline (how answers are laid out in
-        training), so options sharing a prefix ("1" and "10") are told apart. Scoring forwards are rolled
-        back; the chosen answer then closes the turn and the stream goes on.
+        training), so options sharing a prefix ("1" and "10") are told apart (:meth:`score`). Scoring forwards
+        are rolled back; the chosen answer then closes the turn and the stream goes on.
         """
         if not options:
             raise ValueError("choose() needs at least one option")
         t0 = time.perf_counter()
         r = self.round
         prefill, pv, gv = self._prepare_chunk(frames, start, end, question)
-        first = torch.log_softmax(self._forward(prefill, pv, gv, logits=True).float(), dim=-1)
-        scores = []
-        for option in options:
-            ids = self.layout.encode(option + "\n")
-            lp = float(first[ids[0]])
-            if len(ids) > 1:
-                meta = TokenMeta.text(ids[:-1], Kind.ASSIST_TEXT, r)
-                logits = self._forward(meta, logits=True, all_positions=True, keep=False)
-                lp += float(torch.log_softmax(logits.float(), dim=-1).gather(1, torch.tensor(ids[1:])[:, None]).sum())
-            scores.append(lp)
+        scores = self.score(prefill, [self.layout.encode(option + "\n") for option in options], pixels=pv, grid=gv)
         best = max(range(len(options)), key=scores.__getitem__)
         self._close_turn(r, self.layout.assistant_content(options[best] + "\n"), 0)
         self.peak_cache_tokens = max(self.peak_cache_tokens, self.cache.num_tokens)
         self.round += 1
         return ChoiceResult(best, options[best], scores, time.perf_counter() - t0)
+
+    @torch.inference_mode()
+    def score(self, prefix: TokenMeta, continuations: Sequence[Sequence[int]], *, pixels=None,
+              grid=None) -> list[float]:
+        """Forward ``prefix`` (with the pixel values and grid of its vision blocks, if any) into the cache, then
+        return ``log p(continuation | cache, prefix)`` for each continuation of token ids, summed over its tokens.
+
+        The prefix stays in the cache; each continuation's forward is rolled back, so the cache ends holding what
+        it held plus ``prefix``. Continuation tokens are assistant text of the prefix's last round. The session's
+        round does not advance: :meth:`choose` closes the turn afterwards; a caller scoring a prompt of its own
+        (OVO-Bench's offline protocol) discards the session. Raises ``ValueError`` for an empty prefix, no
+        continuation or an empty one.
+        """
+        if not len(prefix):
+            raise ValueError("score() needs a non-empty prefix")
+        if not continuations or not all(len(ids) for ids in continuations):
+            raise ValueError("score() needs at least one continuation, none of them empty")
+        r = int(prefix.round[-1])
+        first = torch.log_softmax(self._forward(prefix, pixels, grid, logits=True).float(), dim=-1)
+        scores = []
+        for ids in continuations:
+            ids = [int(i) for i in ids]
+            lp = float(first[ids[0]])
+            if len(ids) > 1:
+                meta = TokenMeta.text(ids[:-1], Kind.ASSIST_TEXT, r)
+                logits = self._forward(meta, logits=True, all_positions=True, keep=False)
+                target = torch.tensor(ids[1:], device=logits.device)[:, None]
+                lp += float(torch.log_softmax(logits.float(), dim=-1).gather(1, target).sum())
+            scores.append(lp)
+        return scores
 
     def previous_text_meta(self, text: str) -> TokenMeta:
         """The previous-text turn for ``text``, cut to the policy's sink and window exactly as the cache keeps it."""

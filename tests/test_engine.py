@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from streaming_vlm.engine import StreamConfig, StreamSession
-from streaming_vlm.layout import Kind
+from streaming_vlm.layout import Kind, TokenMeta
 from streaming_vlm.positions import assign_positions
 from streaming_vlm.sampling import SamplingConfig
 from tests.conftest import SMALL_SPEC, random_frames
@@ -263,3 +263,25 @@ def test_choose_scores_whole_options_like_a_stock_forward(tiny):
         assert abs(float(lp) - score) < 1e-4, (option, float(lp), score)
     assert result.index == max(range(3), key=result.logprobs.__getitem__)
     assert len(set(result.logprobs)) == 3  # "1" and "10" are told apart
+
+
+def test_score_keeps_the_prefix_and_rolls_back_each_continuation(tiny):
+    """``score``: a continuation's score is the sum of its tokens' log-probabilities (the first from the prefix's last
+    logits), scoring one leaves no trace for the next, and the cache ends holding the stream plus the prefix."""
+    def fresh():
+        session = _session(tiny, mode="full")
+        session.step(random_frames(0), 0, 1, force_text="a pass")
+        return session
+
+    session = fresh()
+    before = session.cache.meta.ids.clone()
+    prefix = TokenMeta.text(session.layout.encode("Who scored? "), Kind.USER, 1)
+    a, b = session.layout.encode(" the home side")[:2]
+    both, first = session.score(prefix, [[a, b], [a]])
+    assert torch.equal(session.cache.meta.ids, torch.cat([before, prefix.ids]))  # continuations rolled back
+    (alone,) = fresh().score(prefix, [[a]])
+    (then_b,) = fresh().score(TokenMeta.cat([prefix, TokenMeta.text([a], Kind.ASSIST_TEXT, 1)]), [[b]])
+    assert first == pytest.approx(alone, abs=1e-5) and both == pytest.approx(alone + then_b, abs=1e-4)
+    for bad in ((prefix, []), (prefix, [[a], []]), (TokenMeta.empty(), [[a]])):
+        with pytest.raises(ValueError, match="score"):
+            fresh().score(*bad)
