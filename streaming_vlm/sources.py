@@ -60,6 +60,7 @@ import av
 import numpy as np
 
 from streaming_vlm.video import (
+    _MAX_DEMUX_ERRORS,
     Chunk,
     VideoError,
     VideoReader,
@@ -450,10 +451,11 @@ class UrlSource:
                    f"rescaling to {size[0]}x{size[1]}")
         return frame.reformat(width=size[0], height=size[1], format="rgb24").to_ndarray()
 
-    def _failed(self, failures: int, what: str, exc: BaseException, notify: Notify) -> None:
-        """Report a failure; wait the backoff, or raise SourceError when it cannot or may not be retried."""
+    def _failed(self, failures: int, what: str, exc: BaseException, notify: Notify, retry_any: bool = False) -> None:
+        """Report a failure; wait the backoff, or raise SourceError when it cannot or may not be retried (a lost
+        connection, ``retry_any``, is always retried, up to ``max_reconnects``)."""
         reason = _ffmpeg_reason(exc)
-        if isinstance(exc, _PERMANENT):
+        if isinstance(exc, _PERMANENT) and not retry_any:
             raise SourceError(f"{self.name}: {what} ({reason})")
         if failures > self.max_reconnects:
             if self.max_reconnects == 0:
@@ -492,14 +494,24 @@ class UrlSource:
                 last_pts: int | None = None
                 error: BaseException | None = None
                 packets = container.demux(stream)
+                bad_reads = 0
                 while True:
                     if self._stop.is_set():
                         raise _Closed
                     try:
                         packet = next(packets, None)
+                    except av.error.InvalidDataError as exc:  # damaged data: demuxing goes on, as in the reader
+                        bad_reads += 1
+                        damage.error(float(timeline.last), exc, "unreadable part(s) of the stream")
+                        if bad_reads < _MAX_DEMUX_ERRORS:
+                            packets = container.demux(stream)
+                            continue
+                        error = exc
+                        break
                     except (av.FFmpegError, OSError) as exc:  # the connection failed or timed out
                         error = exc
                         break
+                    bad_reads = 0
                     try:
                         if packet is None:  # the end: drain what the decoder holds (as VideoReader does)
                             decoded = stream.codec_context.decode(None)
@@ -541,7 +553,7 @@ class UrlSource:
                     return ticks * tb - timeline.base
                 error = EOFError("the stream ended")
             failures += 1
-            self._failed(failures, "the connection was lost", error, notify)
+            self._failed(failures, "the connection was lost", error, notify, retry_any=True)
 
 
 def camera_source(device: str = "/dev/video0", *, fps: float = 2.0, chunk_seconds: float = 1.0,
@@ -895,7 +907,7 @@ class LiveFeed:
         self.clock = clock or getattr(source, "clock", None) or Clock()
         self._cond = threading.Condition()
         self._ready: collections.deque[tuple[Chunk, float]] = collections.deque()
-        self._dropped: list[Chunk] = []  # since the last delivery: indices are consecutive
+        self._dropped: Skipped | None = None  # dropped since the last delivery (consecutive indices); no frames kept
         self._issues: collections.deque[FeedIssue] = collections.deque()
         self._end: FeedEnd | None = None
         self._closing = False
@@ -931,7 +943,9 @@ class LiveFeed:
             logger.exception("source %s failed", self.source.name)
             reason, error = f"{self.source.name}: source failed: {type(exc).__name__}: {_one_line(exc)}", True
         finally:
-            chunks.close()
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
         with self._cond:
             if self._closing and not error:
                 reason = "closed"
@@ -944,7 +958,11 @@ class LiveFeed:
             if self._closing:
                 return
             if len(self._ready) >= self.max_ready:
-                self._dropped.append(self._ready.popleft()[0])
+                old = self._ready.popleft()[0]
+                d = self._dropped
+                self._dropped = (Skipped(first=old.index, last=old.index, count=1, start=old.start, end=old.end)
+                                 if d is None else
+                                 Skipped(first=d.first, last=old.index, count=d.count + 1, start=d.start, end=old.end))
                 self._skipped += 1
             self._ready.append((chunk, now))
             self._peak = max(self._peak, len(self._ready))
@@ -972,12 +990,7 @@ class LiveFeed:
             if self._ready:
                 chunk, ready_at = self._ready.popleft()
                 now = self.clock.now()
-                skipped = None
-                if self._dropped:
-                    first, last = self._dropped[0], self._dropped[-1]
-                    skipped = Skipped(first=first.index, last=last.index, count=len(self._dropped), start=first.start,
-                                      end=last.end)
-                    self._dropped = []
+                skipped, self._dropped = self._dropped, None
                 lag = max(0.0, now - ready_at)
                 self._delivered += 1
                 self._lag_last, self._lag_sum = lag, self._lag_sum + lag

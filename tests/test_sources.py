@@ -8,6 +8,7 @@ exact; threaded tests use a Clock running 10-20x faster than real time.
 
 from __future__ import annotations
 
+import gc
 import glob
 import http.server
 import io
@@ -16,6 +17,7 @@ import socketserver
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -35,6 +37,7 @@ from streaming_vlm.sources import (
     FrameError,
     LiveFeed,
     PushSource,
+    Skipped,
     SourceError,
     UrlSource,
     _Timeline,
@@ -230,6 +233,45 @@ def test_url_source_reports_damage_as_issues_not_warnings(tmp_path):
     assert len(issues) == 1 and issues[0].startswith(f"file:{path}: damaged video, skipped ")
     with pytest.warns(VideoDecodeWarning):
         assert_same_chunks(got, reader_chunks(path))
+
+
+class FlakyDemux:
+    """A real input container whose demuxing raises InvalidDataError once, before packet ``at`` (no packet is
+    lost); demuxing again goes on where it was."""
+
+    def __init__(self, container, at: int) -> None:
+        self.container, self.at, self.count, self.packets = container, at, 0, None
+
+    def __getattr__(self, name: str):
+        return getattr(self.container, name)
+
+    def demux(self, stream):
+        if self.packets is None:
+            self.packets = self.container.demux(stream)
+        while True:
+            if self.count + 1 == self.at:
+                self.at = None
+                raise av.error.InvalidDataError(1094995529, "Invalid data found when processing input")
+            packet = next(self.packets, None)
+            if packet is None:
+                return
+            self.count += 1
+            yield packet
+
+
+def test_url_source_goes_on_after_damaged_data_without_reconnecting(videos):
+    opened = []
+
+    def opener():
+        opened.append(1)
+        return FlakyDemux(av.open(str(videos["constant"])), at=10)
+
+    issues: list[str] = []
+    got = list(UrlSource("rtsp://x/live", opener=opener).chunks(issues.append))
+    assert len(opened) == 1
+    assert len(issues) == 1 and issues[0].startswith("rtsp://x/live: damaged video, skipped 1 unreadable part(s) of "
+                                                     "the stream at ")
+    assert_same_chunks(got, reader_chunks(videos["constant"]))
 
 
 def test_url_source_over_http_is_the_reader_and_may_be_paced(videos):
@@ -602,6 +644,40 @@ def test_a_fast_consumer_gets_every_chunk_without_lag(videos):
     chunks = [e for e in events if isinstance(e, FeedChunk)]
     assert [e.chunk.index for e in chunks] == list(range(5)) and all(e.skipped is None for e in chunks)
     assert feed.report().skipped == 0 and max(e.lag_s for e in chunks) < 0.5
+
+
+class CountingSource:
+    """``count`` one-frame chunks as fast as it can, each watched through a weak reference."""
+
+    name = "counting"
+
+    def __init__(self, count: int) -> None:
+        self.clock = Clock()
+        self.count = count
+        self.refs: list[weakref.ref] = []
+
+    def chunks(self, notify=None) -> Iterator[Chunk]:
+        for k in range(self.count):
+            chunk = Chunk(index=k, start=float(k), end=k + 1.0, times=np.array([k + 0.5]), frame_times=np.array([k]),
+                          frames=np.zeros((1, 64, 64, 3), np.uint8))
+            self.refs.append(weakref.ref(chunk))
+            yield chunk
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_consumer_that_stops_reading_holds_at_most_max_ready_chunks():
+    source = CountingSource(200)
+    feed = LiveFeed(source, max_ready=2).start()
+    while feed.ended is None:  # the consumer is busy: it reads nothing until the source is over
+        time.sleep(0.01)
+    gc.collect()
+    assert sum(ref() is not None for ref in source.refs) == 2  # no backlog kept, not even of dropped chunks
+    first, second, end = feed.get(), feed.get(), feed.get()
+    assert (first.chunk.index, second.chunk.index) == (198, 199) and isinstance(end, FeedEnd)
+    assert first.skipped == Skipped(first=0, last=197, count=198, start=0.0, end=198.0) and second.skipped is None
+    assert feed.report().skipped == 198 and feed.report().peak_ready == 2
 
 
 class DyingSource:
