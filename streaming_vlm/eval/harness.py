@@ -408,16 +408,18 @@ def _run_benchmark(bench: Benchmark, parser: argparse.ArgumentParser, argv: Sequ
 
 
 def run(bench: Benchmark | Mapping[str, Benchmark], argv: Sequence[str] | None = None, *,
-        commands: Mapping[str, Command] | None = None, description: str | None = None) -> int:
+        commands: Mapping[str, Command] | None = None, description: str | None = None,
+        prog: str | None = None) -> int:
     """Run ``streaming-vlm eval NAME`` (see the module doc) on ``argv`` (default: ``sys.argv[1:]``); returns the exit
     status. ``bench`` is one benchmark, or ``{phase: benchmark}`` (all with the same ``name``) as sub-commands with
-    the plain ``commands`` next to them, under ``description``. Usage errors exit through argparse (status 2)."""
+    the plain ``commands`` next to them, under ``description``. ``prog``: the command's name in usage and errors when
+    it is not ``streaming-vlm eval NAME`` (``streaming-vlm bench``). Usage errors exit through argparse (status 2)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     phases = dict(bench) if isinstance(bench, Mapping) else {}
     names = {b.name for b in phases.values()} if phases else {bench.name}  # type: ignore[union-attr]
     if len(names) != 1:
         raise ValueError(f"the phases of one benchmark must share its name, got {sorted(names)}")
-    prog = f"{PROG_PREFIX} {names.pop()}"
+    prog = prog or f"{PROG_PREFIX} {names.pop()}"
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("streaming_vlm").setLevel(logging.INFO)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per API request otherwise
