@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import pytest
@@ -17,6 +18,7 @@ from streaming_vlm.eval.judge import (  # noqa: E402
     JudgeError,
     PairVerdict,
     Rubric,
+    add_chat_arguments,
     bootstrap_ci,
     retry_after_s,
     win_rate,
@@ -290,6 +292,25 @@ def test_requests_are_deterministic_and_carry_model_seed_and_key(monkeypatch):
         assert body["temperature"] == 0 and body["seed"] == 42 and body["max_tokens"] == 8
         assert body["messages"][0] == {"role": "system", "content": COMMENTARY_RUBRIC.system}
         assert req["headers"]["authorization"] == "Bearer sk-from-env"
+
+
+@pytest.mark.parametrize("spelling", [
+    ["--judge-max-retries", "2", "--judge-backoff-s", "0.5", "--judge-timeout-s", "9"],  # livesports' spelling
+    ["--max-retries", "2", "--backoff-s", "0.5", "--timeout-s", "9"],  # inf-stream score's
+], ids=["judge-prefixed", "plain"])
+def test_chat_options_take_both_spellings_and_build_the_config(spelling, tmp_path):
+    parser = argparse.ArgumentParser()
+    add_chat_arguments(parser, "judge", flag_prefix="--judge-", model_default="m0", model_help="judge", timeout_s=60.0)
+    parser.add_argument("--judge-seed", type=int, default=42)
+    args = parser.parse_args(["--judge-model", "m1", "--judge-base-url", "http://x/v1", "--judge-api-key-env", "K",
+                              "--judge-seed", "7", *spelling])
+    got = JudgeConfig.from_args(args, "judge", cache_path=str(tmp_path / "c.jsonl"))
+    assert got == JudgeConfig(model="m1", base_url="http://x/v1", api_key_env="K", seed=7, max_retries=2,
+                              backoff_s=0.5, timeout_s=9.0, cache_path=str(tmp_path / "c.jsonl"))
+    defaults = JudgeConfig.from_args(parser.parse_args([]), "judge")
+    assert defaults == JudgeConfig(model="m0")
+    with pytest.raises(SystemExit):  # a negative retry count is a usage error
+        parser.parse_args([spelling[0], "-1"])
 
 
 def test_missing_key_env_sends_empty(monkeypatch):

@@ -17,6 +17,8 @@ The ``openai`` package (the ``eval`` extra) is imported only when a :class:`Judg
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import datetime
 import email.utils
 import hashlib
@@ -30,6 +32,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from streaming_vlm.argtypes import non_negative_int, positive_float
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +49,15 @@ class JudgeError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class JudgeConfig:
-    """How to reach the judge model and with which settings.
+class ChatConfig:
+    """How to reach an OpenAI-compatible chat model and how to ask it (the judge's and the baseline's common part).
 
     ``base_url`` None uses the client's default (``OPENAI_BASE_URL`` or api.openai.com). The key is read from
     the environment variable named by ``api_key_env``; when it is unset the client gets ``"EMPTY"``, which is
-    what a local endpoint (vLLM, SGLang) expects. ``max_retries`` is the number of retries after the first
-    attempt; the wait before retry ``k`` (0-based) is ``min(backoff_s * 2**k, 60)`` seconds, or the server's
-    ``Retry-After`` when it sends one. ``timeout_s`` bounds each request.
+    what a local endpoint (vLLM, SGLang) expects. Requests are deterministic by default (temperature 0, a fixed
+    seed; ``seed`` None sends none). ``max_retries`` is the number of retries after the first attempt; the wait
+    before retry ``k`` (0-based) is ``min(backoff_s * 2**k, 60)`` seconds, or the server's ``Retry-After`` when it
+    sends one. ``timeout_s`` bounds each request. Bad values raise ``ValueError`` (one line).
     """
 
     model: str = "gpt-4o-mini"
@@ -64,7 +69,76 @@ class JudgeConfig:
     max_retries: int = 5
     backoff_s: float = 1.0
     timeout_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.timeout_s) and self.timeout_s > 0):
+            raise ValueError(f"timeout_s must be a positive number of seconds, got {self.timeout_s}")
+        if not (math.isfinite(self.backoff_s) and self.backoff_s >= 0):
+            raise ValueError(f"backoff_s must be a number of seconds >= 0, got {self.backoff_s}")
+        if self.temperature < 0 or self.max_tokens < 1 or self.max_retries < 0:
+            raise ValueError("temperature must be >= 0, max_tokens >= 1 and max_retries >= 0, got "
+                             f"{self.temperature}, {self.max_tokens} and {self.max_retries}")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, who: str, **values: Any):
+        """A config from the options :func:`add_chat_arguments` added for ``who`` (and any other field of ``cls``
+        found in ``args`` as ``{who}_{field}``, e.g. ``judge_seed``), with ``values`` on top."""
+        found = {f.name: getattr(args, f"{who}_{f.name}") for f in dataclasses.fields(cls)
+                 if hasattr(args, f"{who}_{f.name}")}
+        return cls(**(found | values))
+
+    def request_settings(self) -> dict[str, Any]:
+        """The sampling settings sent with every request."""
+        out: dict[str, Any] = {"temperature": self.temperature, "max_tokens": self.max_tokens}
+        if self.seed is not None:
+            out["seed"] = self.seed
+        return out
+
+    def client(self):
+        """An ``openai.OpenAI`` client for this endpoint (:func:`openai_client`)."""
+        return openai_client(self.base_url, self.api_key_env, self.timeout_s)
+
+    def chat(self, client: Any, messages: list[dict], *, sleep: Callable[[float], None], stats: dict[str, int],
+             what: str, error: type[Exception], calls_key: str = "calls") -> str:
+        """The reply text of one chat completion under this config, retried (:func:`chat_with_retries`)."""
+        return chat_with_retries(client, self.model, messages, self.request_settings(), max_retries=self.max_retries,
+                                 backoff_s=self.backoff_s, sleep=sleep, stats=stats, what=what, error=error,
+                                 calls_key=calls_key)
+
+
+@dataclass(frozen=True)
+class JudgeConfig(ChatConfig):
+    """How to reach the judge model and with which settings (:class:`ChatConfig`), and where its replies are cached
+    (``cache_path``; None: in memory only)."""
+
     cache_path: str | None = None
+
+
+def add_chat_arguments(parser: argparse.ArgumentParser, who: str, *, flag_prefix: str, model_default: str | None,
+                       model_help: str, timeout_s: float):
+    """Add the options that reach a chat model to a new group of ``parser`` titled ``who``, and return the group:
+    ``{flag_prefix}model``, ``base-url``, ``api-key-env``, ``max-retries``, ``backoff-s`` and ``timeout-s`` (default
+    ``timeout_s``), each stored as ``{who}_<field>`` for :meth:`ChatConfig.from_args`. With a prefix (``--judge-``)
+    the three retry options also take their plain spelling (``--judge-max-retries`` or ``--max-retries``): the two
+    judged benchmarks spelled them each their own way."""
+    group = parser.add_argument_group(who)
+
+    def add(name: str, plain_alias: bool = False, **kwargs: Any) -> None:
+        flags = [flag_prefix + name] + ([f"--{name}"] if plain_alias and flag_prefix != "--" else [])
+        group.add_argument(*flags, dest=f"{who}_{name.replace('-', '_')}", metavar=name.upper().replace("-", "_"),
+                           **kwargs)
+
+    add("model", default=model_default, help=model_help)
+    add("base-url", default=None,
+        help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 (default $OPENAI_BASE_URL, else OpenAI)")
+    add("api-key-env", default="OPENAI_API_KEY",
+        help="environment variable holding the API key (default OPENAI_API_KEY; unset: 'EMPTY')")
+    add("max-retries", True, type=non_negative_int, default=5, help="retries per request (default 5)")
+    add("backoff-s", True, type=positive_float, default=1.0,
+        help="first retry wait in seconds, doubled each time (default 1; the server's Retry-After wins)")
+    add("timeout-s", True, type=positive_float, default=timeout_s,
+        help=f"seconds one request may take before it is abandoned and retried (default {timeout_s:g})")
+    return group
 
 
 def _normalise(text: str) -> str:
@@ -366,23 +440,15 @@ class Judge:
     ) -> None:
         self.config = config
         self.rubric = rubric
-        self.client = client if client is not None else openai_client(config.base_url, config.api_key_env,
-                                                                      config.timeout_s)
+        self.client = client if client is not None else config.client()
         self._sleep = sleep
         self._cache = _Cache(Path(config.cache_path) if config.cache_path else None)
         self.stats: dict[str, int] = {"calls": 0, "cache_hits": 0, "retries": 0, "invalid": 0}
 
-    def _settings(self) -> dict[str, Any]:
-        c = self.config
-        out: dict[str, Any] = {"temperature": c.temperature, "max_tokens": c.max_tokens}
-        if c.seed is not None:
-            out["seed"] = c.seed
-        return out
-
     def cache_key(self, messages: list[dict[str, str]]) -> str:
         """SHA-256 of the model, the messages and the sampling settings."""
         blob = json.dumps(
-            {"model": self.config.model, "messages": messages, "settings": self._settings()},
+            {"model": self.config.model, "messages": messages, "settings": self.config.request_settings()},
             sort_keys=True,
             ensure_ascii=False,
         )
@@ -399,10 +465,8 @@ class Judge:
         if cached is not None and self.rubric.parse(cached) != INVALID:
             self.stats["cache_hits"] += 1
             return cached
-        reply = chat_with_retries(
-            self.client, self.config.model, messages, self._settings(), max_retries=self.config.max_retries,
-            backoff_s=self.config.backoff_s, sleep=self._sleep, stats=self.stats, what="judge", error=JudgeError,
-        )
+        reply = self.config.chat(self.client, messages, sleep=self._sleep, stats=self.stats, what="judge",
+                                 error=JudgeError)
         if self.rubric.parse(reply) != INVALID:
             self._cache.put(key, reply)
         return reply

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from streaming_vlm.eval.judge import chat_with_retries, openai_client
+from streaming_vlm.eval.judge import ChatConfig
 from streaming_vlm.layout import DEFAULT_QUERY, DEFAULT_SYSTEM_PROMPT
 
 __all__ = ["BaselineConfig", "BaselineError", "OpenAIBaseline", "Segment"]
@@ -45,20 +45,16 @@ class BaselineError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class BaselineConfig:
-    """How to reach the baseline model, what it is shown and how it is asked.
+class BaselineConfig(ChatConfig):
+    """How to reach the baseline model and how it is asked (:class:`~streaming_vlm.eval.judge.ChatConfig`: by
+    default temperature 0, seed 42, up to 300 reply tokens, 120 s per request), and what it is shown.
 
     ``system_prompt`` and ``query`` should be exactly what our model gets, so both sides follow the same
     instruction. ``fps`` is the frame budget per second of video (the same as our model's by default).
-    The key is read from the environment variable named by ``api_key_env`` (``"EMPTY"`` when unset, what a
-    local vLLM/SGLang endpoint expects). The wait before retry ``k`` (0-based) is
-    ``min(backoff_s * 2**k, 60)`` seconds, or the server's ``Retry-After`` when it sends one. ``timeout_s`` bounds
-    each request.
     """
 
-    model: str = "gpt-4o-mini"
-    base_url: str | None = None
-    api_key_env: str = "OPENAI_API_KEY"
+    max_tokens: int = 300
+    timeout_s: float = 120.0
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     query: str = DEFAULT_QUERY
     fps: float = 2.0
@@ -69,14 +65,9 @@ class BaselineConfig:
     """``image_url.detail`` ("low", "high", "auto"); None leaves it out (the server's default)."""
     max_previous_chars: int = 4000
     """Earlier commentary shown with a request is cut to its last this many characters."""
-    temperature: float = 0.0
-    seed: int | None = 42
-    max_tokens: int = 300
-    max_retries: int = 5
-    backoff_s: float = 1.0
-    timeout_s: float = 120.0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not (math.isfinite(self.fps) and self.fps > 0):
             raise ValueError(f"baseline fps must be a positive number, got {self.fps}")
         if self.max_frames_per_request < 1:
@@ -87,10 +78,8 @@ class BaselineConfig:
             raise ValueError(f"jpeg_quality must be in 1..95, got {self.jpeg_quality}")
         if self.detail not in (None, "low", "high", "auto"):
             raise ValueError(f"detail must be low, high or auto, got {self.detail!r}")
-        if not (math.isfinite(self.timeout_s) and self.timeout_s > 0):
-            raise ValueError(f"timeout_s must be a positive number of seconds, got {self.timeout_s}")
-        if self.temperature < 0 or self.max_tokens < 1 or self.max_retries < 0 or self.max_previous_chars < 0:
-            raise ValueError("temperature must be >= 0, max_tokens >= 1, max_retries >= 0, max_previous_chars >= 0")
+        if self.max_previous_chars < 0:
+            raise ValueError(f"max_previous_chars must be >= 0, got {self.max_previous_chars}")
 
 
 @dataclass(frozen=True)
@@ -119,8 +108,7 @@ class OpenAIBaseline:
         self, config: BaselineConfig, client: Any = None, sleep: Callable[[float], None] = time.sleep
     ) -> None:
         self.config = config
-        self.client = client if client is not None else openai_client(config.base_url, config.api_key_env,
-                                                                      config.timeout_s)
+        self.client = client if client is not None else config.client()
         self._sleep = sleep
         self.stats: dict[str, int] = {"requests": 0, "retries": 0, "frames": 0}
 
@@ -179,20 +167,10 @@ class OpenAIBaseline:
             {"role": "user", "content": [{"type": "text", "text": text}, *image_url]},
         ]
 
-    def _settings(self) -> dict[str, Any]:
-        c = self.config
-        out: dict[str, Any] = {"temperature": c.temperature, "max_tokens": c.max_tokens}
-        if c.seed is not None:
-            out["seed"] = c.seed
-        return out
-
     def complete(self, messages: list[dict]) -> str:
         """The reply text of one chat completion, retried with capped exponential backoff."""
-        return chat_with_retries(
-            self.client, self.config.model, messages, self._settings(), max_retries=self.config.max_retries,
-            backoff_s=self.config.backoff_s, sleep=self._sleep, stats=self.stats, what="baseline",
-            error=BaselineError, calls_key="requests",
-        ).strip()
+        return self.config.chat(self.client, messages, sleep=self._sleep, stats=self.stats, what="baseline",
+                                error=BaselineError, calls_key="requests").strip()
 
     def describe(self, segment: Segment) -> list[dict[str, Any]]:
         """One item ``{response, start_time, end_time, frames}`` per request window of the segment, in order."""
