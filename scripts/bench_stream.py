@@ -2,8 +2,11 @@
 """Benchmark the streaming engine over a long (synthetic) video in every mode.
 
 Streams the video through ``VideoReader -> StreamSession.step`` in the streaming, full, sliding and recompute
-modes and records per-chunk latency, generated/prefilled tokens, KV cache size and resident memory, then writes
-``figures/bench_stream.json`` and ``figures/bench_stream.png``.
+modes and records per-chunk latency (also decoding and per token), generated/prefilled tokens, KV cache size and
+memory, then writes ``figures/bench_stream.json`` and ``figures/bench_stream.png``. This is the ``bench`` preset
+of the latency benchmark in ``streaming_vlm/bench.py`` (``streaming-vlm eval efficiency`` is the other preset);
+every stream setting is a flag (``--pixels`` is ``--max-pixels``) and the tiny model and the synthetic video are
+made with ``--seed``.
 
 Usage (from the repository root, with the project's virtual environment active)::
 

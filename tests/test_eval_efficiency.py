@@ -1,4 +1,5 @@
-"""The efficiency test end to end on the tiny model and a few seconds of synthetic video (no timing checks)."""
+"""The latency benchmark's efficiency preset (``streaming-vlm eval efficiency``) end to end on the tiny model and a
+few seconds of synthetic video (no timing checks)."""
 
 from __future__ import annotations
 
@@ -6,19 +7,12 @@ import json
 
 import pytest
 
+from streaming_vlm import bench, cli
 from streaming_vlm.engine import StreamSession
-from streaming_vlm.eval import efficiency
 from streaming_vlm.synthetic import write_synthetic_video
+from tests.test_bench import CHUNK_KEYS, DOC_KEYS, ENGINE_KEYS, META_KEYS, SUMMARY_KEYS
 
 SECONDS = 6
-CHUNK_KEYS = {
-    "index", "t", "video_len_s", "latency_s", "decode_s", "new_tokens", "latency_per_token_s",
-    "decode_per_token_s", "prefill_tokens", "cache_tokens", "memory_mb",
-}  # fmt: skip
-SUMMARY_KEYS = {
-    "num_chunks", "median_latency_s", "p95_latency_s", "median_latency_per_token_s", "p95_latency_per_token_s",
-    "median_decode_per_token_s", "fps", "peak_memory_mb", "memory_kind", "oom", "oom_at_s",
-}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +35,7 @@ def run(tmp_path_factory, tiny_model_dir, video):
     printed: list[str] = []
     capture.setattr("builtins.print", lambda *a, **k: printed.append(" ".join(map(str, a))))
     try:
-        rc = efficiency.main(_argv(tiny_model_dir, video, out, "--reset-every", "2"))
+        rc = bench.efficiency_main(_argv(tiny_model_dir, video, out, "--reset-every", "2"))
     finally:
         capture.undo()
     assert rc == 0
@@ -50,8 +44,9 @@ def run(tmp_path_factory, tiny_model_dir, video):
 
 def test_json_structure_and_figure(run):
     doc, png, printed = run
-    assert set(doc) == {"meta", "modes"}
+    assert set(doc) == DOC_KEYS
     meta = doc["meta"]
+    assert set(meta) == META_KEYS and set(meta["engine"]) == ENGINE_KEYS and meta["preset"] == "efficiency"
     assert meta["modes"] == ["full", "sliding", "recompute", "streaming"]
     assert meta["reset_every"] == 2.0 and meta["max_new_tokens"] == 3 and meta["chunk_seconds"] == 1.0
     assert meta["realtime_threshold_per_token_s"] == pytest.approx(1.0 / 3)
@@ -62,9 +57,9 @@ def test_json_structure_and_figure(run):
 def test_every_mode_has_a_full_series(run):
     doc, _, _ = run
     assert list(doc["modes"]) == ["full", "sliding", "recompute", "streaming"]
-    for data in doc["modes"].values():
+    for mode, data in doc["modes"].items():
         chunks, summary = data["chunks"], data["summary"]
-        assert SUMMARY_KEYS <= set(summary)
+        assert set(summary) == SUMMARY_KEYS and data["label"] == bench.MODE_LABELS[mode]
         assert len(chunks) == summary["num_chunks"] == SECONDS
         assert [c["index"] for c in chunks] == list(range(SECONDS))
         assert [c["video_len_s"] for c in chunks] == [float(k + 1) for k in range(SECONDS)]
@@ -99,7 +94,8 @@ def test_out_of_memory_is_recorded_and_other_modes_run(tmp_path, tiny_model_dir,
         return step(self, frames, start, end, **kwargs)
 
     monkeypatch.setattr(StreamSession, "step", failing_step)
-    assert efficiency.main(_argv(tiny_model_dir, video, tmp_path, "--modes", "full,streaming", "--duration", "4")) == 0
+    argv = _argv(tiny_model_dir, video, tmp_path, "--modes", "full,streaming", "--duration", "4")
+    assert bench.efficiency_main(argv) == 0
     doc = json.loads((tmp_path / "efficiency.json").read_text())
     full, streaming = doc["modes"]["full"], doc["modes"]["streaming"]
     assert full["summary"]["oom"] is True and full["summary"]["oom_at_s"] == 2.0
@@ -111,14 +107,15 @@ def test_out_of_memory_is_recorded_and_other_modes_run(tmp_path, tiny_model_dir,
 
 
 def test_missing_video_is_one_line_exit_2(tmp_path, tiny_model_dir, capsys):
-    rc = efficiency.main(_argv(tiny_model_dir, tmp_path / "missing.mp4", tmp_path))
+    rc = cli.main(["eval", "efficiency", *_argv(tiny_model_dir, tmp_path / "missing.mp4", tmp_path)])
     err = capsys.readouterr().err
     assert rc == 2
     assert len(err.strip().splitlines()) == 1 and "missing.mp4" in err
+    assert err.startswith("streaming-vlm eval efficiency: error:")
     assert not (tmp_path / "efficiency.json").exists()
 
 
 def test_summary_percentiles():
-    assert efficiency._percentile([], 95) is None
-    assert efficiency._percentile([3.0, 1.0, 2.0], 50) == 2.0
-    assert efficiency._percentile([float(k) for k in range(1, 21)], 95) == 19.0
+    assert bench._percentile([], 95) is None
+    assert bench._percentile([3.0, 1.0, 2.0], 50) == 2.0
+    assert bench._percentile([float(k) for k in range(1, 21)], 95) == 19.0

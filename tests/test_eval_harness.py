@@ -271,9 +271,8 @@ def test_phases_and_plain_commands(tmp_path, loads, capsys):
 
 
 ENTRY_MODULES = {"streaming_vlm.infer", "streaming_vlm.bench", "streaming_vlm.cli", "streaming_vlm.__main__"}
-ALLOWED = {"streaming_vlm/cli.py", "streaming_vlm/infer.py", "streaming_vlm/bench.py", "streaming_vlm/__main__.py",
-           "streaming_vlm/eval/efficiency.py"}  # fmt: skip
-"""Entry modules themselves, and eval/efficiency.py until it merges into the latency benchmark (issue 14)."""
+ALLOWED = {"streaming_vlm/cli.py", "streaming_vlm/infer.py", "streaming_vlm/bench.py", "streaming_vlm/__main__.py"}
+"""Entry modules themselves."""
 
 
 def test_library_code_imports_no_entry_module():
