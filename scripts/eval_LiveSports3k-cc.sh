@@ -6,6 +6,7 @@
 # Env (defaults): LIVESPORTS3K_PATH (required: a local copy of stdKonjac/LiveSports-3K with videos/ extracted),
 #   BASELINE (required: LiveCC-format captions), MODEL (mit-han-lab/StreamingVLM), NPROC (GPUs visible, else 1),
 #   OUT (results/livesports3k), JUDGE_MODEL (gpt-4o-2024-08-06, LiveCC's judge). Extra arguments go to the command.
+# Stream settings: the checkpoint's streaming_vlm.json, else the defaults; a flag among the extra arguments wins.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -19,6 +19,7 @@ pytest.importorskip("openai")
 
 from streaming_vlm.eval import livesports  # noqa: E402
 from streaming_vlm.eval.judge import LIVECC_RUBRIC, bootstrap_ci  # noqa: E402
+from streaming_vlm.settings import SETTING_NAMES, resolve  # noqa: E402
 from streaming_vlm.synthetic import write_synthetic_video  # noqa: E402
 from tests.openai_stub import Answer, openai_stub  # noqa: E402
 
@@ -150,8 +151,8 @@ def run(tmp_path_factory, dataset, tiny_model_dir):
     return {"out": out, "requests": stub.requests, "stdout": stdout, "stderr": stderr, "argv": argv, "spans": spans}
 
 
-def _results(out):
-    return json.loads((out / "judges" / "GPT-4o_tiny.json").read_text())
+def _results(out, name="tiny"):
+    return json.loads((out / "judges" / f"GPT-4o_{name}.json").read_text())
 
 
 def test_win_rate_over_2n_and_counts_match_the_hand_computed_verdicts(run):
@@ -238,13 +239,17 @@ def test_predictions_file_is_livecc_format_and_equals_a_direct_stream(run, datas
     assert [(r["video_id"], r["event_id"], r["begin"], r["end"]) for r in rows] == [ev[:4] for ev in EVENTS]
     records = [json.loads(line) for line in _lines(run["out"] / "generate" / "tiny.jsonl")]
     assert [r["chunks"] for r in records] == [2, 2, 2, 2, 2]  # 1-s chunks over begin..end (the last may be partial)
-    # The same event streamed directly: LiveCC's instruction + title as the query, the pre-event speech as context.
-    model = load_eval_model(str(tiny_model_dir), device="cpu", dtype="fp32", min_pixels=56 * 56, max_pixels=56 * 56)
-    args = livesports.build_parser().parse_args(COMMON)
+    # The same event streamed directly: LiveCC's instruction + title as the query, the pre-event speech as context,
+    # the settings of COMMON over the defaults (top_p/top_k from the checkpoint's generation config).
+    settings, _ = resolve({"max_pixels": 56 * 56, "max_new_tokens": 3},
+                          protocol=livesports.LiveSports.settings_use.protocol)
+    model = load_eval_model(str(tiny_model_dir), settings, device="cpu", dtype="fp32")
+    assert (model.spec.min_pixels, model.spec.max_pixels) == (56 * 56, 56 * 56)
     for ev, row in zip(livesports.load_events(root / "LiveSports-3K-CC.json"), rows, strict=True):
-        config = livesports.stream_config(ev, args)
+        config = livesports.stream_config(settings, ev, generation_defaults=model.loaded.generation_defaults)
         assert config.previous_text == ev.preasr_text and config.sampling.temperature == 0.9
         assert config.sampling.repetition_penalty == 1.05 and config.text_sink == config.text_window == 512
+        assert config.query == livesports.build_query(ev.title) and config.sampling.max_new_tokens == 3
         chunks = stream_span(model, root / "videos" / ev.video, config, start=ev.begin, end=ev.end)
         assert row["pred"] == " ".join(c.text for c in chunks if c.text)
     assert livesports.build_query("Opening goal") == (
@@ -278,6 +283,33 @@ def test_rerun_asks_only_the_invalid_verdict_again_and_generates_nothing(run, da
     assert after["summary"] == before["summary"] and after["invalid_examples"] == before["invalid_examples"]
     assert after["judge"]["requests"] == 1 and after["judge"]["cache_hits"] == 7
     assert _lines(run["out"] / "generate" / "tiny.rank0.jsonl") == gen_lines
+
+
+def test_a_folder_generated_before_resumes_only_with_its_sampling(run, dataset, tmp_path, monkeypatch):
+    """{model_name}.generation.json as the code before the harness wrote it (these keys, top_p/top_k never applied):
+    a rerun resumes it with --top-k 0 --top-p 1 (what that code sampled with), and refuses it otherwise, since the
+    checkpoint's generation config now applies where they are unset."""
+    import shutil
+
+    root, _ = dataset
+    model = run["argv"][run["argv"].index("--model") + 1]
+    out = tmp_path / "before"
+    (out / "generate").mkdir(parents=True)
+    shutil.copy(run["out"] / "generate" / "tiny.rank0.jsonl", out / "generate")
+    (out / "tiny.generation.json").write_text(json.dumps({
+        "model": model, "mode": "streaming", "instruction": livesports.COMMENTATOR_INSTRUCTION, "temperature": 0.9,
+        "repetition_penalty": 1.05, "max_new_tokens": 3, "seed": 0, "max_pixels": 3136, "fps": 2.0,
+        "chunk_seconds": 1.0, "vision_window": 16, "text_rounds": 16, "text_sink": 512, "text_window": 512}, indent=2))
+
+    def no_model(*a, **k):
+        raise AssertionError("every event is generated already")
+
+    monkeypatch.setattr("streaming_vlm.eval.generate.load_eval_model", no_model)
+    argv = ["--model", model, "--model-name", "tiny", "--output-dir", str(out), "--phase", "generate", *COMMON]
+    rc, stdout, stderr = _run([*argv, "--top-k", "0", "--top-p", "1"], env_dir=root)
+    assert rc == 0 and f"wrote {out / 'tiny.jsonl'} (5 events)" in stdout, stderr
+    rc, _, stderr = _run(argv, env_dir=root)
+    assert rc == 2 and "other settings (top_p, top_k)" in stderr and stderr.count("\n") == 1, stderr
 
 
 def _judge_argv(run, baseline, out, url, *extra):
@@ -342,6 +374,56 @@ def test_judge_timeout_flag(run, dataset, tmp_path):
     assert rc == 0, stderr
     assert len(bodies) == 9 and bodies[0] == bodies[1]  # the slow request abandoned and asked again
     assert _results(tmp_path / "j")["judge"]["timeout_s"] == 0.3
+
+
+def test_the_checkpoints_stream_settings_apply_except_the_protocols_query(dataset, tiny_model_dir, tmp_path):
+    """A checkpoint carrying streaming_vlm.json streams each event with its settings (a flag still wins; its query
+    does not: LiveCC's instruction is the protocol), and the predictions and the judge's results say so."""
+    import shutil
+
+    from streaming_vlm.eval import generate
+
+    root, baseline = dataset
+    model = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    (model / "streaming_vlm.json").write_text(json.dumps({
+        "min_pixels": 3136, "max_pixels": 3136, "text_sink": 3, "max_new_tokens": 2, "temperature": 0.0,
+        "query": "the checkpoint's own query"}))  # fmt: skip
+    seen = []
+    real_stream_span = generate.stream_span
+
+    def spy(m, video, config, *, start, end):
+        seen.append((config, m.spec.min_pixels, m.spec.max_pixels))
+        return real_stream_span(m, video, config, start=start, end=end)
+
+    out = tmp_path / "out"
+    with openai_stub(scripted_judge) as stub, pytest.MonkeyPatch.context() as mp:
+        mp.setattr(generate, "stream_span", spy)
+        argv = ["--model", str(model), "--model-name", "ckpt", "--output-dir", str(out), "--baseline", str(baseline),
+                "--judge-base-url", stub.base_url, "--judge-model", "stub-judge", "--judge-api-key-env",
+                "STUB_JUDGE_KEY", "--device", "cpu", "--dtype", "fp32", "--limit", "1", "--text-window", "5"]
+        rc, _, stderr = _run(argv, env_dir=root)
+    assert rc == 0, stderr
+    (config, low, high), = seen
+    assert (low, high) == (3136, 3136)
+    assert (config.text_sink, config.text_window, config.vision_window) == (3, 5, 16)
+    assert (config.sampling.max_new_tokens, config.sampling.temperature, config.sampling.repetition_penalty) == (
+        2, 0.0, 1.05)
+    assert config.sampling.top_k == 50  # the checkpoint's generation config, where the settings leave it unset
+    assert config.query == livesports.build_query("Opening goal")
+    recorded = json.loads((out / "ckpt.stream_settings.json").read_text())
+    stream, sources = recorded["stream_settings"], recorded["stream_settings_sources"]
+    assert list(stream) == list(sources) == list(SETTING_NAMES)
+    assert {k: (stream[k], sources[k]) for k in ("min_pixels", "max_pixels", "text_sink", "max_new_tokens",
+                                                 "temperature", "query", "text_window", "top_k", "fps")} == {
+        "min_pixels": (3136, "checkpoint"), "max_pixels": (3136, "checkpoint"), "text_sink": (3, "checkpoint"),
+        "max_new_tokens": (2, "checkpoint"), "temperature": (0.0, "checkpoint"),
+        "query": (livesports.COMMENTATOR_INSTRUCTION, "protocol"), "text_window": (5, "flag"),
+        "top_k": (None, "default"), "fps": (2.0, "default")}  # fmt: skip
+    results = _results(out, "ckpt")
+    assert {k: results[k] for k in recorded} == recorded
+    generation = results["generation"]
+    assert (generation["max_pixels"], generation["text_sink"], generation["temperature"]) == (3136, 3, 0.0)
+    assert (generation["top_p"], generation["top_k"]) == ("generation config", "generation config")
 
 
 def test_missing_dataset_path_is_a_one_line_error(tmp_path):

@@ -10,14 +10,17 @@ dataset's columns: ``video_id``, ``event_id``, ``begin``, ``end``, ``video`` (a 
 ``--video-dir``, else ``DATA_DIR/videos`` (where the repository's ``videos.tar.part.*`` extract), else
 ``DATA_DIR``; a ``DATA_DIR`` that is the videos folder itself finds the annotations in its parent.
 
-Generation (phase ``generate``). Per event, one fresh stream from ``begin`` to ``end`` through
-:func:`~streaming_vlm.eval.generate.stream_span`, with LiveCC's commentator instruction and
-``This is a video titled "{event_title}".`` as the query and ``preasr_text`` as the previous text (cut by
-the policy's text sink and window, unlike the reference, which never cut it). ``pred`` is the chunks'
-commentary (marker removed, stripped) joined by single spaces, silent chunks skipped. Events are sharded
-over ``torchrun`` ranks and resumable (:func:`~streaming_vlm.eval.runner.run_items`); the model is loaded
-only when an event is left to generate. Rank 0 writes ``{output_dir}/{model_name}.jsonl`` with rows
-``{video_id, event_id, begin, end, pred}``, the format of LiveCC's caption files.
+Generation (phase ``generate``). Per event, one fresh stream from ``begin`` to ``end``, with LiveCC's
+commentator instruction (the benchmark's protocol ``query``) and ``This is a video titled "{event_title}".`` as
+the query and ``preasr_text`` as the previous text (cut by the policy's text sink and window, unlike the
+reference, which never cut it). Every other stream setting (pixels, windows, sampling, fps) is the harness's
+(:mod:`~streaming_vlm.eval.harness`): flags > ``--config`` > the checkpoint's ``streaming_vlm.json`` > defaults,
+top_p/top_k from the checkpoint's generation config where unset. ``pred`` is the chunks' commentary (marker
+removed, stripped) joined by single spaces, silent chunks skipped. Events are sharded over ``torchrun`` ranks
+and resumable; the model is loaded only when an event is left to generate. Rank 0 writes
+``{output_dir}/{model_name}.jsonl`` with rows ``{video_id, event_id, begin, end, pred}``, the format of LiveCC's
+caption files, and ``{model_name}.stream_settings.json`` (the settings and where each came from), which the
+judge's results repeat.
 
 Judging (phase ``judge``, rank 0). LiveCC's protocol: the judge sees the two commentaries and the human
 commentary and names the one better aligned with it, semantic alignment first and style only if that does
@@ -38,15 +41,16 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import logging
 import math
 import os
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from streaming_vlm.argtypes import non_negative_float, positive_float, positive_int
+from streaming_vlm.argtypes import positive_int
+from streaming_vlm.eval import harness
 from streaming_vlm.eval.judge import (
     INVALID,
     LIVECC_RUBRIC,
@@ -54,23 +58,30 @@ from streaming_vlm.eval.judge import (
     JudgeConfig,
     JudgeError,
     PairVerdict,
+    add_chat_arguments,
     bootstrap_ci,
     win_rate,
 )
-from streaming_vlm.eval.runner import format_table, rank_and_world, run_items, write_results
+from streaming_vlm.eval.runner import format_table, write_results
+from streaming_vlm.settings import DEFAULT_SYSTEM_PROMPT, DEFAULTS, MIN_PIXELS, StreamSettings
+
+if TYPE_CHECKING:
+    from streaming_vlm.engine import StreamConfig
 
 __all__ = [
     "COMMENTATOR_INSTRUCTION",
     "DataError",
     "Event",
-    "build_parser",
+    "LiveSports",
     "build_query",
     "find_annotations",
     "join_chunks",
     "judge_events",
     "load_events",
+    "generation_record",
     "main",
     "read_predictions",
+    "stream_config",
     "summarize",
 ]
 
@@ -294,9 +305,9 @@ def read_predictions(path: str | os.PathLike[str]) -> dict[str, str | None]:
 # ------------------------------------------------------------------------------------------------------------
 
 
-def build_query(title: str) -> str:
+def build_query(title: str, instruction: str = COMMENTATOR_INSTRUCTION) -> str:
     """LiveCC's instruction, plus ``This is a video titled "{title}".`` when the event has a title."""
-    return COMMENTATOR_INSTRUCTION + (f'This is a video titled "{title}".\n' if title else "")
+    return instruction + (f'This is a video titled "{title}".\n' if title else "")
 
 
 def join_chunks(texts: list[str]) -> str:
@@ -304,72 +315,38 @@ def join_chunks(texts: list[str]) -> str:
     return " ".join(t.strip() for t in texts if t and t.strip())
 
 
-def _generation_settings(args: argparse.Namespace) -> dict[str, Any]:
-    from streaming_vlm.engine import StreamConfig
-
-    return {
-        "model": str(args.model),
-        "mode": args.mode,
-        "instruction": COMMENTATOR_INSTRUCTION,
-        "temperature": args.temperature,
-        "repetition_penalty": args.repetition_penalty,
-        "max_new_tokens": args.max_new_tokens,
-        "seed": args.seed,
-        "max_pixels": args.max_pixels,
-        "fps": StreamConfig.fps,
-        "chunk_seconds": StreamConfig.chunk_seconds,
-        "vision_window": StreamConfig.vision_window,
-        "text_rounds": StreamConfig.text_rounds,
-        "text_sink": StreamConfig.text_sink,
-        "text_window": StreamConfig.text_window,
-    }
+def stream_config(settings: StreamSettings, event: Event, mode: str = "streaming",
+                  generation_defaults: Mapping[str, Any] | None = None) -> StreamConfig:
+    """The ``StreamConfig`` of one event: the settings' instruction (LiveCC's) with the event's title as the query,
+    the pre-event transcript as previous text; top_p/top_k from ``generation_defaults`` where the settings leave
+    them unset."""
+    return settings.stream_config(mode, previous_text=event.preasr_text, query=build_query(event.title, settings.query),
+                                  generation_defaults=generation_defaults)
 
 
-def stream_config(event: Event, args: argparse.Namespace):
-    """The ``StreamConfig`` of one event: LiveCC's query with its title, the pre-event transcript as context."""
-    from streaming_vlm.engine import StreamConfig
-    from streaming_vlm.sampling import SamplingConfig
-
-    sampling = SamplingConfig(
-        temperature=args.temperature, repetition_penalty=args.repetition_penalty, max_new_tokens=args.max_new_tokens
-    )
-    return StreamConfig(
-        mode=args.mode,
-        query=build_query(event.title),
-        previous_text=event.preasr_text,
-        sampling=sampling,
-        seed=args.seed,
-    )
+# What the generation record holds that it did not before the harness, with the value every run then used:
+# written only where a run differs, so a folder generated before still resumes exactly when it would stream the
+# same. Before, top_p/top_k were never applied (1.0 and 0 apply nothing); None now takes the checkpoint's
+# generation config, recorded as such.
+def _unrecorded_before(settings: StreamSettings) -> dict[str, Any]:
+    return {"min_pixels": min(MIN_PIXELS, settings.max_pixels), "system_prompt": DEFAULT_SYSTEM_PROMPT,
+            "reset_every": DEFAULTS.reset_every, "top_p": 1.0, "top_k": 0}
 
 
-def _generate(events: list[Event], video_dir: Path, args: argparse.Namespace, out: Path) -> list[dict] | None:
-    """Phase ``generate``: per-event records (rank 0: all of them, merged; other ranks: None)."""
-    from streaming_vlm.eval.generate import load_eval_model, stream_span
-
-    model = None
-
-    def fn(item: dict) -> dict:
-        nonlocal model
-        if model is None:  # loaded only when something is left to generate
-            model = load_eval_model(
-                args.model, device=args.device, dtype=args.dtype,
-                min_pixels=min(100 * 28 * 28, args.max_pixels), max_pixels=args.max_pixels,
-            )  # fmt: skip
-        ev: Event = item["event"]
-        chunks = list(stream_span(model, video_dir / ev.video, stream_config(ev, args), start=ev.begin, end=ev.end))
-        return {
-            "id": ev.key,
-            "video_id": ev.video_id,
-            "event_id": ev.event_id,
-            "begin": ev.begin,
-            "end": ev.end,
-            "pred": join_chunks([c.text for c in chunks]),
-            "chunks": len(chunks),
-            "new_tokens": sum(c.new_tokens for c in chunks),
-        }
-
-    items = [{"id": ev.key, "event": ev} for ev in events]
-    return run_items(args.model_name, items, fn, out / "generate")
+def generation_record(settings: StreamSettings, model: str, mode: str) -> dict[str, Any]:
+    """What a folder's predictions were generated with (``{model_name}.generation.json``): a rerun with other
+    values is refused."""
+    s = settings
+    record = {
+        "model": model, "mode": mode, "instruction": s.query, "temperature": s.temperature,
+        "repetition_penalty": s.repetition_penalty, "max_new_tokens": s.max_new_tokens, "seed": s.seed,
+        "max_pixels": s.max_pixels, "fps": s.fps, "chunk_seconds": s.chunk_seconds, "vision_window": s.vision_window,
+        "text_rounds": s.text_rounds, "text_sink": s.text_sink, "text_window": s.text_window,
+    }  # fmt: skip
+    for key, before in _unrecorded_before(s).items():
+        if (value := getattr(s, key)) != before:
+            record[key] = "generation config" if value is None else value
+    return record
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -513,81 +490,8 @@ def table_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 # ------------------------------------------------------------------------------------------------------------
-# entry point
+# the benchmark
 # ------------------------------------------------------------------------------------------------------------
-
-
-def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    """The ``streaming-vlm eval livesports`` options (added to ``parser`` when given)."""
-    p = parser or argparse.ArgumentParser(
-        prog="streaming-vlm eval livesports",
-        description="LiveSports-3K-CC: streaming commentary for every event (begin to end, with the event title "
-        "and the transcript before it as context), then LiveCC's pairwise judging against a baseline's captions "
-        "(both orders; win rate over 2N judgements). Writes LiveCC-format predictions, per-event verdicts and "
-        "a results JSON, and prints a table. Under torchrun, events are split over ranks.",
-    )
-    data = p.add_argument_group("data")
-    data.add_argument(
-        "--data-dir", default=None,
-        help=f"local copy of {HF_DATASET} (default ${ENV_VAR}): holds {ANNOTATION_FILE} (or the parquet "
-        f"conversion) and videos/",
-    )  # fmt: skip
-    data.add_argument("--annotations", default=None, help="annotation file to use instead of the one in --data-dir")
-    data.add_argument("--video-dir", default=None, help="folder of the videos (default DATA_DIR/videos or DATA_DIR)")
-    data.add_argument("--split", default="test", help="split of the parquet layout (default test)")
-    data.add_argument("--limit", type=positive_int, default=None, help="only the first N events (smoke runs)")
-
-    run = p.add_argument_group("run")
-    run.add_argument("--phase", choices=("all", "generate", "judge"), default="all", help="default all")
-    run.add_argument("--output-dir", default="results/livesports3k", help="default results/livesports3k")
-    run.add_argument("--model", default=None, help="model directory, hub id or 'tiny' (phase generate)")
-    run.add_argument(
-        "--model-name", default=None,
-        help="name of the predictions and in the results (default: the --model or --predictions basename)",
-    )  # fmt: skip
-    run.add_argument(
-        "--predictions", default=None,
-        help="judge this LiveCC-format JSONL ({video_id, event_id, begin, end, pred}) instead of generating",
-    )  # fmt: skip
-
-    gen = p.add_argument_group("generation")
-    gen.add_argument("--mode", choices=("streaming", "full", "sliding", "recompute"), default="streaming")
-    gen.add_argument("--temperature", type=non_negative_float, default=0.9, help="default 0.9 (0 = greedy)")
-    gen.add_argument("--repetition-penalty", type=float, default=1.05, help="default 1.05")
-    gen.add_argument("--max-new-tokens", type=positive_int, default=20, help="per 1-s chunk (default 20)")
-    gen.add_argument("--seed", type=int, default=0, help="sampling seed of every event's stream (default 0)")
-    gen.add_argument("--max-pixels", type=positive_int, default=768 * 28 * 28, help="per frame (default 768*28*28)")
-    gen.add_argument("--device", default="auto", help="auto (default; this rank's GPU under torchrun), cuda, cpu")
-    gen.add_argument("--dtype", default="auto", help="auto (default), bf16, fp16, fp32")
-
-    jud = p.add_argument_group("judge")
-    jud.add_argument("--baseline", default=None, help="the baseline's captions, LiveCC-format JSONL (phase judge)")
-    jud.add_argument("--baseline-name", default=None, help="default: the --baseline file's stem")
-    jud.add_argument(
-        "--judge-model", default=LIVECC_JUDGE_MODEL, help=f"chat model of the judge (default {LIVECC_JUDGE_MODEL})"
-    )
-    jud.add_argument(
-        "--judge-base-url", default=None,
-        help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 (default $OPENAI_BASE_URL or OpenAI)",
-    )  # fmt: skip
-    jud.add_argument(
-        "--judge-api-key-env", default="OPENAI_API_KEY",
-        help="environment variable holding the API key (default OPENAI_API_KEY; unset: 'EMPTY')",
-    )  # fmt: skip
-    jud.add_argument("--judge-seed", type=int, default=42, help="default 42, as LiveCC")
-    jud.add_argument("--judge-max-tokens", type=positive_int, default=16, help="reply budget (default 16)")
-    jud.add_argument("--judge-max-retries", type=int, default=5, help="retries with backoff per request (default 5)")
-    jud.add_argument(
-        "--judge-timeout-s", type=positive_float, default=60.0,
-        help="seconds one judge request may take before it is abandoned and retried (default 60)",
-    )  # fmt: skip
-    jud.add_argument("--judge-cache", default=None, help="reply cache JSONL (default OUTPUT_DIR/judge_cache.jsonl)")
-    return p
-
-
-def _fail(message: str, code: int = 2) -> int:
-    print(f"streaming-vlm eval livesports: error: {' '.join(str(message).split())}", file=sys.stderr)
-    return code
 
 
 def _data_paths(args: argparse.Namespace) -> tuple[list[Path], Path | None]:
@@ -620,20 +524,6 @@ def _check_videos(events: list[Event], video_dir: Path | None) -> None:
         raise DataError(f"{len(set(missing))} video file(s) not found under {video_dir} (first: {missing[0]})")
 
 
-def _check_settings(path: Path, settings: dict[str, Any]) -> None:
-    """Refuse to resume predictions made with other generation settings."""
-    if path.is_file():
-        before = json.loads(path.read_text(encoding="utf-8"))
-        changed = sorted(k for k in settings.keys() | before.keys() if before.get(k) != settings.get(k))
-        if changed:
-            raise DataError(
-                f"{path} records predictions made with other settings ({', '.join(changed)}); use another "
-                f"--output-dir or --model-name, or delete it to start over"
-            )
-    elif rank_and_world()[0] == 0:
-        write_results(path, settings)
-
-
 def _export_predictions(records: list[dict], path: Path) -> None:
     """LiveCC's caption format, one line per event, written whole then renamed into place."""
     tmp = path.with_suffix(".jsonl.tmp")
@@ -660,12 +550,15 @@ def _names(args: argparse.Namespace) -> None:
         args.baseline_name = _stem(args.baseline)
 
 
+def _generates(args: argparse.Namespace) -> bool:
+    return args.phase in ("all", "generate") and not args.predictions
+
+
 def _validate(args: argparse.Namespace) -> None:
-    generate = args.phase in ("all", "generate") and not args.predictions
     judge = args.phase in ("all", "judge")
     if args.predictions and args.phase == "generate":
         raise DataError("--predictions is for judging; phase generate needs --model")
-    if generate and not args.model:
+    if _generates(args) and not args.model:
         raise DataError("phase generate needs --model (or pass --predictions to judge an existing file)")
     if not args.model_name:
         raise DataError("name the predictions with --model-name (or pass --model or --predictions)")
@@ -673,11 +566,14 @@ def _validate(args: argparse.Namespace) -> None:
         raise DataError("phase judge needs --baseline, the baseline's captions in LiveCC's JSONL format")
     if judge and not Path(args.baseline).is_file():
         raise DataError(f"--baseline not found: {args.baseline}")
-    if args.judge_max_retries < 0:
-        raise DataError("--judge-max-retries must be >= 0")
 
 
-def _judge_phase(args: argparse.Namespace, events: list[Event], out: Path) -> int:
+def _stream_settings_path(out: Path, model_name: str) -> Path:
+    return out / f"{model_name}.stream_settings.json"
+
+
+def _judge_phase(args: argparse.Namespace, events: list[Event], out: Path) -> dict[str, Any]:
+    """Phase ``judge``: the verdicts file and the results document (written; also returned)."""
     pred_path = Path(args.predictions) if args.predictions else out / f"{args.model_name}.jsonl"
     if not pred_path.is_file():
         raise DataError(f"no predictions to judge: {pred_path} (run phase generate first, or pass --predictions)")
@@ -685,19 +581,8 @@ def _judge_phase(args: argparse.Namespace, events: list[Event], out: Path) -> in
     baseline_preds = read_predictions(args.baseline)
     if args.model_name == args.baseline_name:
         raise DataError(f"the model and the baseline have the same name {args.model_name!r}; set --model-name")
-    judge = Judge(
-        JudgeConfig(
-            model=args.judge_model,
-            base_url=args.judge_base_url,
-            api_key_env=args.judge_api_key_env,
-            seed=args.judge_seed,
-            max_tokens=args.judge_max_tokens,
-            max_retries=args.judge_max_retries,
-            timeout_s=args.judge_timeout_s,
-            cache_path=args.judge_cache or str(out / "judge_cache.jsonl"),
-        ),
-        LIVECC_RUBRIC,
-    )
+    config = JudgeConfig.from_args(args, "judge", cache_path=args.judge_cache or str(out / "judge_cache.jsonl"))
+    judge = Judge(config, LIVECC_RUBRIC)
     outcome = judge_events(judge, events, model_preds, baseline_preds, args.model_name, args.baseline_name)
     stem = f"{args.baseline_name}_{args.model_name}"
     verdicts_path = out / "judges" / f"{stem}.jsonl"
@@ -740,9 +625,13 @@ def _judge_phase(args: argparse.Namespace, events: list[Event], out: Path) -> in
         },
         "files": {"predictions": str(pred_path), "baseline": str(args.baseline), "verdicts": str(verdicts_path)},
     }
-    settings_path = out / f"{args.model_name}.generation.json"
-    if not args.predictions and settings_path.is_file():
-        results["generation"] = json.loads(settings_path.read_text(encoding="utf-8"))
+    if not args.predictions:  # generated here: with which settings
+        generation = out / f"{args.model_name}.generation.json"
+        if generation.is_file():
+            results["generation"] = json.loads(generation.read_text(encoding="utf-8"))
+        stream_settings = _stream_settings_path(out, args.model_name)
+        if stream_settings.is_file():  # stream_settings and their sources (folders generated since the harness)
+            results.update(json.loads(stream_settings.read_text(encoding="utf-8")))
     results_path = write_results(out / "judges" / f"{stem}.json", results)
     unjudged = sum(len(v) for v in results["unjudged"].values())
     if unjudged:
@@ -760,43 +649,122 @@ def _judge_phase(args: argparse.Namespace, events: list[Event], out: Path) -> in
         )
     print(f"wrote {verdicts_path}")
     print(f"wrote {results_path}")
-    print(format_table(table_rows(results)))
-    return 0
+    return results
 
 
-def main(argv: list[str] | argparse.Namespace | None = None) -> int:
-    args = argv if isinstance(argv, argparse.Namespace) else build_parser().parse_args(argv)
-    from streaming_vlm.models import ModelLoadError
-    from streaming_vlm.video import VideoError
+class LiveSports(harness.Benchmark):
+    """``streaming-vlm eval livesports``: the events are the items of the group ``{model_name}`` (in
+    ``OUTPUT_DIR/generate``), generated unless ``--phase judge`` or ``--predictions``; scoring exports the LiveCC
+    predictions and judges them. The stream settings go with the predictions
+    (``{model_name}.stream_settings.json``) and into the judge's results."""
 
-    # Our own progress notes (resumes, judge retries) at INFO; third-party INFO chatter (one line per HTTP request)
-    # stays off.
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
-    logging.getLogger("streaming_vlm").setLevel(logging.INFO)
-    out = Path(args.output_dir)
-    _names(args)
-    try:
+    name = "livesports"
+    description = (
+        "LiveSports-3K-CC: streaming commentary for every event (begin to end, with the event title and the "
+        "transcript before it as context), then LiveCC's pairwise judging against a baseline's captions (both "
+        "orders; win rate over 2N judgements). Writes LiveCC-format predictions, per-event verdicts and a results "
+        "JSON, and prints a table. Under torchrun, events are split over ranks."
+    )
+    settings_use = harness.SettingsUse(exclude=("query", "total_pixels", "max_frames"),
+                                       protocol={"query": COMMENTATOR_INSTRUCTION})
+    model_required = False  # judging a file needs no model
+    out_flag = "--output-dir"
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        data = p.add_argument_group("data")
+        data.add_argument(
+            "--data-dir", default=None,
+            help=f"local copy of {HF_DATASET} (default ${ENV_VAR}): holds {ANNOTATION_FILE} (or the parquet "
+            f"conversion) and videos/",
+        )  # fmt: skip
+        data.add_argument("--annotations", default=None,
+                          help="annotation file to use instead of the one in --data-dir")
+        data.add_argument("--video-dir", default=None,
+                          help="folder of the videos (default DATA_DIR/videos or DATA_DIR)")
+        data.add_argument("--split", default="test", help="split of the parquet layout (default test)")
+        data.add_argument("--limit", type=positive_int, default=None, help="only the first N events (smoke runs)")
+
+        run = p.add_argument_group("run")
+        run.add_argument("--phase", choices=("all", "generate", "judge"), default="all", help="default all")
+        run.add_argument("--output-dir", default="results/livesports3k", help="default results/livesports3k")
+        run.add_argument(
+            "--model-name", default=None,
+            help="name of the predictions and in the results (default: the --model or --predictions basename)",
+        )  # fmt: skip
+        run.add_argument(
+            "--predictions", default=None,
+            help="judge this LiveCC-format JSONL ({video_id, event_id, begin, end, pred}) instead of generating",
+        )  # fmt: skip
+        run.add_argument("--mode", choices=("streaming", "full", "sliding", "recompute"), default="streaming",
+                         help="cache mode of every event's stream (default streaming)")
+
+        jud = add_chat_arguments(p, "judge", flag_prefix="--judge-", model_default=LIVECC_JUDGE_MODEL,
+                                 model_help=f"chat model of the judge (default {LIVECC_JUDGE_MODEL})", timeout_s=60.0)
+        jud.add_argument("--baseline", default=None,
+                         help="the baseline's captions, LiveCC-format JSONL (phase judge)")
+        jud.add_argument("--baseline-name", default=None, help="default: the --baseline file's stem")
+        jud.add_argument("--judge-seed", type=int, default=42, help="default 42, as LiveCC")
+        jud.add_argument("--judge-max-tokens", type=positive_int, default=16, help="reply budget (default 16)")
+        jud.add_argument("--judge-cache", default=None,
+                         help="reply cache JSONL (default OUTPUT_DIR/judge_cache.jsonl)")
+
+    def items(self, run: harness.Run) -> dict[str, list[dict]] | None:
+        args = run.args
+        _names(args)
         _validate(args)
-        annotations, video_dir = _data_paths(args)
-        events = load_events(annotations)
-        if args.limit:
-            events = events[: args.limit]
-        if args.phase in ("all", "generate") and not args.predictions:
-            _check_videos(events, video_dir)
-            out.mkdir(parents=True, exist_ok=True)
-            _check_settings(out / f"{args.model_name}.generation.json", _generation_settings(args))
-            records = _generate(events, video_dir, args, out)
-            if records is None:  # other ranks: rank 0 exports and judges
-                return 0
-            _export_predictions(records, out / f"{args.model_name}.jsonl")
-            print(f"wrote {out / f'{args.model_name}.jsonl'} ({len(records)} events)")
-        if args.phase == "generate" or rank_and_world()[0] != 0:
-            return 0
-        return _judge_phase(args, events, out)
-    except (DataError, ModelLoadError, VideoError, ValueError, OSError) as exc:
-        return _fail(str(exc))
-    except JudgeError as exc:
-        return _fail(f"{exc} (judgements so far are cached; rerun to resume)", code=1)
+        annotations, self.video_dir = _data_paths(args)
+        self.events = load_events(annotations)[: args.limit]
+        if not _generates(args):
+            return None
+        _check_videos(self.events, self.video_dir)
+        self.by_key = {ev.key: ev for ev in self.events}
+        return {args.model_name: [{"id": ev.key} for ev in self.events]}
+
+    def records_dir(self, run: harness.Run) -> Path:
+        return Path(run.args.output_dir) / "generate"
+
+    def resume_path(self, run: harness.Run) -> Path:
+        return Path(run.args.output_dir) / f"{run.args.model_name}.generation.json"
+
+    def resume_record(self, run: harness.Run) -> dict:
+        return generation_record(run.settings, str(run.args.model), run.args.mode)
+
+    def run_item(self, run: harness.Run, group: str, item: dict) -> dict:
+        ev = self.by_key[item["id"]]
+        config = stream_config(run.settings, ev, run.args.mode, run.model.loaded.generation_defaults)
+        chunks = list(run.stream(self.video_dir / ev.video, config, start=ev.begin, end=ev.end))
+        return {
+            "id": ev.key,
+            "video_id": ev.video_id,
+            "event_id": ev.event_id,
+            "begin": ev.begin,
+            "end": ev.end,
+            "pred": join_chunks([c.text for c in chunks]),
+            "chunks": len(chunks),
+            "new_tokens": sum(c.new_tokens for c in chunks),
+        }
+
+    def score(self, run: harness.Run, records: dict[str, list[dict]] | None) -> dict:
+        args, out = run.args, Path(run.args.output_dir)
+        if records is not None:
+            predictions = out / f"{args.model_name}.jsonl"
+            _export_predictions(records[args.model_name], predictions)
+            write_results(_stream_settings_path(out, args.model_name), run.settings_record())
+            print(f"wrote {predictions} ({len(records[args.model_name])} events)")
+        return {} if args.phase == "generate" else _judge_phase(args, self.events, out)
+
+    def table(self, results: dict) -> str:
+        return format_table(table_rows(results)) if "summary" in results else ""
+
+    def error_exit(self, exc: Exception) -> tuple[int, str] | None:
+        if isinstance(exc, JudgeError):
+            return 1, f"{exc} (judgements so far are cached; rerun to resume)"
+        return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``streaming-vlm eval livesports ARGV``; the exit status."""
+    return harness.run(LiveSports(), argv)
 
 
 if __name__ == "__main__":
