@@ -7,7 +7,8 @@
 #   BASELINE_MODEL (gpt-4o-mini), BASELINE_URL (the client's default), BASELINE_FPS (2, as our model sees),
 #   JUDGE_MODEL (gpt-4o), JUDGE_URL (the client's default), API_PROCS (8 parallel API workers),
 #   RESULTS (results/inf_stream); GENERATE_ARGS / BASELINE_ARGS / SCORE_ARGS: extra flags for one phase.
-# The API key is read from OPENAI_API_KEY (see `streaming-vlm eval inf-stream PHASE --help`).
+# The API key is read from OPENAI_API_KEY (see `streaming-vlm eval inf-stream PHASE --help`). Stream settings of
+# generate: the checkpoint's streaming_vlm.json, else the defaults; a flag in GENERATE_ARGS wins.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -28,6 +28,7 @@ from streaming_vlm.eval.judge import bootstrap_ci  # noqa: E402
 from streaming_vlm.eval.openai_baseline import BaselineConfig, BaselineError, OpenAIBaseline, Segment  # noqa: E402
 from streaming_vlm.eval.runner import read_jsonl  # noqa: E402
 from streaming_vlm.layout import DEFAULT_SYSTEM_PROMPT  # noqa: E402
+from streaming_vlm.settings import SETTING_NAMES  # noqa: E402
 from streaming_vlm.synthetic import write_synthetic_video  # noqa: E402
 from tests.openai_stub import Answer, openai_stub  # noqa: E402
 
@@ -158,6 +159,47 @@ def test_generate_refuses_to_mix_settings(generated, capsys):
     rc = inf_stream.main(gen_argv(generated["root"], generated["out"], "--temperature", "0.5"))
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "other settings (sampling)" in err
+
+
+def test_generate_takes_the_checkpoints_stream_settings_but_the_benchmarks_query(tiny_model_dir, dataset, tmp_path):
+    """A checkpoint carrying streaming_vlm.json streams with its settings (a flag still wins; its query does not:
+    the broadcaster instruction is the benchmark's protocol); stream_settings.json says where each came from."""
+    import shutil
+
+    model = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    (model / "streaming_vlm.json").write_text(json.dumps({
+        "min_pixels": 3136, "max_pixels": 3136, "text_sink": 3, "max_new_tokens": 2, "temperature": 0.0,
+        "query": "the checkpoint's own query"}))  # fmt: skip
+    seen = []
+    real = eval_generate.stream_span
+
+    def spy(m, video, config, *, start, end):
+        seen.append((config, m.spec.min_pixels, m.spec.max_pixels))
+        yield from real(m, video, config, start=start, end=end)
+
+    out = tmp_path / "ours"
+    argv = ["generate", "--model", str(model), "--dataset", str(dataset), "--out", str(out), "--start-offset",
+            str(START), "--duration", "1", "--limit", "1", "--text-window", "2", "--device", "cpu", "--dtype", "fp32",
+            "--quiet"]  # fmt: skip
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(eval_generate, "stream_span", spy)
+        assert inf_stream.main(argv) == 0
+    (config, low, high), = seen
+    assert (low, high) == (3136, 3136)
+    assert (config.text_sink, config.text_window, config.vision_window, config.query) == (3, 2, 16, INF_STREAM_QUERY)
+    assert (config.sampling.max_new_tokens, config.sampling.temperature, config.sampling.top_k) == (2, 0.0, 50)
+    recorded = json.loads((out / "stream_settings.json").read_text())
+    stream, sources = recorded["stream_settings"], recorded["stream_settings_sources"]
+    assert list(stream) == list(sources) == list(SETTING_NAMES)
+    assert {k: (stream[k], sources[k]) for k in ("min_pixels", "max_pixels", "text_sink", "max_new_tokens",
+                                                 "temperature", "query", "text_window", "top_k", "fps")} == {
+        "min_pixels": (3136, "checkpoint"), "max_pixels": (3136, "checkpoint"), "text_sink": (3, "checkpoint"),
+        "max_new_tokens": (2, "checkpoint"), "temperature": (0.0, "checkpoint"),
+        "query": (INF_STREAM_QUERY, "protocol"), "text_window": (2, "flag"), "top_k": (None, "default"),
+        "fps": (2.0, "default")}  # fmt: skip
+    run_config = json.loads((out / "run_config.json").read_text())
+    assert (run_config["min_pixels"], run_config["max_pixels"], run_config["text_sink"]) == (3136, 3136, 3)
+    assert run_config["sampling"]["max_new_tokens"] == 2 and run_config["query"] == INF_STREAM_QUERY
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -12,7 +12,11 @@ Four phases, one subcommand each (``streaming-vlm eval inf-stream PHASE --help``
     ``--segment-seconds`` makes resuming finer but restarts the stream at every segment start (the reference's
     "duration per restart"), which changes what is evaluated. Records
     ``{video, chunk_start, chunk_end, items: [{response, start_time, end_time}]}`` are appended per segment
-    (rank-sharded under torchrun, resumable); rank 0 merges them into ``merged_result.jsonl``.
+    (rank-sharded under torchrun, resumable); rank 0 merges them into ``merged_result.jsonl`` and writes the
+    stream settings and where each came from to ``stream_settings.json``. The settings are the harness's
+    (:mod:`~streaming_vlm.eval.harness`): flags > ``--config`` > the benchmark's instruction
+    (:data:`INF_STREAM_QUERY`, the protocol) > the checkpoint's ``streaming_vlm.json`` > defaults; top_p/top_k
+    from the checkpoint's generation config where unset.
 ``baseline``
     An OpenAI-compatible vision model (:mod:`streaming_vlm.eval.openai_baseline`) comments on every scoring
     clip at or after ``--start-offset``, with our system prompt and instruction and an explicit frame budget
@@ -33,35 +37,42 @@ Four phases, one subcommand each (``streaming-vlm eval inf-stream PHASE --help``
     verdicts) and prints a table.
 
 Paths come from flags or ``EVAL_DATASET_PATH`` (the folder holding the two JSONL files; relative video paths
-are resolved against it). It owns no model, cache or judging code: it wires the shared pieces together.
+are resolved against it). It owns no model, cache, judging or command-line plumbing: each phase is a
+:class:`~streaming_vlm.eval.harness.Benchmark` (``merge`` a plain command) wiring the shared pieces together.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
 import math
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from streaming_vlm import settings as settings_mod
 from streaming_vlm.argtypes import non_negative_float, non_negative_int, positive_float, positive_int
-from streaming_vlm.eval.judge import COMMENTARY_RUBRIC, Rubric
-from streaming_vlm.eval.runner import format_table, rank_and_world, read_jsonl, run_items, write_results
+from streaming_vlm.eval import harness
+from streaming_vlm.eval.judge import COMMENTARY_RUBRIC, Judge, JudgeConfig, Rubric, add_chat_arguments
+from streaming_vlm.eval.runner import format_table, read_jsonl, write_results
+from streaming_vlm.settings import DEFAULTS, SETTING_NAMES
 
 __all__ = [
     "INF_STREAM_QUERY",
     "INF_STREAM_RUBRIC",
     "Clip",
+    "Baseline",
+    "Generate",
     "InfStreamError",
+    "Score",
     "Transcript",
-    "build_parser",
     "candidate_text",
     "covered",
     "load_clips",
@@ -80,6 +91,7 @@ METADATA_NAME = "eval_all_metadata.jsonl"
 CLIPS_NAME = "score_all_clips.jsonl"
 MERGED_NAME = "merged_result.jsonl"
 RUN_CONFIG_NAME = "run_config.json"
+STREAM_SETTINGS_NAME = "stream_settings.json"
 DEFAULT_START = 1000.0
 EPS = 1e-3  # seconds: times in the files are rounded to milliseconds
 
@@ -421,33 +433,6 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name).strip("/")) or "model"
 
 
-def _check_run_config(out: Path, config: dict) -> None:
-    """Refuse to resume into a folder written with other settings (its records would be mixed with ours).
-
-    Every rank checks, before it writes anything; rank 0 records the settings of a new folder.
-    """
-
-    path = out / RUN_CONFIG_NAME
-    if path.exists():
-        old = json.loads(path.read_text(encoding="utf-8"))
-        diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
-        if diff:
-            raise InfStreamError(f"{out} holds outputs made with other settings ({', '.join(diff)}); "
-                                 "use another --out or remove it")
-        return
-    if rank_and_world()[0] == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
-def _finish_distributed() -> None:
-    if "torch.distributed" in sys.modules:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
-
-
 def _segments(transcripts: list[Transcript], start: float, duration: float | None,
               segment_seconds: float | None) -> tuple[list[dict], list[str]]:
     """Work items ``{id, video, chunk_start, span_end}`` and the videos whose transcript ends before ``start``."""
@@ -466,236 +451,11 @@ def _segments(transcripts: list[Transcript], start: float, duration: float | Non
     return items, too_short
 
 
-def run_generate(args) -> int:
-    from tqdm import tqdm
-
-    from streaming_vlm.engine import StreamConfig
-    from streaming_vlm.eval.generate import load_eval_model, stream_span
-    from streaming_vlm.sampling import SamplingConfig
-
-    metadata, root = _input(args, args.metadata, METADATA_NAME, "--metadata")
-    transcripts = load_transcripts(metadata, root)[: args.limit]
-    missing = [str(t.path) for t in transcripts if not t.path.is_file()]
-    if missing:
-        raise InfStreamError(f"{len(missing)} video(s) not found, first: {missing[0]}")
-    items, too_short = _segments(transcripts, args.start_offset, args.duration, args.segment_seconds)
-    out = Path(args.out or f"results/inf_stream/answers/{_safe(args.model)}")
-    try:
-        sampling = SamplingConfig(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                                  repetition_penalty=args.repetition_penalty, max_new_tokens=args.max_new_tokens)
-        base = StreamConfig(query=args.query, system_prompt=args.system_prompt, fps=args.fps,
-                            chunk_seconds=args.chunk_seconds, vision_window=args.vision_window,
-                            text_rounds=args.text_rounds, text_sink=args.text_sink, text_window=args.text_window,
-                            sampling=sampling, seed=args.seed)
-    except ValueError as exc:
-        raise InfStreamError(str(exc)) from None
-    frames = args.fps * args.chunk_seconds
-    if abs(frames - round(frames)) > 1e-9 * frames or round(frames) % 2:  # Qwen2.5-VL encodes frames in pairs
-        raise InfStreamError(f"--fps * --chunk-seconds must be an even whole number of frames per chunk, "
-                             f"got {args.fps:g} * {args.chunk_seconds:g} = {frames:g}")
-    settings = {
-        "phase": "generate", "model": args.model, "start": args.start_offset, "duration": args.duration,
-        "segment_seconds": args.segment_seconds, "query": args.query, "system_prompt": args.system_prompt,
-        "fps": args.fps, "chunk_seconds": args.chunk_seconds, "vision_window": args.vision_window,
-        "text_rounds": args.text_rounds, "text_sink": args.text_sink, "text_window": args.text_window,
-        "min_pixels": args.min_pixels, "max_pixels": args.max_pixels, "seed": args.seed,
-        "sampling": dataclasses.asdict(sampling),
-    }
-    _check_run_config(out, settings)
-    for key in too_short:
-        log.warning("%s: the transcript ends before --start-offset %g s; skipped", key, args.start_offset)
-    model = load_eval_model(args.model, device=args.device, dtype=args.dtype,
-                            min_pixels=min(args.min_pixels, args.max_pixels), max_pixels=args.max_pixels)
-    defaults = model.loaded.generation_defaults
-    base = dataclasses.replace(base, sampling=dataclasses.replace(
-        sampling, top_p=args.top_p if args.top_p is not None else defaults.get("top_p"),
-        top_k=args.top_k if args.top_k is not None else defaults.get("top_k")))
-    by_key = {t.key: t for t in transcripts}
-
-    def generate(item: dict) -> dict:
-        t = by_key[item["video"]]
-        s = item["chunk_start"]
-        prev = previous_text(t.words, s)
-        config = dataclasses.replace(base, previous_text=prev)
-        results, end = [], s
-        n = math.ceil((item["span_end"] - s) / args.chunk_seconds - 1e-9)
-        for r in tqdm(stream_span(model, t.path, config, start=s, end=item["span_end"]), total=n,
-                      desc=f"{t.key} @ {s:g} s", unit="chunk", leave=False, disable=args.quiet):
-            results.append({"response": r.text, "start_time": round(r.start, 3), "end_time": round(r.end, 3)})
-            end = r.end
-        return {"video": t.key, "chunk_start": s, "chunk_end": round(end, 3), "items": results,
-                "previous_words": len(prev.split())}
-
-    records = run_items("generate", items, generate, out, progress=not args.quiet)
-    if records is None:
-        return 0
-    merged = merge_records(records)
-    print(f"wrote {_write_jsonl(out / MERGED_NAME, merged)}")
-    print(format_table([{
-        "video": m["video"], "start s": m["chunk_start"], "end s": m["chunk_end"], "segments": len(m["segments"]),
-        "chunks": len(m["items"]), "words": sum(len(it["response"].split()) for it in m["items"]),
-    } for m in merged]))
-    return 0
-
-
-def run_baseline(args) -> int:
-    from streaming_vlm.eval.openai_baseline import BaselineConfig, OpenAIBaseline, Segment
-
-    clips_path, root = _input(args, args.clips, CLIPS_NAME, "--clips")
-    clips, _ = load_clips(clips_path, root)
-    early = [c for c in clips if c.start < args.start_offset - EPS]
-    clips = [c for c in clips if c.start >= args.start_offset - EPS][: args.limit]
-    missing = sorted({str(c.path) for c in clips if not c.path.is_file()})
-    if missing:
-        raise InfStreamError(f"{len(missing)} video(s) not found, first: {missing[0]}")
-    previous: dict[str, str] = {}
-    if args.previous_words:
-        metadata, mroot = _input(args, args.metadata, METADATA_NAME, "--metadata")
-        for t in load_transcripts(metadata, mroot):
-            previous[t.key] = " ".join(previous_text(t.words, args.start_offset).split()[-args.previous_words:])
-    try:
-        config = BaselineConfig(
-            model=args.model, base_url=args.base_url, api_key_env=args.api_key_env,
-            system_prompt=args.system_prompt, query=args.query, fps=args.fps,
-            max_frames_per_request=args.max_frames_per_request, max_height=args.max_height,
-            jpeg_quality=args.jpeg_quality, detail=args.detail, temperature=args.temperature, seed=args.seed,
-            max_tokens=args.max_tokens, max_retries=args.max_retries, backoff_s=args.backoff_s,
-            timeout_s=args.timeout_s,
-        )
-    except ValueError as exc:
-        raise InfStreamError(str(exc)) from None
-    out = Path(args.out or f"results/inf_stream/answers/{_safe(args.model)}")
-    settings = {"phase": "baseline", "start": args.start_offset, "previous_words": args.previous_words,
-                **{k: v for k, v in dataclasses.asdict(config).items() if k not in ("api_key_env", "max_retries",
-                                                                                     "backoff_s", "timeout_s")}}
-    _check_run_config(out, settings)
-    if early:
-        log.info("%d clip(s) start before --start-offset %g s and are left out", len(early), args.start_offset)
-    baseline = OpenAIBaseline(config)
-    items = [{"id": c.id, "video": c.key, "path": str(c.path), "start": c.start, "end": c.end} for c in clips]
-
-    def describe(item: dict) -> dict:
-        seg = Segment(item["path"], item["start"], item["end"], previous.get(item["video"], ""))
-        got = baseline.describe(seg)
-        return {"video": item["video"], "chunk_start": item["start"],
-                "chunk_end": got[-1]["end_time"] if got else item["end"], "items": got}
-
-    records = run_items("baseline", items, describe, out, progress=not args.quiet)
-    if records is None:
-        return 0
-    merged = merge_records(records)
-    print(f"wrote {_write_jsonl(out / MERGED_NAME, merged)}")
-    print(format_table([{
-        "video": m["video"], "clips": len(m["segments"]), "requests": len(m["items"]),
-        "frames": sum(it.get("frames", 0) for it in m["items"]),
-        "words": sum(len(it["response"].split()) for it in m["items"]),
-    } for m in merged]))
-    return 0
-
-
-def run_merge(args) -> int:
-    merged = merge_records(_read_records(args.inputs))
-    out = Path(args.out) if args.out else (Path(args.inputs[0]) if Path(args.inputs[0]).is_dir()
-                                           else Path(args.inputs[0]).parent) / MERGED_NAME
-    print(f"wrote {_write_jsonl(out, merged)}")
-    print(format_table([{"video": m["video"], "start s": m["chunk_start"], "end s": m["chunk_end"],
-                         "segments": len(m["segments"]), "items": len(m["items"])} for m in merged]))
-    return 0
-
-
 def _label(path: str, given: str | None) -> str:
     if given:
         return given
     p = Path(path)
     return (p if p.is_dir() else p.parent).name or str(p)
-
-
-def run_score(args) -> int:
-    from streaming_vlm.eval.judge import Judge, JudgeConfig
-
-    clips_path, root = _input(args, args.clips, CLIPS_NAME, "--clips")
-    if not args.judge_model:
-        raise InfStreamError("no judge model: pass --judge-model (e.g. gpt-4o) or set JUDGE_MODEL")
-    clips, dropped = load_clips(clips_path, root)
-    clips = clips[: args.limit]
-    a_path, a_rows = _load_merged(args.a)
-    b_path, b_rows = _load_merged(args.b)
-    label_a, label_b = _label(args.a, args.label_a), _label(args.b, args.label_b)
-    rubric = RUBRICS[args.rubric]
-    out = Path(args.out or f"results/inf_stream/scores/{_safe(label_a)}_VS_{_safe(label_b)}")
-    skipped = {"missing_a": 0, "missing_b": 0, "not_covered_a": 0, "not_covered_b": 0, **{
-        f"{k}_clip": v for k, v in dropped.items()}}
-    items = []
-    for c in clips:
-        a, b = a_rows.get(c.key), b_rows.get(c.key)
-        reason = ("missing_a" if a is None else "missing_b" if b is None else
-                  "not_covered_a" if not covered(a, c.start, c.end) else
-                  "not_covered_b" if not covered(b, c.start, c.end) else None)
-        if reason:
-            skipped[reason] += 1
-            continue
-        m = args.max_chars
-        text_a = candidate_text(a["items"], c.start, c.end)[:m]
-        text_b = candidate_text(b["items"], c.start, c.end)[:m]
-        reference = c.reference[:m]
-        # The id carries a digest of what is judged: changed outputs or settings are judged anew on a rerun.
-        digest = hashlib.sha256(json.dumps([text_a, text_b, reference, args.judge_model, rubric.name]).encode())
-        items.append({"id": f"{c.id}#{digest.hexdigest()[:12]}", "video": c.key, "title": c.title,
-                      "start": c.start, "end": c.end, "a": text_a, "b": text_b, "reference": reference})
-    out.mkdir(parents=True, exist_ok=True)
-    judge = Judge(JudgeConfig(model=args.judge_model, base_url=args.judge_base_url,
-                              api_key_env=args.judge_api_key_env, max_retries=args.max_retries,
-                              backoff_s=args.backoff_s, timeout_s=args.timeout_s,
-                              cache_path=str(out / "judge_cache.jsonl")), rubric)
-
-    def score(item: dict) -> dict:
-        v = judge.compare(item["a"], item["b"], item["reference"])
-        winner = "A" if v.wins_x > v.wins_y else "B" if v.wins_y > v.wins_x else "tie"
-        return {"video": item["video"], "title": item["title"], "start": item["start"], "end": item["end"],
-                "a_chars": len(item["a"]), "b_chars": len(item["b"]), "first": v.first, "second": v.second,
-                "wins_a": v.wins_x, "wins_b": v.wins_y, "invalid": v.invalid, "winner": winner}
-
-    # A clip with an invalid verdict is judged again on a rerun (the judge does not cache invalid replies).
-    records = run_items("score", items, score, out, progress=not args.quiet, finished=lambda r: not r["invalid"])
-    if records is None:
-        return 0
-    summary = summarize_scores(records, n_boot=args.bootstrap, seed=args.seed)
-    doc = {
-        "meta": {
-            "a": label_a, "b": label_b, "a_results": str(a_path), "b_results": str(b_path), "clips": str(clips_path),
-            "judge_model": args.judge_model, "judge_base_url": args.judge_base_url, "rubric": rubric.name,
-            "max_chars": args.max_chars, "bootstrap": args.bootstrap, "seed": args.seed,
-            "win_rate": "vote-level: A's share of the valid verdicts (each clip judged in both orders); the 95% "
-                        "interval is a percentile bootstrap over clips of the per-clip share",
-        },
-        **summary,
-        "skipped": skipped,
-        "judge_stats_this_run": judge.stats,  # a resumed run only counts the clips it judged itself
-    }
-    print(f"wrote {write_results(out / 'score_results.json', doc)}")
-    print(score_table(summary))
-    o = summary["overall"]
-    ci = o["win_rate_a_ci95"]
-    print(f"{label_a} vs {label_b}: win rate {_pct(o['win_rate_a'])}"
-          + (f" (95% CI {_pct(ci[0])} - {_pct(ci[1])})" if ci else "")
-          + f" over {o['clips']} clips; {o['invalid']} of {o['judgements']} verdicts invalid"
-          + (" (not cached: a rerun asks them again); " if o["invalid"] else "; ")
-          + f"skipped clips: {sum(skipped.values())} ({', '.join(f'{k} {v}' for k, v in skipped.items() if v) or '-'})")
-    return 0
-
-
-# ------------------------------------------------------------------------------------------------------------
-# entry point
-# ------------------------------------------------------------------------------------------------------------
-
-
-def _window(text: str) -> int | None:
-    if text.lower() in ("none", "unlimited"):
-        return None
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0 or 'unlimited', got {text}")
-    return value
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -705,138 +465,342 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def _instruction(p: argparse.ArgumentParser) -> None:
-    from streaming_vlm.layout import DEFAULT_SYSTEM_PROMPT
+class _Phase(harness.Benchmark):
+    """What the phases share: the name, the dataset options, ``--out`` as the records' folder."""
 
-    p.add_argument("--query", default=INF_STREAM_QUERY, help="instruction (default: the benchmark's broadcaster "
-                   "instruction, the same for our model and the baseline)")
-    p.add_argument("--system-prompt", default=DEFAULT_SYSTEM_PROMPT, help="system prompt (default: %(default)r)")
-    p.add_argument("--start-offset", type=non_negative_float, default=DEFAULT_START,
-                   help="start offset in seconds; earlier video is not commented on (default %(default)g)")
+    name = "inf-stream"
 
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        _common(p)
 
-def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    """The ``streaming-vlm eval inf-stream`` options (added to ``parser`` when given)."""
-    p = parser or argparse.ArgumentParser(
-        prog=PROG, description="Inf-Streams-Eval: commentary on long videos from a start offset, judged "
-        "pairwise against a baseline by an LLM (win rate with a bootstrap 95% interval, per-video breakdown).")
-    sub = p.add_subparsers(dest="phase", metavar="PHASE", required=True)
+    def records_dir(self, run: harness.Run) -> Path:
+        return self.out
 
-    g = sub.add_parser("generate", help="our model's commentary on every video (resumable; torchrun shards)",
-                       description="Stream commentary on every video of the metadata file from --start-offset, with "
-                       "the transcript before each segment as previous text; merge into merged_result.jsonl.")
-    _common(g)
-    _instruction(g)
-    g.add_argument("--model", required=True, help="hub id or directory of the checkpoint ('tiny' = random tiny)")
-    g.add_argument("--metadata", default=None, help=f"metadata JSONL (default: DATASET/{METADATA_NAME})")
-    g.add_argument("--out", default=None, help="output folder (default results/inf_stream/answers/<model>)")
-    g.add_argument("--duration", type=positive_float, default=None,
-                   help="seconds per video after --start-offset at most (default: to the end of the transcript)")
-    g.add_argument("--segment-seconds", type=positive_float, default=None,
-                   help="restart the stream (with the transcript so far) every this many seconds; finer resume, "
-                   "but a different evaluation (default: one continuous stream per video)")
-    g.add_argument("--fps", type=positive_float, default=2.0, help="frames per second (default 2)")
-    g.add_argument("--chunk-seconds", type=positive_float, default=1.0, help="seconds per chunk (default 1)")
-    for name, default, what in (("vision-window", 16, "chunks whose vision tokens are kept"),
-                                ("text-rounds", 16, "assistant turns kept before retiring into previous text"),
-                                ("text-sink", 512, "first previous-text tokens kept"),
-                                ("text-window", 512, "last previous-text tokens kept")):
-        g.add_argument(f"--{name}", type=_window, default=default, help=f"{what} (default {default}; 'unlimited')")
-    g.add_argument("--max-new-tokens", type=positive_int, default=20, help="tokens per chunk at most (default 20)")
-    g.add_argument("--temperature", type=non_negative_float, default=0.9, help="0 = greedy (default 0.9)")
-    g.add_argument("--top-p", type=float, default=None, help="default: the checkpoint's generation config")
-    g.add_argument("--top-k", type=int, default=None, help="default: the checkpoint's generation config")
-    g.add_argument("--repetition-penalty", type=positive_float, default=1.05, help="default 1.05")
-    g.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-    g.add_argument("--device", default="auto", help="auto (cuda:LOCAL_RANK under torchrun), cuda, cpu")
-    g.add_argument("--dtype", default="auto", help="auto, bf16, fp16, fp32")
-    g.add_argument("--min-pixels", type=positive_int, default=100 * 28 * 28, help="default 100*28*28")
-    g.add_argument("--max-pixels", type=positive_int, default=768 * 28 * 28, help="default 768*28*28")
-    g.set_defaults(run=run_generate)
-
-    b = sub.add_parser("baseline", help="baseline commentary per scoring clip from an OpenAI-compatible model",
-                       description="Commentary on every scoring clip at or after --start-offset by an "
-                       "OpenAI-compatible vision chat model, given our instruction and an explicit frame budget.")
-    _common(b)
-    _instruction(b)
-    b.add_argument("--model", default="gpt-4o-mini", help="chat model name (default %(default)s)")
-    b.add_argument("--base-url", default=None, help="API base URL (default: the client's, OPENAI_BASE_URL)")
-    b.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
-    b.add_argument("--clips", default=None, help=f"scoring clips JSONL (default: DATASET/{CLIPS_NAME})")
-    b.add_argument("--metadata", default=None, help="metadata JSONL, for --previous-words")
-    b.add_argument("--out", default=None, help="output folder (default results/inf_stream/answers/<model>)")
-    b.add_argument("--fps", type=positive_float, default=2.0,
-                   help="frames per second of video sent (default 2, as our model sees)")
-    b.add_argument("--max-frames-per-request", type=positive_int, default=64,
-                   help="longer clips are asked in consecutive windows of this many frames (default 64)")
-    b.add_argument("--max-height", type=positive_int, default=360, help="frame height cap in pixels (default 360)")
-    b.add_argument("--jpeg-quality", type=positive_int, default=85, help="default 85")
-    b.add_argument("--detail", choices=("low", "high", "auto"), default=None, help="image_url detail (default unset)")
-    b.add_argument("--temperature", type=non_negative_float, default=0.0, help="default 0")
-    b.add_argument("--seed", type=int, default=42, help="request seed (default 42)")
-    b.add_argument("--max-tokens", type=positive_int, default=300, help="reply tokens per request (default 300)")
-    b.add_argument("--previous-words", type=non_negative_int, default=0,
-                   help="also give the last N transcript words before --start-offset (default 0, as the reference)")
-    b.add_argument("--max-retries", type=non_negative_int, default=5, help="retries per request (default 5)")
-    b.add_argument("--backoff-s", type=positive_float, default=1.0, help="first retry wait, doubled each time")
-    b.add_argument("--timeout-s", type=positive_float, default=120.0,
-                   help="seconds one request may take before it is abandoned and retried (default 120)")
-    b.set_defaults(run=run_baseline)
-
-    m = sub.add_parser("merge", help="merge generation records into merged_result.jsonl",
-                       description="Merge generation records (files, or folders of *.jsonl) into one line per "
-                       "video.")
-    m.add_argument("inputs", nargs="+", help="record files or folders")
-    m.add_argument("--out", default=None, help=f"output file (default: <first input folder>/{MERGED_NAME})")
-    m.set_defaults(run=run_merge)
-
-    s = sub.add_parser("score", help="pairwise LLM judging of A against B over the scoring clips",
-                       description="Judge A's commentary against B's on every scoring clip both cover, in both "
-                       "orders; win rate of A with a bootstrap 95% interval and a per-video breakdown.")
-    _common(s)
-    s.add_argument("--a", required=True, help=f"model A: output folder or {MERGED_NAME} (ours)")
-    s.add_argument("--b", required=True, help=f"model B: output folder or {MERGED_NAME} (the baseline)")
-    s.add_argument("--label-a", default=None, help="name of A in the results (default: its folder name)")
-    s.add_argument("--label-b", default=None, help="name of B in the results (default: its folder name)")
-    s.add_argument("--clips", default=None, help=f"scoring clips JSONL (default: DATASET/{CLIPS_NAME})")
-    s.add_argument("--out", default=None, help="output folder (default results/inf_stream/scores/<A>_VS_<B>)")
-    s.add_argument("--judge-model", default=os.environ.get("JUDGE_MODEL"), help="judge chat model ($JUDGE_MODEL)")
-    s.add_argument("--judge-base-url", default=None, help="judge API base URL (default: the client's)")
-    s.add_argument("--judge-api-key-env", default="OPENAI_API_KEY", help="environment variable with the key")
-    s.add_argument("--rubric", choices=sorted(RUBRICS), default="inf-stream",
-                   help="inf-stream (tone and pacing first, then accuracy; default) or commentary")
-    s.add_argument("--max-chars", type=positive_int, default=8000,
-                   help="texts shown to the judge are cut to this many characters (default 8000)")
-    s.add_argument("--bootstrap", type=positive_int, default=2000, help="bootstrap resamples (default 2000)")
-    s.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
-    s.add_argument("--max-retries", type=non_negative_int, default=5, help="judge retries per request (default 5)")
-    s.add_argument("--backoff-s", type=positive_float, default=1.0, help="first retry wait, doubled each time")
-    s.add_argument("--timeout-s", type=positive_float, default=60.0,
-                   help="seconds one judge request may take before it is abandoned and retried (default 60)")
-    s.set_defaults(run=run_score)
-    return p
+    def resume_path(self, run: harness.Run) -> Path:
+        return self.out / RUN_CONFIG_NAME
 
 
-def _fail(message: str) -> int:
-    print(f"{PROG}: error: {' '.join(str(message).split())}", file=sys.stderr)
-    return 2
+class _Commentary(_Phase):
+    """A phase that comments on the videos from ``--start-offset``: records ``{video, chunk_start, chunk_end,
+    items}`` merged into ``merged_result.jsonl`` and a table."""
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        super().add_arguments(p)
+        p.add_argument("--start-offset", type=non_negative_float, default=DEFAULT_START,
+                       help="start offset in seconds; earlier video is not commented on (default %(default)g)")
+
+    def score(self, run: harness.Run, records: dict[str, list[dict]] | None) -> dict:
+        merged = merge_records(records[self.group])
+        print(f"wrote {_write_jsonl(self.out / MERGED_NAME, merged)}")
+        return {"merged": merged}
 
 
-def main(argv: list[str] | argparse.Namespace | None = None) -> int:
-    args = argv if isinstance(argv, argparse.Namespace) else build_parser().parse_args(argv)
-    from streaming_vlm.eval.judge import JudgeError
-    from streaming_vlm.eval.openai_baseline import BaselineError
-    from streaming_vlm.models import ModelLoadError
-    from streaming_vlm.video import VideoError
+class Generate(_Commentary):
+    """``inf-stream generate``: our model's segments (group ``generate``)."""
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per API request otherwise
-    try:
-        return args.run(args)
-    except (InfStreamError, VideoError, ModelLoadError, JudgeError, BaselineError, OSError, ValueError) as exc:
-        return _fail(str(exc))
-    finally:
-        _finish_distributed()
+    help = "our model's commentary on every video (resumable; torchrun shards)"
+    description = ("Stream commentary on every video of the metadata file from --start-offset, with the transcript "
+                   "before each segment as previous text; merge into merged_result.jsonl.")
+    group = "generate"
+    settings_use = harness.SettingsUse(exclude=("total_pixels", "max_frames", "reset_every"),
+                                       protocol={"query": INF_STREAM_QUERY})
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        super().add_arguments(p)
+        p.add_argument("--metadata", default=None, help=f"metadata JSONL (default: DATASET/{METADATA_NAME})")
+        p.add_argument("--out", default=None, help="output folder (default results/inf_stream/answers/<model>)")
+        p.add_argument("--duration", type=positive_float, default=None,
+                       help="seconds per video after --start-offset at most (default: to the end of the transcript)")
+        p.add_argument("--segment-seconds", type=positive_float, default=None,
+                       help="restart the stream (with the transcript so far) every this many seconds; finer resume, "
+                       "but a different evaluation (default: one continuous stream per video)")
+
+    def items(self, run: harness.Run) -> dict[str, list[dict]]:
+        args = run.args
+        metadata, root = _input(args, args.metadata, METADATA_NAME, "--metadata")
+        transcripts = load_transcripts(metadata, root)[: args.limit]
+        missing = [str(t.path) for t in transcripts if not t.path.is_file()]
+        if missing:
+            raise InfStreamError(f"{len(missing)} video(s) not found, first: {missing[0]}")
+        items, too_short = _segments(transcripts, args.start_offset, args.duration, args.segment_seconds)
+        for key in too_short:
+            log.warning("%s: the transcript ends before --start-offset %g s; skipped", key, args.start_offset)
+        self.out = Path(args.out or f"results/inf_stream/answers/{_safe(args.model)}")
+        self.by_key = {t.key: t for t in transcripts}
+        return {"generate": items}
+
+    def resume_record(self, run: harness.Run) -> dict:
+        args, s = run.args, run.settings
+        return {
+            "phase": "generate", "model": args.model, "start": args.start_offset, "duration": args.duration,
+            "segment_seconds": args.segment_seconds, "query": s.query, "system_prompt": s.system_prompt,
+            "fps": s.fps, "chunk_seconds": s.chunk_seconds, "vision_window": s.vision_window,
+            "text_rounds": s.text_rounds, "text_sink": s.text_sink, "text_window": s.text_window,
+            "min_pixels": _asked_min_pixels(run), "max_pixels": s.max_pixels, "seed": s.seed,
+            "sampling": dataclasses.asdict(s.sampling()),
+        }  # fmt: skip
+
+    def run_item(self, run: harness.Run, group: str, item: dict) -> dict:
+        from tqdm import tqdm
+
+        t = self.by_key[item["video"]]
+        s = item["chunk_start"]
+        prev = previous_text(t.words, s)
+        config = run.stream_config(previous_text=prev)
+        results, end = [], s
+        n = math.ceil((item["span_end"] - s) / config.chunk_seconds - 1e-9)
+        for r in tqdm(run.stream(t.path, config, start=s, end=item["span_end"]), total=n, desc=f"{t.key} @ {s:g} s",
+                      unit="chunk", leave=False, disable=not run.progress):
+            results.append({"response": r.text, "start_time": round(r.start, 3), "end_time": round(r.end, 3)})
+            end = r.end
+        return {"video": t.key, "chunk_start": s, "chunk_end": round(end, 3), "items": results,
+                "previous_words": len(prev.split())}
+
+    def score(self, run: harness.Run, records: dict[str, list[dict]] | None) -> dict:
+        # the settings every segment streamed with (run_config.json holds what a resume must match)
+        write_results(self.out / STREAM_SETTINGS_NAME, run.settings_record())
+        return super().score(run, records)
+
+    def table(self, results: dict) -> str:
+        return format_table([{
+            "video": m["video"], "start s": m["chunk_start"], "end s": m["chunk_end"], "segments": len(m["segments"]),
+            "chunks": len(m["items"]), "words": sum(len(it["response"].split()) for it in m["items"]),
+        } for m in results["merged"]])
+
+
+def _asked_min_pixels(run: harness.Run) -> int:
+    """``min_pixels`` as ``run_config.json`` has always recorded it: the value asked for (flag, ``--config``, the
+    checkpoint, the default), before ``settings.resolve`` lowers one above ``max_pixels`` to it, so that folders
+    written before still resume."""
+    args = run.args
+    explicit = settings_mod.given(args) | (settings_mod.load_config(args.config) if args.config else {})
+    if "min_pixels" in explicit:
+        return explicit["min_pixels"]
+    return settings_mod.from_checkpoint(run.model_path).get("min_pixels", DEFAULTS.min_pixels)
+
+
+class Baseline(_Commentary):
+    """``inf-stream baseline``: an OpenAI-compatible vision model's commentary per scoring clip (group
+    ``baseline``); of the stream settings it takes only the instruction and the system prompt."""
+
+    help = "baseline commentary per scoring clip from an OpenAI-compatible model"
+    description = ("Commentary on every scoring clip at or after --start-offset by an OpenAI-compatible vision chat "
+                   "model, given our instruction and an explicit frame budget.")
+    group = "baseline"
+    settings_use = harness.SettingsUse(exclude=tuple(n for n in SETTING_NAMES if n not in ("query", "system_prompt")),
+                                       protocol={"query": INF_STREAM_QUERY}, fixed_chunks=False)
+    model_default = harness.NO_MODEL
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        super().add_arguments(p)
+        p.add_argument("--clips", default=None, help=f"scoring clips JSONL (default: DATASET/{CLIPS_NAME})")
+        p.add_argument("--metadata", default=None, help="metadata JSONL, for --previous-words")
+        p.add_argument("--out", default=None, help="output folder (default results/inf_stream/answers/<model>)")
+        p.add_argument("--previous-words", type=non_negative_int, default=0,
+                       help="also give the last N transcript words before --start-offset (default 0, as the reference)")
+        api = add_chat_arguments(p, "baseline", flag_prefix="--", model_default="gpt-4o-mini",
+                                 model_help="chat model name (default gpt-4o-mini)", timeout_s=120.0)
+        api.add_argument("--fps", dest="baseline_fps", metavar="FPS", type=positive_float, default=2.0,
+                         help="frames per second of video sent (default 2, as our model sees)")
+        api.add_argument("--max-frames-per-request", type=positive_int, default=64,
+                         help="longer clips are asked in consecutive windows of this many frames (default 64)")
+        api.add_argument("--max-height", type=positive_int, default=360,
+                         help="frame height cap in pixels (default 360)")
+        api.add_argument("--jpeg-quality", type=positive_int, default=85, help="default 85")
+        api.add_argument("--detail", choices=("low", "high", "auto"), default=None,
+                         help="image_url detail (default unset)")
+        api.add_argument("--temperature", dest="baseline_temperature", metavar="T", type=non_negative_float,
+                         default=0.0, help="default 0")
+        api.add_argument("--seed", dest="baseline_seed", metavar="SEED", type=int, default=42,
+                         help="request seed (default 42)")
+        api.add_argument("--max-tokens", dest="baseline_max_tokens", metavar="N", type=positive_int, default=300,
+                         help="reply tokens per request (default 300)")
+
+    def items(self, run: harness.Run) -> dict[str, list[dict]]:
+        from streaming_vlm.eval.openai_baseline import BaselineConfig
+
+        args = run.args
+        clips_path, root = _input(args, args.clips, CLIPS_NAME, "--clips")
+        clips, _ = load_clips(clips_path, root)
+        early = [c for c in clips if c.start < args.start_offset - EPS]
+        clips = [c for c in clips if c.start >= args.start_offset - EPS][: args.limit]
+        missing = sorted({str(c.path) for c in clips if not c.path.is_file()})
+        if missing:
+            raise InfStreamError(f"{len(missing)} video(s) not found, first: {missing[0]}")
+        self.previous: dict[str, str] = {}
+        if args.previous_words:
+            metadata, mroot = _input(args, args.metadata, METADATA_NAME, "--metadata")
+            for t in load_transcripts(metadata, mroot):
+                words = previous_text(t.words, args.start_offset).split()
+                self.previous[t.key] = " ".join(words[-args.previous_words:])
+        self.config = BaselineConfig.from_args(
+            args, "baseline", system_prompt=run.settings.system_prompt, query=run.settings.query, fps=args.baseline_fps,
+            max_frames_per_request=args.max_frames_per_request, max_height=args.max_height,
+            jpeg_quality=args.jpeg_quality, detail=args.detail)
+        self.out = Path(args.out or f"results/inf_stream/answers/{_safe(args.baseline_model)}")
+        if early:
+            log.info("%d clip(s) start before --start-offset %g s and are left out", len(early), args.start_offset)
+        return {"baseline": [{"id": c.id, "video": c.key, "path": str(c.path), "start": c.start, "end": c.end}
+                             for c in clips]}
+
+    def resume_record(self, run: harness.Run) -> dict:
+        kept = {k: v for k, v in dataclasses.asdict(self.config).items()
+                if k not in ("api_key_env", "max_retries", "backoff_s", "timeout_s")}
+        return {"phase": "baseline", "start": run.args.start_offset, "previous_words": run.args.previous_words, **kept}
+
+    @functools.cached_property
+    def baseline(self):
+        from streaming_vlm.eval.openai_baseline import OpenAIBaseline
+
+        return OpenAIBaseline(self.config)
+
+    def run_item(self, run: harness.Run, group: str, item: dict) -> dict:
+        from streaming_vlm.eval.openai_baseline import Segment
+
+        got = self.baseline.describe(Segment(item["path"], item["start"], item["end"],
+                                             self.previous.get(item["video"], "")))
+        return {"video": item["video"], "chunk_start": item["start"],
+                "chunk_end": got[-1]["end_time"] if got else item["end"], "items": got}
+
+    def table(self, results: dict) -> str:
+        return format_table([{
+            "video": m["video"], "clips": len(m["segments"]), "requests": len(m["items"]),
+            "frames": sum(it.get("frames", 0) for it in m["items"]),
+            "words": sum(len(it["response"].split()) for it in m["items"]),
+        } for m in results["merged"]])
+
+
+class Score(_Phase):
+    """``inf-stream score``: pairwise judging of A against B per covered scoring clip (group ``score``); a clip with
+    an invalid verdict is unfinished, so a rerun judges it again. It streams nothing: no stream settings."""
+
+    help = "pairwise LLM judging of A against B over the scoring clips"
+    description = ("Judge A's commentary against B's on every scoring clip both cover, in both orders; win rate of A "
+                   "with a bootstrap 95% interval and a per-video breakdown.")
+    settings_use = harness.SettingsUse(exclude=SETTING_NAMES, fixed_chunks=False)
+    model_default = harness.NO_MODEL
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        super().add_arguments(p)
+        p.add_argument("--a", required=True, help=f"model A: output folder or {MERGED_NAME} (ours)")
+        p.add_argument("--b", required=True, help=f"model B: output folder or {MERGED_NAME} (the baseline)")
+        p.add_argument("--label-a", default=None, help="name of A in the results (default: its folder name)")
+        p.add_argument("--label-b", default=None, help="name of B in the results (default: its folder name)")
+        p.add_argument("--clips", default=None, help=f"scoring clips JSONL (default: DATASET/{CLIPS_NAME})")
+        p.add_argument("--out", default=None, help="output folder (default results/inf_stream/scores/<A>_VS_<B>)")
+        p.add_argument("--rubric", choices=sorted(RUBRICS), default="inf-stream",
+                       help="inf-stream (tone and pacing first, then accuracy; default) or commentary")
+        p.add_argument("--max-chars", type=positive_int, default=8000,
+                       help="texts shown to the judge are cut to this many characters (default 8000)")
+        p.add_argument("--bootstrap", type=positive_int, default=2000, help="bootstrap resamples (default 2000)")
+        p.add_argument("--seed", dest="bootstrap_seed", metavar="SEED", type=int, default=0,
+                       help="bootstrap seed (default 0)")
+        add_chat_arguments(p, "judge", flag_prefix="--judge-", model_default=os.environ.get("JUDGE_MODEL"),
+                           model_help="judge chat model ($JUDGE_MODEL)", timeout_s=60.0)
+
+    def items(self, run: harness.Run) -> dict[str, list[dict]]:
+        args = run.args
+        self.clips_path, root = _input(args, args.clips, CLIPS_NAME, "--clips")
+        if not args.judge_model:
+            raise InfStreamError("no judge model: pass --judge-model (e.g. gpt-4o) or set JUDGE_MODEL")
+        clips, dropped = load_clips(self.clips_path, root)
+        self.a_path, a_rows = _load_merged(args.a)
+        self.b_path, b_rows = _load_merged(args.b)
+        self.labels = _label(args.a, args.label_a), _label(args.b, args.label_b)
+        rubric = RUBRICS[args.rubric]
+        self.out = Path(args.out or f"results/inf_stream/scores/{_safe(self.labels[0])}_VS_{_safe(self.labels[1])}")
+        self.skipped = {"missing_a": 0, "missing_b": 0, "not_covered_a": 0, "not_covered_b": 0,
+                        **{f"{k}_clip": v for k, v in dropped.items()}}
+        items = []
+        for c in clips[: args.limit]:
+            a, b = a_rows.get(c.key), b_rows.get(c.key)
+            reason = ("missing_a" if a is None else "missing_b" if b is None else
+                      "not_covered_a" if not covered(a, c.start, c.end) else
+                      "not_covered_b" if not covered(b, c.start, c.end) else None)
+            if reason:
+                self.skipped[reason] += 1
+                continue
+            m = args.max_chars
+            text_a = candidate_text(a["items"], c.start, c.end)[:m]
+            text_b = candidate_text(b["items"], c.start, c.end)[:m]
+            reference = c.reference[:m]
+            # The id carries a digest of what is judged: changed outputs or settings are judged anew on a rerun.
+            digest = hashlib.sha256(json.dumps([text_a, text_b, reference, args.judge_model, rubric.name]).encode())
+            items.append({"id": f"{c.id}#{digest.hexdigest()[:12]}", "video": c.key, "title": c.title,
+                          "start": c.start, "end": c.end, "a": text_a, "b": text_b, "reference": reference})
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.judge = Judge(JudgeConfig.from_args(args, "judge", cache_path=str(self.out / "judge_cache.jsonl")),
+                           rubric)
+        return {"score": items}
+
+    def run_item(self, run: harness.Run, group: str, item: dict) -> dict:
+        v = self.judge.compare(item["a"], item["b"], item["reference"])
+        winner = "A" if v.wins_x > v.wins_y else "B" if v.wins_y > v.wins_x else "tie"
+        return {"video": item["video"], "title": item["title"], "start": item["start"], "end": item["end"],
+                "a_chars": len(item["a"]), "b_chars": len(item["b"]), "first": v.first, "second": v.second,
+                "wins_a": v.wins_x, "wins_b": v.wins_y, "invalid": v.invalid, "winner": winner}
+
+    def finished(self, record: dict) -> bool:
+        return not record["invalid"]  # the judge does not cache invalid replies: a rerun asks them again
+
+    def score(self, run: harness.Run, records: dict[str, list[dict]] | None) -> dict:
+        args, (label_a, label_b) = run.args, self.labels
+        summary = summarize_scores(records["score"], n_boot=args.bootstrap, seed=args.bootstrap_seed)
+        doc = {
+            "meta": {
+                "a": label_a, "b": label_b, "a_results": str(self.a_path), "b_results": str(self.b_path),
+                "clips": str(self.clips_path), "judge_model": args.judge_model, "judge_base_url": args.judge_base_url,
+                "rubric": args.rubric, "max_chars": args.max_chars, "bootstrap": args.bootstrap,
+                "seed": args.bootstrap_seed,
+                "win_rate": "vote-level: A's share of the valid verdicts (each clip judged in both orders); the 95% "
+                            "interval is a percentile bootstrap over clips of the per-clip share",
+            },
+            **summary,
+            "skipped": self.skipped,
+            "judge_stats_this_run": self.judge.stats,  # a resumed run only counts the clips it judged itself
+        }  # fmt: skip
+        # written here, not by the harness: judging streams nothing, so its results carry no stream settings
+        print(f"wrote {write_results(self.out / 'score_results.json', doc)}")
+        return doc
+
+    def table(self, results: dict) -> str:
+        o, skipped = results["overall"], results["skipped"]
+        ci = o["win_rate_a_ci95"]
+        counts = ", ".join(f"{k} {v}" for k, v in skipped.items() if v) or "-"
+        return (f"{score_table(results)}\n{results['meta']['a']} vs {results['meta']['b']}: win rate "
+                f"{_pct(o['win_rate_a'])}" + (f" (95% CI {_pct(ci[0])} - {_pct(ci[1])})" if ci else "")
+                + f" over {o['clips']} clips; {o['invalid']} of {o['judgements']} verdicts invalid"
+                + (" (not cached: a rerun asks them again); " if o["invalid"] else "; ")
+                + f"skipped clips: {sum(skipped.values())} ({counts})")
+
+
+def _add_merge_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("inputs", nargs="+", help="record files or folders")
+    p.add_argument("--out", default=None, help=f"output file (default: <first input folder>/{MERGED_NAME})")
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    """``inf-stream merge``: generation records (files or folders) merged into one line per video."""
+    merged = merge_records(_read_records(args.inputs))
+    out = Path(args.out) if args.out else (Path(args.inputs[0]) if Path(args.inputs[0]).is_dir()
+                                           else Path(args.inputs[0]).parent) / MERGED_NAME
+    print(f"wrote {_write_jsonl(out, merged)}")
+    print(format_table([{"video": m["video"], "start s": m["chunk_start"], "end s": m["chunk_end"],
+                         "segments": len(m["segments"]), "items": len(m["items"])} for m in merged]))
+    return 0
+
+
+MERGE = harness.Command(help="merge generation records into merged_result.jsonl", add_arguments=_add_merge_arguments,
+                        main=run_merge, description="Merge generation records (files, or folders of *.jsonl) into "
+                        "one line per video.")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``streaming-vlm eval inf-stream PHASE ARGV``; the exit status."""
+    return harness.run({"generate": Generate(), "baseline": Baseline(), "score": Score()}, argv,
+                       commands={"merge": MERGE},
+                       description="Inf-Streams-Eval: commentary on long videos from a start offset, judged pairwise "
+                       "against a baseline by an LLM (win rate with a bootstrap 95% interval, per-video breakdown).")
 
 
 if __name__ == "__main__":
