@@ -431,8 +431,8 @@ def _efficiency(model: str) -> Callable:
 
 def _bench(model: str) -> Callable:
     """test_bench.py's run (its argv is inline in the fixture, so it is repeated here) on the synthetic video bench
-    would write (pinned, see :class:`Context`), through ``bench.main`` as ``scripts/bench_stream.py`` calls it:
-    ``streaming-vlm bench`` passes no option on (argparse's REMAINDER does not take a leading ``--flag``)."""
+    would write (pinned, see :class:`Context`), through ``bench.main`` as ``scripts/bench_stream.py`` calls it (as
+    recorded: ``streaming-vlm bench`` passed no option on before issue 14)."""
 
     def run(ctx: Context, extra: list[str]) -> dict:
         from streaming_vlm import bench
@@ -472,10 +472,16 @@ CASES: tuple[Case, ...] = (
     Case("inf-stream/score-D", "D", _inf_score("D"), needs=("inf-stream/generate-D", "inf-stream/baseline")),
     Case("synth/all-modes-T", "T", _synth("T")),
     Case("synth/all-modes-D", "D", _synth("D")),
-    Case("efficiency/all-modes-T", "T", _efficiency("T")),
-    Case("efficiency/all-modes-D", "D", _efficiency("D")),
-    Case("bench/streaming-recompute-T", "T", _bench("T")),
-    Case("bench/streaming-recompute-D", "D", _bench("D")),
+    Case("efficiency/all-modes-T", "T", _efficiency("T"), legacy_flags=("--top-k", "0")),
+    Case("efficiency/all-modes-D", "D", _efficiency("D"),
+         legacy_flags=("--min-pixels", "78400", "--max-pixels", "602112", "--vision-window", "16", "--text-rounds",
+                       "16", "--text-sink", "512", "--text-window", "512", "--max-new-tokens", "20", "--temperature",
+                       "0.9", "--repetition-penalty", "1.05", "--top-k", "0")),
+    Case("bench/streaming-recompute-T", "T", _bench("T"), legacy_flags=("--top-k", "0")),
+    Case("bench/streaming-recompute-D", "D", _bench("D"),
+         legacy_flags=("--min-pixels", "784", "--max-pixels", "12544", "--vision-window", "16", "--text-rounds", "16",
+                       "--text-sink", "512", "--text-window", "512", "--max-new-tokens", "20", "--temperature", "0.9",
+                       "--repetition-penalty", "1.05", "--top-k", "0")),
 )
 
 
