@@ -342,8 +342,11 @@ def _add_harness_arguments(bench: Benchmark, parser: argparse.ArgumentParser) ->
                         help="options from a YAML file (keys as in the namespace, e.g. max_pixels); flags win")
 
 
-def _parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> tuple[argparse.Namespace, dict[str, Any]]:
-    """Parse ``argv``, with ``--config``'s non-setting keys as defaults; returns (args, the config's settings)."""
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str], exclude: Sequence[str] = ()
+           ) -> tuple[argparse.Namespace, dict[str, Any]]:
+    """Parse ``argv``, with ``--config``'s non-setting keys as defaults; returns (args, the config's settings). A
+    setting in ``exclude`` is not one there: the name may be an option of the benchmark's own (VQA's ``--fps``)."""
+    names = set(SETTING_NAMES) - set(exclude)
     find = argparse.ArgumentParser(prog=parser.prog, add_help=False)  # --config before the real parse: the file
     find.add_argument("--config")  # may give options that are required
     path = find.parse_known_args(argv)[0].config
@@ -351,12 +354,12 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> tuple[argpar
         return parser.parse_args(argv), {}
     known = {a.dest for a in parser._actions if a.dest not in (argparse.SUPPRESS, "help", "config")}
     values = settings_mod.load_config(path, known=known)
-    options = {k: v for k, v in values.items() if k not in SETTING_NAMES}
+    options = {k: v for k, v in values.items() if k not in names}
     for action in parser._actions:
         if action.dest in options:
             action.required = False  # the file gives it
     parser.set_defaults(**options)
-    return parser.parse_args(argv), {k: v for k, v in values.items() if k in SETTING_NAMES}
+    return parser.parse_args(argv), {k: v for k, v in values.items() if k in names}
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -365,12 +368,13 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> tuple[argpar
 
 
 def _run_benchmark(bench: Benchmark, parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
-    args, config = _parse(parser, argv)
-    model_path = bench.model_path(args)
     use = bench.settings_use
+    args, config = _parse(parser, argv, use.exclude)
+    model_path = bench.model_path(args)
     checkpoint = settings_mod.from_checkpoint(model_path) if model_path else {}
-    settings, sources = settings_mod.resolve(settings_mod.given(args), config=config, checkpoint=checkpoint,
-                                             protocol=use.protocol, preset=use.preset)
+    given = {k: v for k, v in settings_mod.given(args).items() if k not in use.exclude}  # not the bench's own options
+    settings, sources = settings_mod.resolve(given, config=config, checkpoint=checkpoint, protocol=use.protocol,
+                                             preset=use.preset)
     if use.fixed_chunks:
         settings.check_chunks()
     rank, world = runner.rank_and_world()
