@@ -41,8 +41,8 @@ def videos(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def qa(tiny_model_dir):
-    # vision_window=1: in streaming mode the answer sees only the last chunk, so the modes must differ
-    return VideoQA.load(str(tiny_model_dir), VQAConfig(fps=1.0, vision_window=1), **LOAD)
+    # vision_window=1 (a stream setting): in streaming mode the answer sees only the last chunk, so the modes differ
+    return VideoQA.load(str(tiny_model_dir), VQAConfig(fps=1.0), vision_window=1, **LOAD)
 
 
 def reference_choice(qa: VideoQA, video, prompt: str, options: list[str], mode: str, fps: float, chunk_s: float):
@@ -616,6 +616,44 @@ def test_eval_vqa_cli_end_to_end(tiny_model_dir, qa, videos, tmp_path, capsys):
     assert [r["prediction"] for r in records] == [preds["q1"], preds["q2"], preds["q3"]]
     assert [r["correct"] for r in records] == [True, False, True] and {r["num_frames"] for r in records} == {2}
     assert "accuracy" in printed and "0.6667" in printed and doc["meta"]["config"]["nframe"] == 2
+
+
+def test_checkpoint_settings_apply_and_are_recorded(tmp_path, tiny_model_dir, videos):
+    """A checkpoint's streaming_vlm.json sets what it names, below a flag and the protocol's empty instruction; the
+    results and settings.json record each setting and its source; the adapters' VideoQA.load resolves the same."""
+    import shutil
+
+    model = tmp_path / "ckpt"
+    shutil.copytree(tiny_model_dir, model)
+    (model / "streaming_vlm.json").write_text(json.dumps({"min_pixels": 3136, "max_pixels": 3136, "text_sink": 3,
+                                                          "query": "not asked", "max_new_tokens": 5}))
+    data = tmp_path / "vqa.jsonl"
+    data.write_text(json.dumps({"id": "q", "video": str(videos["4s"]), "question": "Which?", "options": ["a", "b"],
+                                "answer": "A"}) + "\n")
+    config = tmp_path / "vqa.yaml"  # fps is VQA's own option (its protocol rate), text_window a setting
+    config.write_text("fps: 0.5\ntext_window: 7\n")
+    out = tmp_path / "out"
+    argv = ["--data", str(data), "--model", str(model), "--device", "cpu", "--dtype", "fp32", "--vision-window", "2",
+            "--config", str(config), "--out-dir", str(out)]  # fmt: skip
+    assert vqa.main(argv) == 0
+    meta = json.loads((out / "vqa_results.json").read_text())["meta"]
+    settings, sources = meta["stream_settings"], meta["stream_settings_sources"]
+    expected = {
+        "min_pixels": (3136, "checkpoint"), "max_pixels": (3136, "checkpoint"), "text_sink": (3, "checkpoint"),
+        "query": ("", "protocol"), "vision_window": (2, "flag"), "text_window": (7, "config"), "fps": (2.0, "default"),
+    }  # fmt: skip
+    assert {k: (settings[k], sources[k]) for k in expected} == expected
+    record = json.loads((out / "vqa_streaming.jsonl").read_text())
+    assert (meta["config"]["fps"], record["fps"], record["num_frames"]) == (0.5, 0.5, 2)  # one 4-s chunk of 2 frames
+    assert (meta["min_pixels"], meta["max_pixels"], meta["config"]["text_sink"], meta["config"]["vision_window"]) == (
+        3136, 3136, 3, 2)
+    assert meta["config"]["max_new_tokens"] == 16  # the answer's length is the protocol's, not the commentary's
+    saved = json.loads((out / "settings.json").read_text())
+    assert (saved["model"], saved["min_pixels"], saved["text_sink"], saved["vision_window"]) == (str(model), 3136, 3, 2)
+
+    qa = VideoQA.load(str(model), device="cpu", dtype="fp32", vision_window=2, text_window=7)  # the adapters' path
+    assert qa.settings.as_record() == settings and qa.sources == sources | {"text_window": "flag"}
+    assert (qa.model.spec.min_pixels, qa.model.spec.max_pixels) == (3136, 3136)
 
 
 def test_eval_vqa_one_line_errors(tmp_path, videos, capsys, monkeypatch):

@@ -18,7 +18,9 @@ Contract with lmms-eval (``lmms_eval/api/model.py``, ``lmms_eval/api/instance.py
 - ``generate_until_multi_round`` is not supported (raises ``NotImplementedError``).
 
 Frame sampling comes from the model arguments (``fps=1`` for Video-MME and LongVideoBench, ``nframe=64`` for
-MVBench): ``--model streaming_vlm --model_args pretrained=...,answer_mode=streaming,fps=1``.
+MVBench): ``--model streaming_vlm --model_args pretrained=...,answer_mode=streaming,fps=1``. Stream settings are
+model arguments too (``max_pixels=...``, ``vision_window=unlimited``); the checkpoint's ``streaming_vlm.json``
+gives the others (``vqa.resolve_settings``: no instruction, the frame rate is the task's).
 
 Registration: :func:`manifest` is the payload of the ``lmms_eval.models`` entry-point group read by lmms-eval
 >= 0.5 (a ``pyproject.toml`` entry, see docs/eval_vqa.md). Without it, ``python -m
@@ -35,6 +37,7 @@ from collections.abc import Callable
 from typing import Any
 
 from streaming_vlm.eval.vqa import DEFAULT_MODEL, VideoQA, VQAConfig
+from streaming_vlm.settings import SETTING_NAMES
 
 __all__ = ["CLASS_PATH", "MODEL_NAME", "main", "manifest", "model_class", "register"]
 
@@ -74,13 +77,14 @@ class _Model:
         max_new_tokens: int = 16,
         device: str | None = None,
         dtype: str = "auto",
-        min_pixels: int = 100 * 28 * 28,
-        max_pixels: int = 768 * 28 * 28,
         batch_size: int | str | None = 1,
         **kwargs: Any,
     ):
         super().__init__()
         kwargs.pop("max_batch_size", None)
+        # stream settings by name (max_pixels=..., vision_window=unlimited, top_p=none); the checkpoint's
+        # streaming_vlm.json gives the others
+        settings = {k: _optional(kwargs.pop(k), lambda v: v) for k in list(kwargs) if k in SETTING_NAMES}
         if kwargs:
             logger.warning("streaming_vlm ignores the model arguments %s", ", ".join(sorted(kwargs)))
         if batch_size not in (None, 1, "1"):
@@ -102,14 +106,9 @@ class _Model:
             commentary=_as_bool(commentary),
             max_new_tokens=int(max_new_tokens),
         )
-        self.qa = VideoQA.load(
-            str(pretrained),
-            config,
-            device=device,
-            dtype=str(dtype),
-            min_pixels=int(min_pixels),
-            max_pixels=int(max_pixels),
-        )
+        self.qa = VideoQA.load(str(pretrained), config, device=device, dtype=str(dtype), **settings)
+        logger.info("streaming_vlm %s: stream settings %s (sources %s)", answer_mode, self.qa.settings.as_record(),
+                    self.qa.sources)
         self.pretrained = str(pretrained)
 
     @property

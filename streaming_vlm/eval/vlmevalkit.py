@@ -16,6 +16,10 @@ Contract with VLMEvalKit (``vlmeval/vlm/base.py``, ``vlmeval/inference_video.py`
   (the reference's case-sensitive name test sent StreamingVLM to the Qwen2-VL classes), no vocabulary scan.
 - Multiple-choice prompts ("A. ..." / "(A) ..." lines) are answered with the option letter, which every
   VLMEvalKit video MCQ scorer accepts; other prompts get a short greedy answer.
+- Stream settings (``settings.StreamSettings``: pixels per frame, cache windows, system prompt, commentary sampling)
+  are keyword arguments of the model (``max_pixels=...``, ``vision_window=...``; the launcher's ``--max-pixels``,
+  ``--vision-window``, ...); the checkpoint's ``streaming_vlm.json`` gives the others, so a checkpoint is evaluated
+  with the settings it streams with (``vqa.resolve_settings``: no instruction, the frame rate is the dataset's).
 
 Registration without editing VLMEvalKit: ``python -m streaming_vlm.eval.vlmevalkit --vlmevalkit-root DIR
 [our options] -- [run.py options]`` adds ``StreamingVLM`` (streaming answers) and ``StreamingVLM-offline`` to
@@ -34,7 +38,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from streaming_vlm.eval.vqa import DEFAULT_MODEL, ENV_MODEL, VideoQA, VQAConfig
+from streaming_vlm.eval.harness import fail
+from streaming_vlm.eval.vqa import DEFAULT_MODEL, ENV_MODEL, EXCLUDED, PROTOCOL, VideoQA, VQAConfig
+from streaming_vlm.settings import SETTING_NAMES, given
+from streaming_vlm.settings import add_arguments as add_settings_arguments
 
 __all__ = ["MODEL_NAMES", "build_parser", "chat_class", "main", "register"]
 
@@ -43,6 +50,8 @@ logger = logging.getLogger(__name__)
 MODEL_NAMES = {"StreamingVLM": "streaming", "StreamingVLM-offline": "offline"}
 """Names registered in ``supported_VLM`` -> answer mode."""
 ENV_ROOT = "VLMEVALKIT_ROOT"
+PROG = "python -m streaming_vlm.eval.vlmevalkit"
+ERROR_PREFIX = "streaming_vlm.eval.vlmevalkit"
 OFFLINE_MAX_FRAMES = 256
 """Default frame cap of the offline entry: 128 two-frame chunks, at most ~100k visual tokens at 768*28*28 px."""
 
@@ -67,11 +76,10 @@ class _Chat:
         max_new_tokens: int = 16,
         device: str = "auto",
         dtype: str = "auto",
-        min_pixels: int = 100 * 28 * 28,
-        max_pixels: int = 768 * 28 * 28,
         **kwargs: Any,
     ):
         super().__init__()
+        settings = {k: kwargs.pop(k) for k in list(kwargs) if k in SETTING_NAMES}  # e.g. max_pixels, vision_window
         if kwargs:
             logger.warning("StreamingVLMChat ignores %s", ", ".join(sorted(kwargs)))
         if not (fps and fps > 0 and nframe and nframe > 0):
@@ -87,9 +95,9 @@ class _Chat:
             commentary=commentary,
             max_new_tokens=max_new_tokens,
         )
-        self.qa = VideoQA.load(
-            model_path, config, device=device, dtype=dtype, min_pixels=min_pixels, max_pixels=max_pixels
-        )
+        self.qa = VideoQA.load(model_path, config, device=device, dtype=dtype, **settings)
+        logger.info("StreamingVLMChat %s: stream settings %s (sources %s)", answer_mode, self.qa.settings.as_record(),
+                    self.qa.sources)
         self.model_path = model_path
         self.answer_mode = answer_mode
         self.last_answer = None
@@ -143,8 +151,9 @@ def register(
     """Add ``StreamingVLM`` and ``StreamingVLM-offline`` to ``vlmeval.config.supported_VLM`` (and the class to
     ``vlmeval.vlm`` for ``run.py --config``); returns the added entries.
 
-    ``kwargs`` go to both; the offline entry keeps at most ``offline_max_frames`` frames per video unless
-    ``max_frames`` is given (nothing is evicted offline, so an hour at 1 fps would not fit in memory).
+    ``kwargs`` (the model's options, stream settings included) go to both; the offline entry keeps at most
+    ``offline_max_frames`` frames per video unless ``max_frames`` is given (nothing is evicted offline, so an hour
+    at 1 fps would not fit in memory).
     """
     import vlmeval.config
     import vlmeval.vlm
@@ -168,7 +177,7 @@ def register(
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m streaming_vlm.eval.vlmevalkit",
+        prog=PROG,
         description="Register StreamingVLM in VLMEvalKit and run its run.py; arguments after our own (or after "
         "'--') go to run.py, e.g. -- --data Video-MME_1fps --model StreamingVLM --judge exact_matching --reuse",
         allow_abbrev=False,
@@ -191,14 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"cap of the StreamingVLM-offline entry when --max-frames is not given ({OFFLINE_MAX_FRAMES})",
     )
     p.add_argument("--commentary", action="store_true", help="comment on the chunks before the question")
-    p.add_argument("--max-pixels", type=int, default=768 * 28 * 28, help="max pixels per frame (768*28*28)")
-    p.add_argument("--min-pixels", type=int, default=100 * 28 * 28, help="min pixels per frame (100*28*28)")
+    add_settings_arguments(p, exclude=EXCLUDED, shown=PROTOCOL,
+                           title="stream settings (flag > the QA protocol > the checkpoint's streaming_vlm.json > "
+                           "the default shown)")
     return p
-
-
-def _fail(message: str) -> int:
-    print(f"streaming_vlm.eval.vlmevalkit: error: {' '.join(str(message).split())}", file=sys.stderr)
-    return 2
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -210,22 +215,17 @@ def main(argv: list[str] | None = None) -> int:
     args, unknown = build_parser().parse_known_args(ours)
     rest = unknown + rest
     if not args.vlmevalkit_root:
-        return _fail(f"no VLMEvalKit checkout: pass --vlmevalkit-root DIR or set {ENV_ROOT}")
+        return fail(ERROR_PREFIX, f"no VLMEvalKit checkout: pass --vlmevalkit-root DIR or set {ENV_ROOT}")
     run_py = Path(args.vlmevalkit_root) / "run.py"
     if not run_py.is_file():
-        return _fail(f"{run_py} not found: --vlmevalkit-root must be a VLMEvalKit checkout")
+        return fail(ERROR_PREFIX, f"{run_py} not found: --vlmevalkit-root must be a VLMEvalKit checkout")
     sys.path.insert(0, str(run_py.parent))
     try:
-        register(
-            args.model_path,
-            offline_max_frames=args.offline_max_frames,
-            max_frames=args.max_frames,
-            commentary=args.commentary,
-            min_pixels=args.min_pixels,
-            max_pixels=args.max_pixels,
-        )
+        settings = {k: v for k, v in given(args).items() if k not in EXCLUDED}  # --max-frames is our own
+        register(args.model_path, offline_max_frames=args.offline_max_frames, max_frames=args.max_frames,
+                 commentary=args.commentary, **settings)
     except ImportError as exc:
-        return _fail(str(exc))
+        return fail(ERROR_PREFIX, exc)
     sys.argv = [str(run_py), *rest]
     runpy.run_path(str(run_py), run_name="__main__")
     return 0

@@ -1,19 +1,30 @@
-"""Video question answering with a streaming model: the core shared by the VLMEvalKit and lmms-eval adapters.
+"""Video question answering with a streaming model: the "watch, then answer" routine of every QA benchmark.
 
-:class:`VideoQA` answers a question about a whole video. The video is always fed through the engine chunk by
-chunk (``VideoReader.chunks()`` -> ``StreamSession``), and the question is asked in the user turn of the last
-chunk. Two answer modes differ only in what the cache keeps:
+:class:`VideoQA` answers a question about a video (or a window ``[start, end)`` of one). The video is always fed
+through the engine chunk by chunk (``VideoReader.chunks()`` -> ``StreamSession``), and the question is asked in the
+user turn of the last chunk. Two answer modes differ only in what the cache keeps:
 
 - ``streaming``: the StreamingVLM cache policy (attention sinks, vision window, text window), as the model
   runs on an endless stream; the answer sees the last ``vision_window`` chunks of video;
 - ``offline``: engine mode ``full``, nothing is ever evicted; the answer sees every sampled frame.
 
-Frame sampling (:func:`plan_frames`): every chunk holds ``chunk_frames`` frames (2 = one temporal patch of the
-vision tower; the engine needs a whole number of patches per chunk). At a dataset's ``fps`` a chunk therefore
-covers ``chunk_frames / fps`` seconds: 1 s at the training rate of 2 fps, 2 s at Video-MME's and
-LongVideoBench's 1 fps. For a fixed frame count (MVBench's 64 frames) the rate is ``nframe / duration``, so the
-``nframe`` samples sit at the centres of ``nframe`` equal slices of the video (the reader samples chunk ``k`` at
-``k*c + (j + 0.5) / fps``), in ``nframe / chunk_frames`` chunks. ``max_frames`` caps long videos the same way.
+(``VQAConfig.engine_mode`` picks any engine mode instead: OVO-Bench's ``--cache-mode``.)
+
+Frame sampling (:func:`plan_frames`) is the benchmark's protocol, not a stream setting: every chunk holds
+``chunk_frames`` frames (2 = one temporal patch of the vision tower; the engine needs a whole number of patches
+per chunk). At a dataset's ``fps`` a chunk therefore covers ``chunk_frames / fps`` seconds: 1 s at the training
+rate of 2 fps, 2 s at Video-MME's and LongVideoBench's 1 fps. For a fixed frame count (MVBench's 64 frames) the
+rate is ``nframe / duration``, so the ``nframe`` samples sit at the centres of ``nframe`` equal slices of the video
+(the reader samples chunk ``k`` at ``k*c + (j + 0.5) / fps``), in ``nframe / chunk_frames`` chunks.
+``max_frames`` caps long videos the same way.
+
+Stream settings (``settings.StreamSettings``): the pixel bounds per frame, the system prompt, the cache windows and
+the commentary's sampling and seed come from the settings, resolved as everywhere (a flag or keyword, else
+``--config``, else :data:`PROTOCOL`, else the checkpoint's ``streaming_vlm.json``, else the defaults). The protocol
+pins the instruction ``query`` to none: the question is the instruction. The settings' ``fps``,
+``chunk_seconds``, ``reset_every``, ``total_pixels`` and ``max_frames`` are not used (:data:`EXCLUDED`: the plan
+and ``VQAConfig`` decide those); ``max_new_tokens`` is the commentary's length, while ``VQAConfig.max_new_tokens``
+is a free-form answer's.
 
 Answers: for a multiple-choice prompt the option letters are scored as whole answers at the end of the stream
 (``StreamSession.choose``) and the best letter is returned, which is what the toolkits' scorers expect. This
@@ -24,8 +35,8 @@ greedy answer. Options are read from the prompt text (:func:`parse_options`) whe
 Chunks before the question are silent by default (teacher-forced empty turns, the layout of seconds without
 commentary in training); ``commentary=True`` lets the model comment on them as it would on a stream.
 
-``streaming-vlm eval vqa`` runs a local JSONL of ``{id, video, question, options, answer}`` items (resumable,
-rank-sharded with torchrun) and writes the accuracy per answer mode.
+``streaming-vlm eval vqa`` (:class:`VQA` on the benchmark harness) runs a local JSONL of ``{id, video, question,
+options, answer}`` items (resumable, rank-sharded with torchrun) and writes the accuracy per answer mode.
 """
 
 from __future__ import annotations
@@ -33,36 +44,37 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import logging
 import math
 import os
 import re
 import string
-import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from streaming_vlm.layout import DEFAULT_SYSTEM_PROMPT
+from streaming_vlm.argtypes import csv_choices, positive_float, positive_int
+from streaming_vlm.eval import harness
+from streaming_vlm.settings import SETTING_NAMES, StreamSettings
 
 __all__ = [
     "ANSWER_MODES",
+    "EXCLUDED",
+    "PROTOCOL",
+    "VQA",
     "FramePlan",
     "ParsedOptions",
     "VQAAnswer",
     "VQAConfig",
     "VideoQA",
-    "build_parser",
     "build_prompt",
     "main",
     "parse_options",
     "plan_frames",
+    "resolve_settings",
 ]
-
-logger = logging.getLogger(__name__)
 
 ANSWER_MODES = {"streaming": "streaming", "offline": "full"}
 """Answer mode -> engine mode."""
@@ -74,6 +86,13 @@ ENV_VIDEO_ROOT = "VQA_VIDEO_ROOT"
 ENV_MODEL = "STREAMING_VLM_MODEL"
 DEFAULT_MODEL = "mit-han-lab/StreamingVLM"
 
+PROTOCOL: Mapping[str, Any] = {"query": ""}
+"""Stream settings the QA protocol pins (above the checkpoint): no instruction, the question is asked at the end."""
+EXCLUDED = ("fps", "chunk_seconds", "max_new_tokens", "reset_every", "total_pixels", "max_frames")
+"""Stream settings a QA benchmark takes no flag for: its frame plan sets the rate and chunks, its own
+``--max-new-tokens`` is the answer's length, ``--max-frames`` its own cap."""
+_SAMPLING_KEYS = ("temperature", "top_p", "top_k", "repetition_penalty", "seed")
+
 
 # ------------------------------------------------------------------------------------------------------------
 # configuration and frame plan
@@ -82,7 +101,7 @@ DEFAULT_MODEL = "mit-han-lab/StreamingVLM"
 
 @dataclass
 class VQAConfig:
-    """How a video is sampled and streamed, and how the question is answered."""
+    """How a video is sampled and the question answered (the protocol; the stream settings are separate)."""
 
     answer_mode: str = "streaming"
     """streaming (the StreamingVLM cache policy) or offline (nothing evicted)."""
@@ -98,18 +117,16 @@ class VQAConfig:
     """Let the model comment on the chunks before the question (otherwise they are silent turns)."""
     max_new_tokens: int = 16
     """Tokens of a free-form answer at most (multiple-choice answers are scored, not generated)."""
-    system_prompt: str = DEFAULT_SYSTEM_PROMPT
-    query: str = ""
-    """Instruction in the first chunk's user turn (the question itself goes in the last chunk's turn)."""
-    vision_window: int | None = 16
-    text_rounds: int | None = 16
-    text_sink: int | None = 512
-    text_window: int | None = 512
-    seed: int = 0
+    engine_mode: str | None = None
+    """Engine mode that watches the video (streaming, full, sliding, recompute); None: the answer mode's."""
 
     def __post_init__(self):
+        from streaming_vlm.engine import MODES
+
         if self.answer_mode not in ANSWER_MODES:
             raise ValueError(f"answer_mode must be one of {', '.join(ANSWER_MODES)}, got {self.answer_mode!r}")
+        if self.engine_mode is not None and self.engine_mode not in MODES:
+            raise ValueError(f"engine_mode must be one of {', '.join(MODES)}, got {self.engine_mode!r}")
         if self.nframe is not None and self.nframe < 1:
             raise ValueError(f"nframe must be >= 1, got {self.nframe}")
         if self.nframe is None and (self.fps is None or not self.fps > 0):
@@ -120,6 +137,11 @@ class VQAConfig:
             raise ValueError(f"max_frames must be >= chunk_frames ({self.chunk_frames}), got {self.max_frames}")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+    @property
+    def mode(self) -> str:
+        """The engine mode that watches the video."""
+        return self.engine_mode or ANSWER_MODES[self.answer_mode]
 
 
 @dataclass(frozen=True)
@@ -269,60 +291,77 @@ class VQAAnswer:
     """Commentary on the chunks before the question (``commentary=True`` only)."""
 
 
+def resolve_settings(model_path: str | os.PathLike[str], given: Mapping[str, Any] | None = None
+                     ) -> tuple[StreamSettings, dict[str, str]]:
+    """The stream settings of a QA run on checkpoint ``model_path`` (already resolved: a directory or hub id):
+    ``given`` (explicit, e.g. an adapter's keyword arguments) > :data:`PROTOCOL` > the checkpoint's
+    ``streaming_vlm.json`` > defaults; ``(settings, sources)`` as ``settings.resolve``. Raises ``SettingsError``
+    for a bad value or a name in ``given`` that is not a setting or is one of :data:`EXCLUDED`."""
+    from streaming_vlm.settings import SettingsError, from_checkpoint, resolve
+
+    given = dict(given or {})
+    excluded = sorted(set(given) & set(EXCLUDED))
+    if excluded:
+        raise SettingsError(f"not stream settings of a QA run (its protocol sets them): {', '.join(excluded)}")
+    return resolve(given, checkpoint=from_checkpoint(model_path), protocol=PROTOCOL)
+
+
 class VideoQA:
     """Answers questions about videos with one loaded model (see the module docstring).
 
     Args:
-        model: an ``EvalModel`` (``streaming_vlm.eval.generate.load_eval_model``).
-        config: ``VQAConfig``; per-call overrides go through :meth:`with_sampling`.
+        model: an ``EvalModel`` (``streaming_vlm.eval.generate.load_eval_model``); its vision spec gives the pixel
+            bounds per frame (set from the settings when it was loaded).
+        config: ``VQAConfig``, the protocol; per-call variants go through :meth:`with_sampling` / :meth:`with_mode`.
+        settings: the stream settings (default: the defaults with :data:`PROTOCOL`).
+        sources: where each setting came from (``settings.resolve``), when known.
     """
 
-    def __init__(self, model, config: VQAConfig | None = None):
+    def __init__(self, model, config: VQAConfig | None = None, settings: StreamSettings | None = None,
+                 sources: Mapping[str, str] | None = None):
         self.model = model
         self.config = config or VQAConfig()
+        self.settings = settings if settings is not None else StreamSettings(**PROTOCOL)
+        self.sources = dict(sources) if sources is not None else None
 
     @classmethod
-    def load(
-        cls,
-        model: str,
-        config: VQAConfig | None = None,
-        *,
-        device: str = "auto",
-        dtype: str = "auto",
-        min_pixels: int = 100 * 28 * 28,
-        max_pixels: int = 768 * 28 * 28,
-    ) -> VideoQA:
-        """Load ``model`` (hub id, directory or ``tiny``); raises ``ModelLoadError`` with a one-line message."""
+    def load(cls, model: str, config: VQAConfig | None = None, *, device: str = "auto", dtype: str = "auto",
+             **settings: Any) -> VideoQA:
+        """Load ``model`` (hub id, directory, ``demo`` or ``tiny``) with the stream settings of
+        :func:`resolve_settings` (``settings`` are setting names, e.g. ``min_pixels=784``, given explicitly: the
+        checkpoint's ``streaming_vlm.json`` applies to the others). Raises ``ModelLoadError`` or ``SettingsError``
+        with a one-line message."""
         from streaming_vlm.eval.generate import load_eval_model
+        from streaming_vlm.models import resolve_model_path
 
-        loaded = load_eval_model(model, device=device, dtype=dtype, min_pixels=min_pixels, max_pixels=max_pixels)
-        return cls(loaded, config)
+        path = resolve_model_path(model)
+        resolved, sources = resolve_settings(path, settings)
+        return cls(load_eval_model(path, resolved, device=device, dtype=dtype), config, resolved, sources)
+
+    def _with(self, config: VQAConfig) -> VideoQA:
+        return self if config == self.config else VideoQA(self.model, config, self.settings, self.sources)
 
     def with_sampling(self, *, fps: float | None = None, nframe: int | None = None) -> VideoQA:
         """The same model with another frame sampling (``nframe`` wins over ``fps``); self when unchanged."""
         if nframe is not None and nframe > 0:
-            new = replace(self.config, nframe=int(nframe))
-        elif fps is not None and fps > 0:
-            new = replace(self.config, fps=float(fps), nframe=None)
-        else:
-            return self
-        return self if new == self.config else VideoQA(self.model, new)
+            return self._with(replace(self.config, nframe=int(nframe)))
+        if fps is not None and fps > 0:
+            return self._with(replace(self.config, fps=float(fps), nframe=None))
+        return self
 
     def with_mode(self, answer_mode: str) -> VideoQA:
-        return (
-            self
-            if answer_mode == self.config.answer_mode
-            else VideoQA(self.model, replace(self.config, answer_mode=answer_mode))
-        )
+        return self._with(replace(self.config, answer_mode=answer_mode))
 
-    def plan(self, video: str | os.PathLike[str]) -> FramePlan:
-        """The frame plan for ``video``; raises ``VideoError`` for an unusable file."""
-        from streaming_vlm.video import probe
+    def plan(self, video: str | os.PathLike[str], start: float = 0.0, end: float | None = None) -> FramePlan:
+        """The frame plan for ``[start, end)`` of ``video`` (``end`` None: the video's end, probed); raises
+        ``VideoError`` for an unusable file."""
+        if end is None:
+            from streaming_vlm.video import probe
 
+            end = probe(video).duration
         c = self.config
-        return plan_frames(
-            probe(video).duration, fps=c.fps, nframe=c.nframe, max_frames=c.max_frames, chunk_frames=c.chunk_frames
-        )
+        return plan_frames(end - start, fps=c.fps, nframe=c.nframe, max_frames=c.max_frames,
+                           chunk_frames=c.chunk_frames)
 
     # ---- public API -----------------------------------------------------------------------------------------
 
@@ -334,12 +373,15 @@ class VideoQA:
         letters: Sequence[str] | None = None,
         max_new_tokens: int | None = None,
         stop: Sequence[str] = (),
+        start: float = 0.0,
+        end: float | None = None,
     ) -> VQAAnswer:
-        """Answer ``prompt`` about ``video``: the best of ``letters`` when given, else a short greedy answer
-        (cut at the first of ``stop``)."""
+        """Answer ``prompt`` about ``[start, end)`` of ``video`` (default: all of it): the best of ``letters`` when
+        given, else a short greedy answer (cut at the first of ``stop``)."""
         if letters:
-            return self._run(video, prompt, list(letters), scoring=True)
-        result = self._run(video, prompt, None, max_new_tokens=max_new_tokens or self.config.max_new_tokens)
+            return self._run(video, prompt, list(letters), start=start, end=end)
+        result = self._run(video, prompt, None, max_new_tokens=max_new_tokens or self.config.max_new_tokens,
+                           start=start, end=end)
         for s in stop:
             if s and s in result.text:
                 result.text = result.text[: result.text.index(s)]
@@ -355,61 +397,42 @@ class VideoQA:
             video, prompt, letters=parsed.letters if parsed else None, max_new_tokens=max_new_tokens, stop=stop
         )
 
-    def score(self, video: str | os.PathLike[str], prompt: str, continuations: Sequence[str]) -> VQAAnswer:
+    def score(self, video: str | os.PathLike[str], prompt: str, continuations: Sequence[str], *, start: float = 0.0,
+              end: float | None = None) -> VQAAnswer:
         """Log-probability of each continuation (followed by a newline, how answers end in training) as the
-        answer to ``prompt`` at the end of the stream; one pass over the video for all of them."""
-        return self._run(video, prompt, list(continuations), scoring=True)
+        answer to ``prompt`` at the end of ``[start, end)`` of the stream; one pass over the video for all of them
+        (``choice`` is the best one's index)."""
+        return self._run(video, prompt, list(continuations), start=start, end=end)
 
     # ---- internals ------------------------------------------------------------------------------------------
 
-    def _stream_config(self, plan: FramePlan):
-        from streaming_vlm.engine import StreamConfig
-        from streaming_vlm.sampling import SamplingConfig
-
-        c = self.config
-        return StreamConfig(
-            mode=ANSWER_MODES[c.answer_mode],
-            query=c.query,
-            system_prompt=c.system_prompt,
-            chunk_seconds=plan.chunk_seconds,
-            fps=plan.fps,
-            vision_window=c.vision_window,
-            text_rounds=c.text_rounds,
-            text_sink=c.text_sink,
-            text_window=c.text_window,
-            sampling=SamplingConfig(),
-            seed=c.seed,
-        )
-
-    def _run(
-        self,
-        video: str | os.PathLike[str],
-        prompt: str,
-        options: list[str] | None,
-        *,
-        scoring: bool = False,
-        max_new_tokens: int = 16,
-    ) -> VQAAnswer:
+    def _run(self, video: str | os.PathLike[str], prompt: str, options: list[str] | None, *,
+             max_new_tokens: int = 16, start: float = 0.0, end: float | None = None) -> VQAAnswer:
+        """Watch the planned chunks of ``[start, end)`` (silent turns, or commentary), then ask ``prompt`` in the
+        last one: ``choose`` among ``options`` when given, else a greedy answer."""
         from streaming_vlm.eval.generate import new_session
         from streaming_vlm.sampling import SamplingConfig
-        from streaming_vlm.video import VideoReader
+        from streaming_vlm.video import VideoError, VideoReader
 
         t0 = time.perf_counter()
-        plan = self.plan(video)
-        session = new_session(self.model, self._stream_config(plan))
+        plan = self.plan(video, start, end)
+        config = self.settings.stream_config(self.config.mode, fps=plan.fps, chunk_seconds=plan.chunk_seconds,
+                                             generation_defaults=self.model.loaded.generation_defaults)
+        session = new_session(self.model, config)
         commentary: list[str] = []
         choice: int | None = None
         logprobs: list[float] | None = None
-        text = ""
-        with VideoReader(video, fps=plan.fps, chunk_seconds=plan.chunk_seconds) as reader:
-            for chunk in islice(reader.chunks(), plan.num_chunks):
-                if chunk.index < plan.num_chunks - 1:
+        text: str | None = None
+        with VideoReader(video, fps=plan.fps, chunk_seconds=plan.chunk_seconds, start=start,
+                         duration=None if end is None else end - start) as reader:
+            last = min(plan.num_chunks, reader.num_chunks()) - 1
+            for chunk in islice(reader.chunks(), last + 1):
+                if chunk.index < last:
                     if self.config.commentary:
                         commentary.append(session.step(chunk.frames, chunk.start, chunk.end).text)
                     else:
                         session.step(chunk.frames, chunk.start, chunk.end, force_text="")
-                    continue
-                if scoring:
+                elif options is not None:
                     result = session.choose(chunk.frames, chunk.start, chunk.end, prompt, options)
                     choice, logprobs, text = result.index, result.logprobs, result.option
                 else:
@@ -417,12 +440,15 @@ class VideoQA:
                     greedy = SamplingConfig(temperature=0.0, repetition_penalty=1.0, max_new_tokens=max_new_tokens)
                     session.config = replace(session.config, sampling=greedy)
                     text = session.step(chunk.frames, chunk.start, chunk.end, question=prompt).text
+        if text is None:
+            raise VideoError(f"{video}: the video ended before chunk {last + 1} of {last + 1}, where the question "
+                             "is asked")
         return VQAAnswer(
             text=text,
             choice=choice,
             logprobs=logprobs,
-            num_chunks=plan.num_chunks,
-            num_frames=plan.num_frames,
+            num_chunks=last + 1,
+            num_frames=(last + 1) * plan.chunk_frames,
             fps=plan.fps,
             chunk_seconds=plan.chunk_seconds,
             answer_mode=self.config.answer_mode,
@@ -554,157 +580,102 @@ def summarize(records: list[dict]) -> dict[str, Any]:
     return out
 
 
-def _modes(text: str) -> list[str]:
-    modes = [m.strip() for m in text.split(",") if m.strip()]
-    bad = [m for m in modes if m not in ANSWER_MODES]
-    if bad or not modes:
-        raise argparse.ArgumentTypeError(f"answer modes are {', '.join(ANSWER_MODES)}; got {text!r}")
-    return list(dict.fromkeys(modes))
+class VQA(harness.Benchmark):
+    """``streaming-vlm eval vqa``: each answer mode is one group of items (``OUT_DIR/vqa_<mode>.jsonl``)."""
+
+    name = "vqa"
+    description = (
+        "Multiple-choice (or short-answer) video QA on a local JSONL of {id, video, question, options, answer} "
+        "items, answered at the end of a stream (streaming) and/or with nothing evicted (offline); writes per-item "
+        "records and a results JSON with the accuracy per answer mode. For Video-MME, MVBench and LongVideoBench "
+        "use the VLMEvalKit / lmms-eval adapters (scripts/eval_VQA.sh).")
+    settings_use = harness.SettingsUse(exclude=EXCLUDED, protocol=PROTOCOL, fixed_chunks=False)
+    out_flag = "--out-dir"
+    errors = (DataError,)
+
+    @property
+    def model_default(self) -> str:  # type: ignore[override]  # read when the parser is built, not at import
+        return os.environ.get(ENV_MODEL, DEFAULT_MODEL)
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        p.add_argument("--data", default=os.environ.get(ENV_DATA), help=f"the JSONL file (default: ${ENV_DATA})")
+        p.add_argument("--video-root", default=os.environ.get(ENV_VIDEO_ROOT),
+                       help=f"folder relative video paths are under (default: ${ENV_VIDEO_ROOT}, else the JSONL's "
+                       "folder)")
+        p.add_argument("--answer-modes", type=csv_choices(tuple(ANSWER_MODES), what="answer modes"),
+                       default=["streaming"], help="comma-separated: streaming, offline (default streaming)")
+        sampling = p.add_mutually_exclusive_group()
+        sampling.add_argument("--fps", type=positive_float, default=1.0,
+                              help="frames sampled per second of each video (default 1; the protocol's rate)")
+        sampling.add_argument("--nframe", type=positive_int, default=None,
+                              help="a fixed number of frames spread evenly over each video (instead of --fps)")
+        p.add_argument("--max-frames", type=positive_int, default=None, help="cap on frames per video (default none)")
+        p.add_argument("--commentary", action="store_true",
+                       help="let the model comment on the chunks before the question (default: silent chunks)")
+        p.add_argument("--max-new-tokens", type=positive_int, default=16, help="short answers: tokens at most (16)")
+        p.add_argument("--limit", type=positive_int, default=None, help="evaluate only the first N items")
+        p.add_argument("--out-dir", default="results/vqa", help="output folder (default results/vqa)")
+
+    def items(self, run: harness.Run) -> dict[str, list[dict]]:
+        args = run.args
+        if not args.data:
+            raise DataError(f"no VQA data: pass --data FILE.jsonl or set {ENV_DATA}")
+        self.items_ = load_items(args.data, args.video_root)[: args.limit]
+        self.config = VQAConfig(answer_mode=args.answer_modes[0], fps=args.fps, nframe=args.nframe,
+                                max_frames=args.max_frames, commentary=args.commentary,
+                                max_new_tokens=args.max_new_tokens)
+        self.qa: VideoQA | None = None
+        return {f"vqa_{mode}": self.items_ for mode in args.answer_modes}
+
+    def records_dir(self, run: harness.Run) -> Path:
+        return Path(run.args.out_dir)
+
+    def resume_record(self, run: harness.Run) -> dict:
+        """The protocol, the model and the settings a record depends on (sampling and seed only with commentary)."""
+        s = run.settings
+        used = [k for k in SETTING_NAMES if k not in EXCLUDED and (self.config.commentary or k not in _SAMPLING_KEYS)]
+        record = {"model": run.args.model, **{k: v for k, v in asdict(self.config).items() if k != "answer_mode"}}
+        record.update({k: getattr(s, k) for k in used})
+        if self.config.commentary:
+            record["commentary_max_new_tokens"] = s.max_new_tokens
+        return record
+
+    def run_item(self, run: harness.Run, group: str, item: dict) -> dict:
+        if self.qa is None:
+            self.qa = VideoQA(run.model, self.config, run.settings, run.sources)
+        return evaluate_item(self.qa.with_mode(group.removeprefix("vqa_")), item)
+
+    def score(self, run: harness.Run, records: dict[str, list[dict]] | None) -> dict:
+        from streaming_vlm.eval.runner import rank_device
+        from streaming_vlm.models import resolve_device, resolve_dtype
+
+        args, s = run.args, run.settings
+        device = resolve_device(rank_device(args.device))  # the model's, without loading it when all is done
+        config = {k: v for k, v in asdict(self.config).items() if k not in ("answer_mode", "engine_mode")}
+        config.update({k: getattr(s, k) for k in ("system_prompt", "query", "vision_window", "text_rounds",
+                                                  "text_sink", "text_window", "seed")})
+        meta = {
+            "data": str(args.data), "model": str(args.model), "answer_modes": args.answer_modes, "config": config,
+            "device": str(device), "dtype": str(resolve_dtype(args.dtype, device)).replace("torch.", ""),
+            "min_pixels": s.min_pixels, "max_pixels": s.max_pixels,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        }  # fmt: skip
+        return {"meta": meta, "modes": {m: summarize(records[f"vqa_{m}"]) for m in args.answer_modes}}
+
+    def results_path(self, run: harness.Run) -> Path:
+        return Path(run.args.out_dir) / "vqa_results.json"
+
+    def table(self, results: dict) -> str:
+        from streaming_vlm.eval.runner import format_table
+
+        return format_table([
+            {"answer mode": m, "items": s["items"], "scored": s["scored"], "correct": s["correct"],
+             "accuracy": "-" if s["accuracy"] is None else s["accuracy"],
+             "s/item": "-" if s["mean_latency_s"] is None else s["mean_latency_s"]}
+            for m, s in results["modes"].items()
+        ])  # fmt: skip
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
-
-
-def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    """The ``streaming-vlm eval vqa`` options (added to ``parser`` when given)."""
-    p = parser or argparse.ArgumentParser(
-        prog="streaming-vlm eval vqa",
-        description="Multiple-choice (or short-answer) video QA on a local JSONL of {id, video, question, options, "
-        "answer} items, answered at the end of a stream (streaming) and/or with nothing evicted (offline); writes "
-        "per-item records and a results JSON with the accuracy per answer mode. For Video-MME, MVBench and "
-        "LongVideoBench use the VLMEvalKit / lmms-eval adapters (scripts/eval_VQA.sh).",
-    )
-    p.add_argument("--data", default=os.environ.get(ENV_DATA), help=f"the JSONL file (default: ${ENV_DATA})")
-    p.add_argument(
-        "--video-root",
-        default=os.environ.get(ENV_VIDEO_ROOT),
-        help=f"folder relative video paths are under (default: ${ENV_VIDEO_ROOT}, else the JSONL's folder)",
-    )
-    p.add_argument(
-        "--model",
-        default=os.environ.get(ENV_MODEL, DEFAULT_MODEL),
-        help=f"model directory, hub id or 'tiny' (default: ${ENV_MODEL}, else {DEFAULT_MODEL})",
-    )
-    p.add_argument(
-        "--answer-modes",
-        type=_modes,
-        default=["streaming"],
-        help="comma-separated: streaming, offline (default streaming)",
-    )
-    sampling = p.add_mutually_exclusive_group()
-    sampling.add_argument("--fps", type=_positive_float, default=1.0, help="frames per second (default 1)")
-    sampling.add_argument(
-        "--nframe",
-        type=_positive_int,
-        default=None,
-        help="a fixed number of frames spread evenly over each video (instead of --fps)",
-    )
-    p.add_argument("--max-frames", type=_positive_int, default=None, help="cap on frames per video (default none)")
-    p.add_argument(
-        "--commentary",
-        action="store_true",
-        help="let the model comment on the chunks before the question (default: silent chunks)",
-    )
-    p.add_argument("--max-new-tokens", type=_positive_int, default=16, help="short answers: tokens at most (16)")
-    p.add_argument("--limit", type=_positive_int, default=None, help="evaluate only the first N items")
-    p.add_argument("--out-dir", default="results/vqa", help="output folder (default results/vqa)")
-    p.add_argument("--device", default="auto", help="auto (default), cuda, cpu, ...")
-    p.add_argument("--dtype", default="auto", help="auto (default), bf16, fp16, fp32")
-    p.add_argument("--min-pixels", type=_positive_int, default=100 * 28 * 28, help="min pixels per frame (100*28*28)")
-    p.add_argument("--max-pixels", type=_positive_int, default=768 * 28 * 28, help="max pixels per frame (768*28*28)")
-    p.add_argument("--seed", type=int, default=0, help="commentary sampling seed (default 0)")
-    return p
-
-
-def _fail(message: str) -> int:
-    print(f"streaming-vlm eval vqa: error: {' '.join(str(message).split())}", file=sys.stderr)
-    return 2
-
-
-def main(argv: list[str] | argparse.Namespace | None = None) -> int:
-    args = argv if isinstance(argv, argparse.Namespace) else build_parser().parse_args(argv)
-    from streaming_vlm.eval.runner import format_table, rank_and_world, run_items, write_results
-    from streaming_vlm.models import ModelLoadError
-    from streaming_vlm.video import VideoError
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    if not args.data:
-        return _fail(f"no VQA data: pass --data FILE.jsonl or set {ENV_DATA}")
-    if args.min_pixels > args.max_pixels:
-        return _fail(f"--min-pixels ({args.min_pixels}) is above --max-pixels ({args.max_pixels})")
-    try:
-        items = load_items(args.data, args.video_root)[: args.limit]
-        config = VQAConfig(
-            answer_mode=args.answer_modes[0],
-            fps=args.fps,
-            nframe=args.nframe,
-            max_frames=args.max_frames,
-            commentary=args.commentary,
-            max_new_tokens=args.max_new_tokens,
-            seed=args.seed,
-        )
-        qa = VideoQA.load(
-            args.model,
-            config,
-            device=args.device,
-            dtype=args.dtype,
-            min_pixels=args.min_pixels,
-            max_pixels=args.max_pixels,
-        )
-    except (DataError, ModelLoadError, ValueError, OSError) as exc:
-        return _fail(str(exc))
-
-    out_dir = Path(args.out_dir)
-    modes: dict[str, Any] = {}
-    for mode in args.answer_modes:
-        runner = qa.with_mode(mode)
-        try:
-            records = run_items(f"vqa_{mode}", items, lambda item, r=runner: evaluate_item(r, item), out_dir)
-        except VideoError as exc:
-            return _fail(str(exc))
-        if records is not None:
-            modes[mode] = summarize(records)
-    if rank_and_world()[0] != 0:
-        return 0
-    meta = {
-        "data": str(args.data),
-        "model": str(args.model),
-        "answer_modes": args.answer_modes,
-        "config": {k: v for k, v in asdict(config).items() if k != "answer_mode"},
-        "device": str(qa.model.loaded.device),
-        "dtype": str(qa.model.loaded.dtype).replace("torch.", ""),
-        "min_pixels": args.min_pixels,
-        "max_pixels": args.max_pixels,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
-    path = write_results(out_dir / "vqa_results.json", {"meta": meta, "modes": modes})
-    print(f"wrote {path}")
-    rows = [
-        {"answer mode": m, "items": s["items"], "scored": s["scored"], "correct": s["correct"],
-         "accuracy": "-" if s["accuracy"] is None else s["accuracy"],
-         "s/item": "-" if s["mean_latency_s"] is None else s["mean_latency_s"]}
-        for m, s in modes.items()
-    ]  # fmt: skip
-    print(format_table(rows))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def main(argv: Sequence[str] | None = None) -> int:
+    """``streaming-vlm eval vqa ARGV``; the exit status."""
+    return harness.run(VQA(), argv)
