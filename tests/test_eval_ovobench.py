@@ -3,8 +3,10 @@ answer modes end to end on the tiny model, resume, and the error paths."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
+import shutil
 import statistics
 import subprocess
 from pathlib import Path
@@ -148,59 +150,107 @@ def test_summary_means_are_unweighted_over_tasks():
 
 
 def test_offline_scores_equal_a_plain_forward_of_each_choice(tiny):
-    """Prefill once + rolled-back choice forwards == one cache-free forward of prompt + choice, for every choice
-    (so "1" and "10" are different sequences), with a multi-temporal-patch video block."""
-    from streaming_vlm.eval.generate import EvalModel
+    """The offline protocol through the engine (the prompt prefilled once + rolled-back choice forwards:
+    ``StreamSession.score`` in mode full) == one cache-free stock forward of prompt + choice, for every choice (so
+    "1" and "10" are different sequences), with a multi-temporal-patch video block at a clip's own frame rate."""
+    from streaming_vlm.engine import StreamConfig
     from streaming_vlm.positions import assign_positions
     from streaming_vlm.preprocess import VisionSpec
 
-    model = EvalModel(tiny, VisionSpec(min_pixels=784, max_pixels=56 * 84))
-    scorer = ovobench.OfflineScorer(model, min_pixels=784, max_pixels=56 * 84, total_pixels=56 * 84 * 3)
+    config = StreamConfig(mode="full", query="", fps=1.5, chunk_seconds=2 / 1.5)
+    session = StreamSession(tiny.model, tiny.tokenizer, config, vision_spec=VisionSpec(min_pixels=784,
+                                                                                       max_pixels=56 * 84))
     frames = torch.randint(0, 256, (6, 56, 84, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    clip = scorer.encode(frames.numpy(), 1.5)
-    assert clip.grid.tolist() == [[3, 4, 6]]  # three temporal patches, 56x84 -> 4x6 patches
+    pixels, grid = session.preprocessor(frames.numpy())
+    assert grid.tolist() == [[3, 4, 6]]  # three temporal patches, 56x84 -> 4x6 patches
     choices = ["1", "10", "A", "Yes"]
     prompt = "How many times did they jump?"
-    result = scorer.score(clip, prompt, choices)
+    meta = ovobench.offline_prompt(session.layout, (3, 2, 3), prompt)
+    scores = session.score(meta, [ovobench.choice_ids(session.layout, c) for c in choices], pixels=pixels, grid=grid)
 
-    meta = scorer.prompt_meta(clip, prompt)
-    assert scorer.layout.decode(meta.ids[-8:]).endswith("The answer is:\n")
-    for choice, score in zip(choices, result.logprobs, strict=True):
-        ids = torch.tensor(scorer.choice_ids(choice))
+    assert session.layout.decode(meta.ids[-8:]).endswith("The answer is:\n")
+    for choice, score in zip(choices, scores, strict=True):
+        ids = torch.tensor(ovobench.choice_ids(session.layout, choice))
         seq = torch.cat([meta.ids, ids])
         group_start = torch.cat([meta.group_start, torch.ones(len(ids), dtype=torch.bool)])
         rel = torch.cat([meta.rel, torch.zeros(3, len(ids), dtype=torch.long)], dim=1)
         positions, _ = assign_positions(group_start, rel)
         with torch.inference_mode():
             logits = tiny.model(
-                input_ids=seq[None], position_ids=positions[:, None], pixel_values_videos=clip.pixels,
-                video_grid_thw=clip.grid,
+                input_ids=seq[None], position_ids=positions[:, None], pixel_values_videos=pixels, video_grid_thw=grid,
             ).logits[0].float()  # fmt: skip
         lp = torch.log_softmax(logits[len(meta) - 1 : -1], dim=-1).gather(1, ids[:, None]).sum()
         assert abs(float(lp) - score) < 1e-4, (choice, float(lp), score)
-    assert scorer.choice_ids("10")[:2] == [16, 15] and scorer.choice_ids("1")[0] == 16  # shared first token
-    assert len(set(result.logprobs)) == 4
-    assert result.index == max(range(4), key=result.logprobs.__getitem__) and result.frames == 6
+    assert ovobench.choice_ids(session.layout, "10")[:2] == [16, 15]
+    assert ovobench.choice_ids(session.layout, "1")[0] == 16  # shared first token
+    assert len(set(scores)) == 4
 
 
-def test_offline_reader_caps_frames_and_encodes_like_one_video(tiny, data_dir):
-    from streaming_vlm.eval.generate import EvalModel
-    from streaming_vlm.preprocess import VisionSpec
+def test_offline_reader_caps_frames_and_encodes_like_one_video(tiny_model_dir, data_dir):
+    """A clip over ``max_frames`` is subsampled uniformly and encoded patch by patch exactly as at once; the answer
+    is the engine path on those frames, at the clip's frame rate, under the settings' budget for that many frames."""
+    from streaming_vlm.engine import StreamConfig
+    from streaming_vlm.eval import harness
+    from streaming_vlm.preprocess import VideoPreprocessor, VisionSpec
+    from streaming_vlm.settings import StreamSettings
     from streaming_vlm.video import VideoReader
 
     path = str(data_dir / "perception_test/video_4017.mp4")
-    scorer = ovobench.OfflineScorer(EvalModel(tiny, VisionSpec()), max_frames=5, min_pixels=784, max_pixels=3136)
-    clip = scorer.read(path, 0.0, 4.5)
-    assert clip.frames == 4 and clip.fps == pytest.approx(2.0 * 4 / 10)  # 10 frames at 2 fps, capped to 4 (even)
+    keep = ovobench.subsample(10, 4)
+    assert keep.tolist() == [0, 3, 6, 9] and ovobench.subsample(6, 8).tolist() == list(range(6))
+    preprocess = VideoPreprocessor(VisionSpec(min_pixels=784, max_pixels=3136))
     with VideoReader(path, fps=2.0, chunk_seconds=1.0, duration=4.5) as reader:
+        assert reader.num_chunks() * reader.frames_per_chunk == 10
+        pixels, grid = ovobench.encode_clip(reader, keep, preprocess)
         frames = np.concatenate([c.frames for c in reader.chunks()])
-    assert len(frames) == 10
-    whole = scorer.encode(frames[[0, 3, 6, 9]], clip.fps)  # linspace(0, 9, 4) rounded
-    assert torch.equal(clip.grid, whole.grid) and clip.grid[0, 0] == 2 and torch.equal(clip.pixels, whole.pixels)
-    clip = scorer.read(path, 1.0, 3.0)
-    assert clip.frames == 4 and clip.fps == 2.0
-    assert scorer.frame_pixels(480) == int(max(min(3136, 24576 * 28 * 28 / 480 * 2), 784 * 1.05))
-    assert scorer.frame_pixels(2) == 3136
+    whole = preprocess(frames[keep])
+    assert torch.equal(grid, whole[1]) and grid[0, 0] == 2 and torch.equal(pixels, whole[0])
+
+    settings = StreamSettings(max_frames=5, min_pixels=784, max_pixels=3136, total_pixels=3136, query="")
+    run = harness.Run(args=argparse.Namespace(device="cpu", dtype="fp32"), settings=settings, sources={},
+                      model_path=str(tiny_model_dir))
+    sessions = []
+
+    def session(config, n_frames=None):  # the real one, kept for a look
+        sessions.append(harness.Run.session(run, config, n_frames=n_frames))
+        return sessions[-1]
+
+    run.session = session
+    item = {"path": path, "window": (0.0, 4.5), "question": "How many times?", "choices": ["1", "10", "3"]}
+    choice = ovobench.answer_offline(run, item)
+    (session,) = sessions
+    assert choice.frames == 4 and session.config.fps == pytest.approx(2.0 * 4 / 10)  # 10 frames, capped to 4 (even)
+    assert session.config.mode == "full" and session.config.system_prompt == settings.system_prompt
+    assert session.preprocessor.spec.max_pixels == settings.frame_pixels(4)[1] == 1568  # 3136 * 2 / 4 frames
+
+    loaded = run.model.loaded
+    config = StreamConfig(mode="full", query="", fps=0.8, chunk_seconds=2.5)
+    twin = StreamSession(loaded.model, loaded.tokenizer, config, vision_spec=session.preprocessor.spec)
+    pixels, grid = twin.preprocessor(frames[keep])
+    meta = ovobench.offline_prompt(twin.layout, (2, int(grid[0, 1]) // 2, int(grid[0, 2]) // 2), item["question"])
+    scores = twin.score(meta, [ovobench.choice_ids(twin.layout, c) for c in item["choices"]], pixels=pixels, grid=grid)
+    assert choice.logprobs == scores and choice.index == int(np.argmax(scores))
+
+
+@pytest.mark.parametrize(
+    ("min_pixels", "max_pixels", "total_pixels"),
+    [(784, 3136, 12544), (100 * 28 * 28, 768 * 28 * 28, 24576 * 28 * 28)],  # the fixture's runs: tiny, demo legacy
+)
+def test_offline_pixel_budget_is_the_training_rule(min_pixels, max_pixels, total_pixels):
+    """The retired offline rule (qwen_vl_utils': a 1.05 * min_pixels floor) gives the same bounds as the one rule
+    (``StreamSettings.frame_pixels``, training's) on every clip length of the fixture (2 to 10 frames), so offline
+    results are unchanged; where the two differ, the old rule went above max_pixels (min = max, the demo's)."""
+    from streaming_vlm.settings import StreamSettings
+
+    def retired(s, n):
+        cap = int(max(min(s.max_pixels, s.total_pixels / n * 2), s.min_pixels * 1.05))
+        return min(s.min_pixels, cap), cap
+
+    s = StreamSettings(min_pixels=min_pixels, max_pixels=max_pixels, total_pixels=total_pixels)
+    for n in (2, 4, 6, 10):
+        assert s.frame_pixels(n) == retired(s, n), n
+    demo = StreamSettings(min_pixels=3136, max_pixels=3136)
+    assert demo.frame_pixels(6) == (3136, 3136) and retired(demo, 6)[1] == 3292 > demo.max_pixels
 
 
 def test_rec_answer_ten_is_predicted_when_it_scores_best(data_dir):
@@ -317,7 +367,7 @@ def test_rerun_resumes_without_new_work(runs, tiny_model_dir, data_dir, monkeypa
     dest = runs[0]["offline"][0]
     before = (dest / "results.json").read_text()
     calls = []
-    monkeypatch.setattr(ovobench.OfflineScorer, "__call__", lambda self, item: calls.append(item["id"]))
+    monkeypatch.setattr(ovobench, "answer_offline", lambda run, item: calls.append(item["id"]))
     rc, _ = _run(["--model", str(tiny_model_dir), "--data-dir", str(data_dir), "--out", str(dest), *SMALL])
     assert rc == 0 and calls == []
     after = json.loads((dest / "results.json").read_text())
@@ -348,14 +398,45 @@ def test_partial_rerun_does_only_the_missing_items(tmp_path, runs, tiny_model_di
     lines = (tmp_path / "ovobench.rank0.jsonl").read_text().splitlines(keepends=True)
     (tmp_path / "ovobench.rank0.jsonl").write_text("".join(lines[:5]) + lines[5][:20])  # 5 done, a torn line
     done = []
-    real = ovobench.OfflineScorer.__call__
-    monkeypatch.setattr(
-        ovobench.OfflineScorer, "__call__", lambda self, item: done.append(item["id"]) or real(self, item)
-    )
+    real = ovobench.answer_offline
+    monkeypatch.setattr(ovobench, "answer_offline", lambda run, item: done.append(item["id"]) or real(run, item))
     rc, _ = _run(["--model", str(tiny_model_dir), "--data-dir", str(data_dir), "--out", str(tmp_path), *SMALL])
     assert rc == 0 and done == ["SSR-1516-1", "CRR-1468-0", "CRR-1468-1"]
     merged = read_jsonl(tmp_path / "ovobench.jsonl")
     assert [r["id"] for r in merged] == [it["id"] for it in ovobench.convert(ANNOTATION)]
+
+
+def test_checkpoint_settings_apply_and_are_recorded(tmp_path, tiny_model_dir, data_dir, monkeypatch):
+    """A checkpoint's streaming_vlm.json sets what it names (the model is loaded with its pixels), the protocol pins
+    the instruction and the chunk length above it, and results.json and settings.json say where each came from."""
+    from streaming_vlm.eval import generate
+
+    model = tmp_path / "ckpt"
+    shutil.copytree(tiny_model_dir, model)
+    (model / "streaming_vlm.json").write_text(json.dumps(
+        {"min_pixels": 3136, "max_pixels": 3136, "text_sink": 3, "query": "not asked: the protocol has none"}))
+    loaded, real = [], generate.load_eval_model
+
+    def load(*args, **kwargs):
+        loaded.append(real(*args, **kwargs))
+        return loaded[-1]
+
+    monkeypatch.setattr(generate, "load_eval_model", load)
+    out = tmp_path / "out"
+    rc, _ = _run(["--model", str(model), "--data-dir", str(data_dir), "--answer-mode", "streaming", "--tasks", "OCR",
+                  "--out", str(out), "--device", "cpu", "--dtype", "fp32"], monkeypatch)
+    assert rc == 0
+    meta = json.loads((out / "results.json").read_text())["meta"]
+    settings, sources = meta["stream_settings"], meta["stream_settings_sources"]
+    expected = {
+        "min_pixels": (3136, "checkpoint"), "max_pixels": (3136, "checkpoint"), "text_sink": (3, "checkpoint"),
+        "query": ("", "protocol"), "chunk_seconds": (1.0, "protocol"), "text_window": (512, "default"),
+    }  # fmt: skip
+    assert {k: (settings[k], sources[k]) for k in expected} == expected
+    (m,) = loaded
+    assert (m.spec.min_pixels, m.spec.max_pixels) == (3136, 3136)
+    saved = json.loads((out / "settings.json").read_text())
+    assert saved == meta["settings"] and (saved["min_pixels"], saved["text_sink"], saved["query"]) == (3136, 3, "")
 
 
 # ---- errors ----------------------------------------------------------------------------------------------------

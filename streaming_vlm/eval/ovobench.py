@@ -15,23 +15,29 @@ reference conversion). Choices are the task's own answers: the option letters fo
 
 Answering never takes an argmax over a global candidate set: every choice of the item's own task is scored as
 a whole sequence and the most likely one is the prediction, so multi-token answers (REC ``"10"``) are
-reachable and no task can answer with another task's label (the reference's two bugs). Two answer modes:
+reachable and no task can answer with another task's label (the reference's two bugs). Both answer modes run
+on the engine (``StreamSession``), so the model runs through one forward path:
 
-- ``offline`` (the reference protocol): the clip ``[start, end]`` is read at 2 fps, uniformly subsampled to at
-  most ``--max-frames`` (480) frames, resized under the reference's pixel budget (per frame
-  ``max(min(max_pixels, total_pixels / frames * 2), 1.05 * min_pixels)``) and shown in one pass as a single
-  video in a plain chat (system prompt, user turn = video then prompt, assistant turn opened with
-  ``"The answer is:\\n"``); each choice is scored as ``choice + <|im_end|>`` (:class:`OfflineScorer`).
-- ``streaming``: a :class:`~streaming_vlm.engine.StreamSession` (``--cache-mode``, StreamingVLM's cache by
-  default) watches ``[start, end]`` in 1-s chunks; the question is asked in the user turn of the last chunk,
-  the one ending at the query time, and ``StreamSession.choose`` scores each ``choice + "\\n"``. While
-  watching, the model stays silent by default (every earlier second is an empty assistant turn, just the end
-  marker, as in training data for seconds without speech); ``--commentary-tokens N`` lets it comment instead.
+- ``offline`` (the reference protocol, :func:`answer_offline`): the clip ``[start, end]`` is read at ``fps``
+  (2), uniformly subsampled to at most ``max_frames`` (480) frames, resized under the one pixel budget of a clip
+  of known length (``StreamSettings.frame_pixels``: ``total_pixels`` shared by its frames, within
+  ``[min_pixels, max_pixels]``) and shown in one pass as a single video in a plain chat (system prompt, user
+  turn = video then prompt, assistant turn opened with ``"The answer is:\\n"``: :func:`offline_prompt`); each
+  choice is scored as ``choice + <|im_end|>`` (``StreamSession.score`` in engine mode ``full``).
+- ``streaming`` (:func:`answer_streaming`, ``vqa.VideoQA``'s watch-then-answer loop): a session
+  (``--cache-mode``, StreamingVLM's cache by default) watches ``[start, end]`` in 1-s chunks; the question is
+  asked in the user turn of the last chunk, the one ending at the query time, and ``StreamSession.choose``
+  scores each ``choice + "\\n"``. While watching, the model stays silent by default (every earlier second is an
+  empty assistant turn, just the end marker, as in training data for seconds without speech);
+  ``--commentary-tokens N`` lets it comment instead (at most N tokens a second).
 
-Results: per-item records (resumable, rank-sharded JSONL through :func:`~streaming_vlm.eval.runner.run_items`),
-``results.json`` with per-task accuracy (percent), the three category means (unweighted means over their tasks)
-and their mean (``overall``, OVO-Bench's "Total Avg."), and a printed table. Run
-``streaming-vlm eval ovobench --help``.
+Stream settings come from ``settings.StreamSettings`` through the benchmark harness (``eval/harness.py``): a flag,
+else ``--config``, else the protocol (no instruction, 1-s chunks), else the checkpoint's ``streaming_vlm.json``,
+else the defaults; the results record them (``meta.stream_settings`` and ``meta.stream_settings_sources``).
+
+Results: per-item records (resumable, rank-sharded JSONL through the harness), ``results.json`` with per-task
+accuracy (percent), the three category means (unweighted means over their tasks) and their mean (``overall``,
+OVO-Bench's "Total Avg."), and a printed table. Run ``streaming-vlm eval ovobench --help``.
 """
 
 from __future__ import annotations
@@ -42,27 +48,37 @@ import datetime
 import functools
 import json
 import logging
-import math
 import os
 import statistics
-import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from streaming_vlm.argtypes import non_negative_int, positive_int
+from streaming_vlm.argtypes import csv_choices, non_negative_int, positive_int
+from streaming_vlm.eval import harness
+from streaming_vlm.settings import DEFAULTS
+
+if TYPE_CHECKING:
+    from streaming_vlm.eval.vqa import VideoQA
+    from streaming_vlm.layout import StreamLayout, TokenMeta
+    from streaming_vlm.video import VideoReader
 
 __all__ = [
     "ANNOTATION_FILE",
     "CATEGORIES",
-    "Clip",
-    "OfflineScorer",
+    "Choice",
+    "OvoBench",
     "OvoBenchError",
-    "build_parser",
+    "answer_offline",
+    "answer_streaming",
+    "choice_ids",
     "clip_window",
     "convert",
+    "encode_clip",
     "load_items",
     "main",
+    "offline_prompt",
+    "subsample",
     "summarize",
 ]
 
@@ -260,204 +276,98 @@ def _argmax(scores: Sequence[float]) -> int:
     return max(range(len(scores)), key=scores.__getitem__)
 
 
-@dataclasses.dataclass
-class Clip:
-    """A clip encoded for the vision tower as one video: pixel values, grid (t, h, w patches) and frame rate."""
+def subsample(total: int, max_frames: int):
+    """Indices of the frames kept of a clip of ``total`` frames: all of them, or ``max_frames`` spread uniformly
+    (``round(linspace(0, total - 1, max_frames))``, the reference's subsampling)."""
+    import numpy as np
 
-    pixels: Any
-    grid: Any
-    fps: float
-    frames: int
-
-
-class OfflineScorer:
-    """The reference's offline protocol: the whole clip in one pass, then each choice scored as a sequence.
-
-    The clip is read at ``fps``, uniformly subsampled to at most ``max_frames`` and resized under the per-frame
-    cap :meth:`frame_pixels`. The prompt is a plain chat, ``system``, ``user`` = one video block (all frames)
-    then the prompt text, ``assistant`` opened with ``answer_prefix``; a choice's score is
-    ``log p(choice + <|im_end|> | prompt)``. The prompt is prefilled once into an unlimited ``StreamingCache``;
-    each choice's tokens are forwarded on top and rolled back. Positions follow ``positions.py`` with the
-    clip's real frame rate.
-    """
-
-    def __init__(
-        self,
-        model,
-        *,
-        fps: float = 2.0,
-        max_frames: int = 480,
-        min_pixels: int = 100 * 28 * 28,
-        max_pixels: int = 768 * 28 * 28,
-        total_pixels: int = 24576 * 28 * 28,
-        answer_prefix: str = ANSWER_PREFIX,
-    ):
-        from streaming_vlm.layout import DEFAULT_SYSTEM_PROMPT, StreamLayout
-
-        self.model = model
-        self.fps = fps
-        tpatch = model.spec.temporal_patch_size
-        self.max_frames = max(tpatch, max_frames - max_frames % tpatch)
-        self.min_pixels, self.max_pixels, self.total_pixels = min_pixels, max_pixels, total_pixels
-        self.answer_prefix = answer_prefix
-        self.layout = StreamLayout(model.loaded.tokenizer, DEFAULT_SYSTEM_PROMPT)
-
-    def frame_pixels(self, n_frames: int) -> int:
-        """Per-frame pixel cap for a clip of ``n_frames`` (qwen_vl_utils' video budget, as the reference)."""
-        share = self.total_pixels / max(n_frames, 1) * self.model.spec.temporal_patch_size
-        return int(max(min(self.max_pixels, share), self.min_pixels * 1.05))
-
-    def preprocessor(self, n_frames: int):
-        from streaming_vlm.preprocess import VideoPreprocessor
-
-        cap = self.frame_pixels(n_frames)
-        spec = dataclasses.replace(self.model.spec, min_pixels=min(self.min_pixels, cap), max_pixels=cap)
-        return VideoPreprocessor(spec, device=self.model.loaded.device, dtype=self.model.loaded.dtype)
-
-    def encode(self, frames, fps: float) -> Clip:
-        """All ``frames`` (uint8 [T, H, W, 3]) as one video shown at ``fps``."""
-        pixels, grid = self.preprocessor(len(frames))(frames)
-        return Clip(pixels, grid, fps, len(frames))
-
-    def read(self, path: str, start: float, end: float) -> Clip:
-        """``[start, end)`` at ``fps``, uniformly subsampled to at most ``max_frames``, encoded as one video.
-
-        Frames are encoded a temporal patch at a time as they are decoded (the patches of a video are laid out
-        temporal patch by temporal patch, so this equals :meth:`encode` on all frames at once) and only pixel
-        values are held, never the decoded frames of the whole clip.
-        """
-        import numpy as np
-        import torch
-
-        from streaming_vlm.video import VideoReader
-
-        tpatch = self.model.spec.temporal_patch_size
-        parts, pending, grid_t, grid_hw = [], [], 0, None
-        with VideoReader(
-            path, fps=self.fps, chunk_seconds=tpatch / self.fps, start=start, duration=end - start
-        ) as reader:
-            total = reader.num_chunks() * reader.frames_per_chunk
-            keep = np.arange(total)
-            if total > self.max_frames:
-                keep = np.round(np.linspace(0, total - 1, self.max_frames)).astype(int)
-            wanted = set(keep.tolist())
-            preprocess = self.preprocessor(len(keep))
-            for chunk in reader.chunks():
-                first = chunk.index * reader.frames_per_chunk
-                pending += [f for j, f in enumerate(chunk.frames) if first + j in wanted]
-                while len(pending) >= tpatch:
-                    pixels, grid = preprocess(np.stack(pending[:tpatch]))
-                    del pending[:tpatch]
-                    parts.append(pixels)
-                    grid_t += int(grid[0, 0])
-                    grid_hw = grid[0, 1:].tolist()
-        grid = torch.tensor([[grid_t, *grid_hw]], dtype=torch.long)
-        return Clip(torch.cat(parts), grid, self.fps * len(keep) / total, len(keep))
-
-    def _forward(self, cache, meta, pixels=None, grid=None, *, keep: bool, all_positions: bool = False):
-        model = self.model.loaded.model
-        device = self.model.loaded.device
-        kwargs: dict[str, Any] = dict(
-            input_ids=meta.ids.to(device).unsqueeze(0),
-            position_ids=cache.append(meta).to(device),
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=0 if all_positions else 1,
-        )
-        if pixels is not None:
-            kwargs.update(pixel_values_videos=pixels, video_grid_thw=grid.to(device))
-        try:
-            logits = model(**kwargs).logits[0]
-        except BaseException:
-            cache.abort_forward()
-            raise
-        cache.end_forward() if keep else cache.abort_forward()
-        return logits if all_positions else logits[-1]
-
-    def prompt_meta(self, clip: Clip, prompt: str):
-        """Tokens of the prompt around the clip's video block, up to where the answer starts."""
-        from streaming_vlm.layout import Kind, StreamLayout, TokenMeta
-
-        spec = self.model.spec
-        tps = getattr(self.model.loaded.model.config.vision_config, "tokens_per_second", 2)
-        lay = StreamLayout(
-            self.layout.tokenizer, self.layout.system_prompt, time_interval=tps * spec.temporal_patch_size / clip.fps
-        )
-        t, h, w = (int(x) for x in clip.grid[0])
-        end = [lay.im_end, *lay.newline]
-        return TokenMeta.cat([
-            lay.system(),
-            TokenMeta.text([lay.im_start, *lay.encode("user"), *lay.newline], Kind.USER, 0),
-            lay.vision_block(0, (t, h // spec.merge_size, w // spec.merge_size)),
-            TokenMeta.text([*lay.encode(prompt), *end], Kind.USER, 0),
-            lay.assistant_head(0),
-            TokenMeta.text(lay.encode(self.answer_prefix), Kind.ASSIST_TEXT, 0),
-        ])  # fmt: skip
-
-    def choice_ids(self, choice: str) -> list[int]:
-        return [*self.layout.encode(choice), self.layout.im_end]
-
-    def score(self, clip: Clip, prompt: str, choices: Sequence[str]) -> Choice:
-        import torch
-
-        from streaming_vlm.cache import StreamingCache
-        from streaming_vlm.layout import Kind, TokenMeta
-        from streaming_vlm.policy import CachePolicy
-
-        meta = self.prompt_meta(clip, prompt)
-        cache = StreamingCache.for_model(self.model.loaded.model, CachePolicy.unlimited())
-        with torch.inference_mode():
-            first = torch.log_softmax(self._forward(cache, meta, clip.pixels, clip.grid, keep=True).float(), dim=-1)
-            scores = []
-            for choice in choices:
-                ids = self.choice_ids(choice)
-                lp = float(first[ids[0]])
-                if len(ids) > 1:
-                    logits = self._forward(
-                        cache, TokenMeta.text(ids[:-1], Kind.ASSIST_TEXT, 0), keep=False, all_positions=True
-                    )
-                    target = torch.tensor(ids[1:], device=logits.device)[:, None]
-                    lp += float(torch.log_softmax(logits.float(), dim=-1).gather(1, target).sum())
-                scores.append(lp)
-        return Choice(_argmax(scores), scores, clip.frames)
-
-    def __call__(self, item: dict) -> Choice:
-        clip = self.read(item["path"], item["window"][0], item["window"][1])
-        return self.score(clip, item["question"], item["choices"])
+    if total <= max_frames:
+        return np.arange(total)
+    return np.round(np.linspace(0, total - 1, max_frames)).astype(int)
 
 
-class StreamingAnswerer:
-    """Watch ``[start, end]`` chunk by chunk with a ``StreamSession``; ask at the last chunk with ``choose``."""
+def encode_clip(reader: VideoReader, keep, preprocess) -> tuple[Any, Any]:
+    """The frames of ``reader``'s window whose indices are in ``keep``, as one video: ``(pixel values, grid
+    [[t, h, w]])``. Frames are encoded a temporal patch at a time as they are decoded (the patches of a video are
+    laid out temporal patch by temporal patch, so this equals ``preprocess`` on all of them at once) and only pixel
+    values are held, never the decoded frames of the whole clip. Raises ``VideoError`` when no frame was read."""
+    import numpy as np
+    import torch
 
-    def __init__(self, model, config, *, commentary: bool):
-        self.model = model
-        self.config = config
-        self.commentary = commentary
+    from streaming_vlm.video import VideoError
 
-    def __call__(self, item: dict) -> Choice:
-        from streaming_vlm.eval.generate import new_session
-        from streaming_vlm.video import VideoReader
+    tpatch = preprocess.spec.temporal_patch_size
+    wanted = {int(k) for k in keep}
+    parts, pending, grid_t, grid_hw = [], [], 0, None
+    for chunk in reader.chunks():
+        first = chunk.index * reader.frames_per_chunk
+        pending += [f for j, f in enumerate(chunk.frames) if first + j in wanted]
+        while len(pending) >= tpatch:
+            pixels, grid = preprocess(np.stack(pending[:tpatch]))
+            del pending[:tpatch]
+            parts.append(pixels)
+            grid_t += int(grid[0, 0])
+            grid_hw = grid[0, 1:].tolist()
+    if not parts:
+        raise VideoError(f"{reader.path}: no frame read in [{reader.start:g}, {reader.end:g}) s")
+    return torch.cat(parts), torch.tensor([[grid_t, *grid_hw]], dtype=torch.long)
 
-        start, end = item["window"]
-        session = new_session(self.model, self.config)
-        frames = 0
-        with VideoReader(
-            item["path"],
-            fps=self.config.fps,
-            chunk_seconds=self.config.chunk_seconds,
-            start=start,
-            duration=end - start,
-        ) as reader:
-            last = reader.num_chunks() - 1
-            for chunk in reader.chunks():
-                frames += len(chunk.frames)
-                if chunk.index < last:
-                    session.step(chunk.frames, chunk.start, chunk.end, force_text=None if self.commentary else "")
-                else:
-                    result = session.choose(
-                        chunk.frames, chunk.start, chunk.end, item["question"], list(item["choices"])
-                    )
-        return Choice(result.index, list(result.logprobs), frames)
+
+def offline_prompt(layout: StreamLayout, llm_grid: tuple[int, int, int], prompt: str,
+                   answer_prefix: str = ANSWER_PREFIX) -> TokenMeta:
+    """The reference's plain chat up to where the answer starts, as tokens: the system turn, one user turn (a video
+    block of ``llm_grid`` = (t, h, w) LLM tokens, then ``prompt``) and the assistant turn opened with
+    ``answer_prefix``; all of round 0. The video block's positions follow ``layout.time_interval`` (the clip's own
+    frame rate)."""
+    from streaming_vlm.layout import Kind, TokenMeta
+
+    turn_end = [layout.im_end, *layout.newline]
+    return TokenMeta.cat([
+        layout.system(),
+        TokenMeta.text([layout.im_start, *layout.encode("user"), *layout.newline], Kind.USER, 0),
+        layout.vision_block(0, llm_grid),
+        TokenMeta.text([*layout.encode(prompt), *turn_end], Kind.USER, 0),
+        layout.assistant_head(0),
+        TokenMeta.text(layout.encode(answer_prefix), Kind.ASSIST_TEXT, 0),
+    ])  # fmt: skip
+
+
+def choice_ids(layout: StreamLayout, choice: str) -> list[int]:
+    """A choice as the offline protocol scores it: its tokens, then ``<|im_end|>``."""
+    return [*layout.encode(choice), layout.im_end]
+
+
+def answer_offline(run: harness.Run, item: dict) -> Choice:
+    """The reference's offline protocol on ``item["window"]`` (see the module doc), through the engine: a session
+    in mode ``full`` whose vision spec is the settings' budget for the clip's frame count, prefilled with
+    :func:`offline_prompt` and scoring :func:`choice_ids` of each choice (``StreamSession.score``)."""
+    from streaming_vlm.video import VideoReader
+
+    s = run.settings
+    spec = run.model.spec
+    tpatch = spec.temporal_patch_size
+    max_frames = max(tpatch, s.max_frames - s.max_frames % tpatch)
+    start, end = item["window"]
+    with VideoReader(item["path"], fps=s.fps, chunk_seconds=tpatch / s.fps, start=start,
+                     duration=end - start) as reader:
+        total = reader.num_chunks() * reader.frames_per_chunk
+        keep = subsample(total, max_frames)
+        clip_fps = s.fps * len(keep) / total  # the rate the kept frames stand for: positions follow it
+        config = run.stream_config("full", fps=clip_fps, chunk_seconds=tpatch / clip_fps)
+        session = run.session(config, n_frames=len(keep))
+        pixels, grid = encode_clip(reader, keep, session.preprocessor)
+    t, h, w = (int(x) for x in grid[0])
+    prefix = offline_prompt(session.layout, (t, h // spec.merge_size, w // spec.merge_size), item["question"])
+    scores = session.score(prefix, [choice_ids(session.layout, c) for c in item["choices"]], pixels=pixels,
+                           grid=grid)
+    return Choice(_argmax(scores), scores, len(keep))
+
+
+def answer_streaming(qa: VideoQA, item: dict) -> Choice:
+    """Watch ``item["window"]`` chunk by chunk and ask at its last chunk (``VideoQA.score``)."""
+    start, end = item["window"]
+    answer = qa.score(item["path"], item["question"], item["choices"], start=start, end=end)
+    return Choice(answer.choice, list(answer.logprobs), answer.num_frames)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -519,109 +429,15 @@ def table_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 # ------------------------------------------------------------------------------------------------------------
-# entry point
+# the benchmark
 # ------------------------------------------------------------------------------------------------------------
 
 
-def _tasks(text: str) -> list[str]:
-    tasks = [t.strip().upper() for t in text.split(",") if t.strip()]
-    bad = [t for t in tasks if t not in TASK_CATEGORY]
-    if bad or not tasks:
-        raise argparse.ArgumentTypeError(f"unknown task(s) {', '.join(bad) or '(none)'}; choose from {','.join(TASKS)}")
-    return list(dict.fromkeys(tasks))
+@functools.lru_cache(maxsize=4096)
+def _duration(path: str) -> float:
+    from streaming_vlm.video import probe
 
-
-def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    """The ``streaming-vlm eval ovobench`` options (added to ``parser`` when given)."""
-    from streaming_vlm.engine import MODES
-
-    p = parser or argparse.ArgumentParser(
-        prog="streaming-vlm eval ovobench",
-        description="OVO-Bench accuracy per task and per category (real-time perception, backward tracing, "
-        "forward active responding), answering offline (the clip up to the query time in one pass) or while "
-        "streaming. Resumable; data-parallel under torchrun.",
-    )
-    p.add_argument("--model", required=True, help="model directory, hub id or 'tiny'")
-    p.add_argument(
-        "--data-dir",
-        default=None,
-        help=f"OVO-Bench directory holding {ANNOTATION_FILE} and the video folders "
-        f"(default ${DATASET_ENV}/{DATASET_SUBDIR})",
-    )
-    p.add_argument("--annotation", default=None, help=f"annotation file (default DATA_DIR/{ANNOTATION_FILE})")
-    p.add_argument(
-        "--video-dir", default=None, help="root the datums' 'video' paths are relative to (default DATA_DIR)"
-    )
-    p.add_argument(
-        "--answer-mode",
-        choices=("offline", "streaming"),
-        default="offline",
-        help="offline: the clip up to the query time in one pass (the reference protocol, default); "
-        "streaming: the model watches the stream chunk by chunk and is asked at the query time",
-    )
-    p.add_argument(
-        "--tasks", type=_tasks, default=list(TASKS), help=f"comma-separated tasks (default {','.join(TASKS)})"
-    )
-    p.add_argument("--limit", type=positive_int, default=None, help="evaluate only the first N items of each task")
-    p.add_argument(
-        "--out",
-        default=None,
-        help="output directory: per-item JSONL and results.json (default results/ovobench/MODEL-MODE)",
-    )
-    p.add_argument(
-        "--skip-missing-videos",
-        action="store_true",
-        help="drop the items whose video file is missing (default: stop with an error)",
-    )
-    p.add_argument("--device", default="auto", help="auto (default; cuda:LOCAL_RANK under torchrun), cuda, cpu")
-    p.add_argument("--dtype", default="auto", help="auto (default), bf16, fp16, fp32")
-    p.add_argument("--fps", type=float, default=2.0, help="frames sampled per second (default 2)")
-    p.add_argument(
-        "--min-pixels",
-        type=positive_int,
-        default=100 * 28 * 28,
-        help="minimum pixels per frame after resizing (default 100*28*28)",
-    )
-    p.add_argument(
-        "--max-pixels",
-        type=positive_int,
-        default=768 * 28 * 28,
-        help="maximum pixels per frame after resizing (default 768*28*28)",
-    )
-    g = p.add_argument_group("offline answer mode")
-    g.add_argument(
-        "--max-frames",
-        type=positive_int,
-        default=480,
-        help="frames per clip at most; longer clips are uniformly subsampled (default 480)",
-    )
-    g.add_argument(
-        "--total-pixels",
-        type=positive_int,
-        default=24576 * 28 * 28,
-        help="pixel budget of a whole clip, shared by its frames (default 24576*28*28)",
-    )
-    g = p.add_argument_group("streaming answer mode")
-    g.add_argument(
-        "--cache-mode",
-        choices=MODES,
-        default="streaming",
-        help="engine mode that watches the stream (default streaming: StreamingVLM's cache)",
-    )
-    g.add_argument(
-        "--commentary-tokens",
-        type=non_negative_int,
-        default=0,
-        help="commentary tokens per watched second at most; 0 (default) = watch silently",
-    )
-    g.add_argument("--query", default="", help="instruction in the first chunk's user turn (default none)")
-    g.add_argument("--seed", type=int, default=0, help="commentary sampling seed (default 0)")
-    return p
-
-
-def _fail(message: str) -> int:
-    print(f"streaming-vlm eval ovobench: error: {' '.join(str(message).split())}", file=sys.stderr)
-    return 2
+    return probe(path).duration
 
 
 def _data_dir(arg: str | None) -> Path:
@@ -643,36 +459,6 @@ def _duration(path: str) -> float:
     from streaming_vlm.video import probe
 
     return probe(path).duration
-
-
-def _settings(args: argparse.Namespace) -> dict[str, Any]:
-    """Options that change per-item results: a rerun into the same --out must use the same ones."""
-    keys = ["model", "answer_mode", "fps", "min_pixels", "max_pixels"]
-    if args.answer_mode == "offline":
-        keys += ["max_frames", "total_pixels"]
-    else:
-        keys += ["cache_mode", "commentary_tokens", "query", "seed"]
-    return {k: getattr(args, k) for k in keys}
-
-
-def _check_settings(out: Path, settings: dict[str, Any]) -> None:
-    path = out / "settings.json"
-    if path.exists():
-        old = json.loads(path.read_text(encoding="utf-8"))
-        diff = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in settings.items() if old.get(k) != v]
-        if diff:
-            raise OvoBenchError(
-                f"{out} holds results made with other settings ({'; '.join(diff)}); use another --out or delete it"
-            )
-
-
-def _write_settings(out: Path, settings: dict[str, Any]) -> None:
-    path = out / "settings.json"
-    if not path.exists():
-        out.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
 
 
 def _select(items: list[dict], limit: int | None) -> list[dict]:
@@ -710,112 +496,133 @@ def _record(item: dict, answer) -> dict:
     }
 
 
-def main(argv: list[str] | argparse.Namespace | None = None) -> int:
-    args = argv if isinstance(argv, argparse.Namespace) else build_parser().parse_args(argv)
-    from streaming_vlm.engine import StreamConfig
-    from streaming_vlm.eval.generate import load_eval_model
-    from streaming_vlm.eval.runner import format_table, rank_and_world, run_items, write_results
-    from streaming_vlm.models import ModelLoadError
-    from streaming_vlm.sampling import SamplingConfig
+class OvoBench(harness.Benchmark):
+    """``streaming-vlm eval ovobench``: the probe items are one group (``OUT/ovobench.jsonl``)."""
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    rank, world = rank_and_world()
-    model_label = Path(str(args.model).rstrip("/")).name or str(args.model)
-    try:
+    name = "ovobench"
+    description = (
+        "OVO-Bench accuracy per task and per category (real-time perception, backward tracing, forward active "
+        "responding), answering offline (the clip up to the query time in one pass) or while streaming. Resumable; "
+        "data-parallel under torchrun.")
+    settings_use = harness.SettingsUse(exclude=("max_new_tokens", "chunk_seconds"),
+                                       protocol={"query": "", "chunk_seconds": 1.0}, fixed_chunks=False)
+    errors = (OvoBenchError,)
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        from streaming_vlm.engine import MODES
+
+        p.add_argument("--data-dir", default=None,
+                       help=f"OVO-Bench directory holding {ANNOTATION_FILE} and the video folders "
+                       f"(default ${DATASET_ENV}/{DATASET_SUBDIR})")
+        p.add_argument("--annotation", default=None, help=f"annotation file (default DATA_DIR/{ANNOTATION_FILE})")
+        p.add_argument("--video-dir", default=None,
+                       help="root the datums' 'video' paths are relative to (default DATA_DIR)")
+        p.add_argument("--answer-mode", choices=("offline", "streaming"), default="offline",
+                       help="offline: the clip up to the query time in one pass (the reference protocol, default); "
+                       "streaming: the model watches the stream chunk by chunk and is asked at the query time")
+        p.add_argument("--tasks", type=csv_choices(TASKS, what="tasks", ignore_case=True), default=list(TASKS),
+                       help=f"comma-separated tasks (default {','.join(TASKS)})")
+        p.add_argument("--limit", type=positive_int, default=None, help="evaluate only the first N items of each task")
+        p.add_argument("--out", default=None,
+                       help="output directory: per-item JSONL and results.json (default results/ovobench/MODEL-MODE)")
+        p.add_argument("--skip-missing-videos", action="store_true",
+                       help="drop the items whose video file is missing (default: stop with an error)")
+        g = p.add_argument_group("streaming answer mode")
+        g.add_argument("--cache-mode", choices=MODES, default="streaming",
+                       help="engine mode that watches the stream (default streaming: StreamingVLM's cache)")
+        g.add_argument("--commentary-tokens", type=non_negative_int, default=0,
+                       help="commentary tokens per watched second at most (the max_new_tokens setting); 0 (default) "
+                       "= watch silently")
+
+    def items(self, run: harness.Run) -> dict[str, list[dict]]:
+        args = run.args
         data_dir = _data_dir(args.data_dir)
-        annotation = Path(args.annotation) if args.annotation else data_dir / ANNOTATION_FILE
-        video_dir = Path(args.video_dir).expanduser() if args.video_dir else data_dir
-        items = _select(load_items(annotation, args.tasks), args.limit)
+        self.annotation = Path(args.annotation) if args.annotation else data_dir / ANNOTATION_FILE
+        self.video_dir = Path(args.video_dir).expanduser() if args.video_dir else data_dir
+        items = _select(load_items(self.annotation, args.tasks), args.limit)
         for it in items:
-            it["path"] = str(video_dir / it["video"])
+            it["path"] = str(self.video_dir / it["video"])
         missing = sorted({it["path"] for it in items if not os.path.isfile(it["path"])})
         if missing and not args.skip_missing_videos:
-            raise OvoBenchError(
-                f"{len(missing)} video file(s) missing under {video_dir} (first: {missing[0]}); "
-                "pass --video-dir or --skip-missing-videos"
-            )
+            raise OvoBenchError(f"{len(missing)} video file(s) missing under {self.video_dir} (first: {missing[0]}); "
+                                "pass --video-dir or --skip-missing-videos")
         if missing:
             logger.warning("skipping the items of %d missing video file(s)", len(missing))
             gone = set(missing)
             items = [it for it in items if it["path"] not in gone]
         if not items:
-            raise OvoBenchError(f"no items to evaluate in {annotation} for tasks {','.join(args.tasks)}")
-        if not (args.fps > 0 and math.isfinite(args.fps)):
-            raise OvoBenchError(f"--fps must be > 0, got {args.fps}")
-        if args.answer_mode == "streaming" and (args.fps % 2 or args.fps != int(args.fps)):
-            raise OvoBenchError(
-                f"--fps must give an even number of frames per 1-s chunk when streaming, got {args.fps:g}"
-            )
-        out = Path(args.out) if args.out else Path("results") / "ovobench" / f"{model_label}-{args.answer_mode}"
-        _check_settings(out, _settings(args))
-        stream_config = None
+            raise OvoBenchError(f"no items to evaluate in {self.annotation} for tasks {','.join(args.tasks)}")
+        self.missing = len(missing)
         if args.answer_mode == "streaming":
-            stream_config = StreamConfig(
-                mode=args.cache_mode,
-                query=args.query,
-                fps=args.fps,
-                chunk_seconds=1.0,
-                seed=args.seed,
-                sampling=SamplingConfig(max_new_tokens=max(1, args.commentary_tokens)),
-            )
-        model = load_eval_model(
-            args.model,
-            device=args.device,
-            dtype=args.dtype,
-            min_pixels=min(args.min_pixels, args.max_pixels),
-            max_pixels=args.max_pixels,
-        )
-        if stream_config is not None:
-            if args.commentary_tokens and model.loaded.generation_defaults:
-                defaults = model.loaded.generation_defaults
-                sampling = dataclasses.replace(
-                    stream_config.sampling, top_p=defaults.get("top_p"), top_k=defaults.get("top_k")
-                )
-                stream_config = dataclasses.replace(stream_config, sampling=sampling)
-            answer = StreamingAnswerer(model, stream_config, commentary=args.commentary_tokens > 0)
+            run.settings.check_chunks()  # an even number of frames per 1-s chunk
+            if args.commentary_tokens:  # the commentary's length is this option: the results say so
+                run.settings = dataclasses.replace(run.settings, max_new_tokens=args.commentary_tokens)
+                run.sources["max_new_tokens"] = "flag"
+        logger.info("OVO-Bench: %d items, answer mode %s, rank %d of %d", len(items), args.answer_mode, run.rank,
+                    run.world)
+        return {"ovobench": items}
+
+    def records_dir(self, run: harness.Run) -> Path:
+        if run.args.out:
+            return Path(run.args.out)
+        label = Path(str(run.args.model).rstrip("/")).name or str(run.args.model)
+        return Path("results") / "ovobench" / f"{label}-{run.args.answer_mode}"
+
+    def resume_record(self, run: harness.Run) -> dict:
+        """The options that change per-item results (the keys of ``settings.json`` before the settings module, plus
+        the settings added since when they are not at their default, so that older folders still resume)."""
+        args, s = run.args, run.settings
+        record: dict[str, Any] = {"model": args.model, "answer_mode": args.answer_mode}
+        record.update({k: getattr(s, k) for k in ("fps", "min_pixels", "max_pixels")})
+        if args.answer_mode == "offline":
+            record.update(max_frames=s.max_frames, total_pixels=s.total_pixels)
+            later = ["system_prompt"]
         else:
-            answer = OfflineScorer(
-                model,
-                fps=args.fps,
-                max_frames=args.max_frames,
-                min_pixels=min(args.min_pixels, args.max_pixels),
-                max_pixels=args.max_pixels,
-                total_pixels=args.total_pixels,
-            )
-    except (OvoBenchError, ModelLoadError, ValueError, OSError) as exc:
-        return _fail(str(exc))
+            record.update(cache_mode=args.cache_mode, commentary_tokens=args.commentary_tokens, query=s.query,
+                          seed=s.seed)
+            later = ["system_prompt", "vision_window", "text_rounds", "text_sink", "text_window", "reset_every"]
+            later += ["temperature", "top_p", "top_k", "repetition_penalty"] if args.commentary_tokens else []
+        record.update({k: getattr(s, k) for k in later if getattr(s, k) != getattr(DEFAULTS, k)})
+        return record
 
-    if rank == 0:
-        _write_settings(out, _settings(args))
-    logger.info("OVO-Bench: %d items, answer mode %s, rank %d of %d", len(items), args.answer_mode, rank, world)
-    records = run_items("ovobench", items, lambda it: _record(it, answer), out)
-    if records is None:
-        return 0
-    summary = summarize(records)
-    doc = {
-        "meta": {
-            "benchmark": "OVO-Bench",
-            "model": str(args.model),
-            "answer_mode": args.answer_mode,
-            "annotation": str(annotation),
-            "video_dir": str(video_dir),
-            "items": len(records),
-            "errors": sum(r.get("error") is not None for r in records),
-            "missing_videos_skipped": len(missing),
-            "tasks": list(args.tasks),
-            "limit_per_task": args.limit,
-            "settings": _settings(args),
-            "world_size": world,
+    def run_item(self, run: harness.Run, group: str, item: dict) -> dict:
+        if run.args.answer_mode == "offline":
+            return _record(item, lambda it: answer_offline(run, it))
+        return _record(item, lambda it: answer_streaming(self._qa(run), it))
+
+    def _qa(self, run: harness.Run) -> VideoQA:
+        if getattr(self, "qa", None) is None:
+            from streaming_vlm.eval.vqa import VideoQA, VQAConfig
+
+            s = run.settings
+            config = VQAConfig(answer_mode="streaming", engine_mode=run.args.cache_mode, fps=s.fps,
+                               chunk_frames=round(s.fps * s.chunk_seconds), commentary=run.args.commentary_tokens > 0)
+            self.qa = VideoQA(run.model, config, s, run.sources)
+        return self.qa
+
+    def score(self, run: harness.Run, records: dict[str, list[dict]] | None) -> dict:
+        args, rows = run.args, records["ovobench"]
+        meta = {
+            "benchmark": "OVO-Bench", "model": str(args.model), "answer_mode": args.answer_mode,
+            "annotation": str(self.annotation), "video_dir": str(self.video_dir), "items": len(rows),
+            "errors": sum(r.get("error") is not None for r in rows), "missing_videos_skipped": self.missing,
+            "tasks": list(args.tasks), "limit_per_task": args.limit, "settings": self.resume_record(run),
+            "world_size": run.world,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "notes": "accuracy in percent; category = unweighted mean of its tasks' accuracies; overall = mean of "
-            "the category means. Each item is answered by scoring the task's own choices as whole sequences.",
-        },
-        **summary,
-    }
-    print(f"wrote {write_results(out / 'results.json', doc)}")
-    print(format_table(table_rows(summary)))
-    return 0
+            "notes": "accuracy in percent; category = unweighted mean of its tasks' accuracies; overall = mean of the "
+            "category means. Each item is answered by scoring the task's own choices as whole sequences.",
+        }  # fmt: skip
+        return {"meta": meta, **summarize(rows)}
+
+    def results_path(self, run: harness.Run) -> Path:
+        return self.records_dir(run) / "results.json"
+
+    def table(self, results: dict) -> str:
+        from streaming_vlm.eval.runner import format_table
+
+        return format_table(table_rows(results))
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def main(argv: Sequence[str] | None = None) -> int:
+    """``streaming-vlm eval ovobench ARGV``; the exit status."""
+    return harness.run(OvoBench(), argv)
