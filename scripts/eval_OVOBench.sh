@@ -5,6 +5,8 @@
 #   NPROC=8 EVAL_DATASET_PATH=/data/eval bash scripts/eval_OVOBench.sh     # one process per GPU (torchrun)
 # Env (defaults): DATA_DIR ($EVAL_DATASET_PATH/ovobench), MODEL (mit-han-lab/StreamingVLM),
 #   ANSWER_MODE (offline), NPROC (1), OUT (results/ovobench/<model>-<mode>). Extra arguments go to the command.
+# Stream settings: the checkpoint's streaming_vlm.json, else the defaults; a flag overrides either (e.g.
+# --max-pixels 200704, --vision-window 16, --config FILE.yaml); results.json records each and its source.
 # A rerun with the same OUT resumes: finished items are skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."

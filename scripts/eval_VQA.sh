@@ -11,6 +11,8 @@
 #   VLMEVAL_DATASETS ("Video-MME_1fps MVBench_64frame LongVideoBench_1fps").
 #   lmms-eval: HF_HOME (where its datasets are cached), LMMS_TASKS ("videomme:fps=1 mvbench:nframe=64
 #   longvideobench_val_v:fps=1", task:sampling).
+#   SETTINGS: stream settings over the checkpoint's streaming_vlm.json (which gives the others), for both toolkits,
+#   e.g. "max_pixels=200704,vision_window=16" (values without commas or spaces; default: none).
 # Extra arguments go to every run.py / lmms-eval command.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,6 +36,13 @@ case "$TOOLKIT" in
 esac
 for mode in $MODES; do
     [[ "$mode" == streaming || "$mode" == offline ]] || fail "MODES are streaming and offline, got '$mode'"
+done
+SETTINGS="${SETTINGS:-}"
+setting_flags=()  # the launcher's flags for SETTINGS: max_pixels=200704 -> --max-pixels 200704
+for kv in ${SETTINGS//,/ }; do
+    [[ "$kv" =~ ^[a-z_]+=.+$ ]] || fail "SETTINGS is name=value[,name=value...], got '$kv'"
+    key="${kv%%=*}"
+    setting_flags+=("--${key//_/-}" "${kv#*=}")
 done
 source scripts/_env.sh  # the project's Python (PYTHON; CHECK_ENV=1 prints it)
 if [[ "$TOOLKIT" != lmms-eval ]]; then
@@ -60,7 +69,8 @@ if [[ "$TOOLKIT" != lmms-eval ]]; then
         [[ "$mode" == offline ]] && name=StreamingVLM-offline
         for data in $VLMEVAL_DATASETS; do
             "${launch[@]}" -m streaming_vlm.eval.vlmevalkit --vlmevalkit-root "$VLMEVALKIT_ROOT" \
-                --model-path "$MODEL" --offline-max-frames "$OFFLINE_MAX_FRAMES" -- \
+                --model-path "$MODEL" --offline-max-frames "$OFFLINE_MAX_FRAMES" \
+                ${setting_flags[@]+"${setting_flags[@]}"} -- \
                 --data "$data" --model "$name" --work-dir "$WORK_DIR/vlmevalkit" --judge exact_matching \
                 --reuse --verbose "$@"
         done
@@ -69,8 +79,8 @@ fi
 
 if [[ "$TOOLKIT" != vlmevalkit ]]; then
     for mode in $MODES; do
-        extra=""
-        [[ "$mode" == offline ]] && extra=",max_frames=$OFFLINE_MAX_FRAMES"
+        extra="${SETTINGS:+,$SETTINGS}"
+        [[ "$mode" == offline ]] && extra+=",max_frames=$OFFLINE_MAX_FRAMES"
         for spec in $LMMS_TASKS; do
             task="${spec%%:*}"
             sampling="${spec#*:}"

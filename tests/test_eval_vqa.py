@@ -700,3 +700,33 @@ def test_eval_vqa_script_checks_toolkit_and_data(tmp_path):
     env.update(TOOLKIT="lmms-eval", PYTHON=sys.executable)
     run = subprocess.run(["bash", str(REPO / "scripts" / "eval_VQA.sh")], env=env, capture_output=True, text=True)
     assert run.returncode == 2 and run.stderr.count("\n") == 1 and "lmms-eval" in run.stderr
+
+
+def test_eval_vqa_script_passes_settings_to_both_toolkits(tmp_path):
+    """SETTINGS reaches the VLMEvalKit launcher as setting flags and lmms-eval as model arguments (a stand-in
+    Python records what the script launches)."""
+    from streaming_vlm.eval import vlmevalkit
+
+    log = tmp_path / "launched.txt"
+    fake = tmp_path / "python"
+    fake.write_text('#!/bin/bash\n'  # the environment checks pass; anything else is logged
+                    'if [[ "$1" == -c ]]; then [[ "$2" == *sysconfig* ]] && echo /nonexistent; exit 0; fi\n'
+                    'printf "%s\\n" "$*" >> "$LOG"\n')
+    fake.chmod(0o755)
+    (tmp_path / "run.py").write_text("")
+    env = {"PATH": os.environ["PATH"], "LOG": str(log), "PYTHON": str(fake), "TOOLKIT": "both", "MODES": "offline",
+           "NPROC": "1", "MODEL": "ckpt", "VLMEVALKIT_ROOT": str(tmp_path), "LMUData": str(tmp_path),
+           "HF_HOME": str(tmp_path), "VLMEVAL_DATASETS": "MVBench_64frame", "LMMS_TASKS": "mvbench:nframe=64",
+           "SETTINGS": "max_pixels=3136,vision_window=unlimited"}  # fmt: skip
+    run = subprocess.run(["bash", str(REPO / "scripts" / "eval_VQA.sh")], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    ours, theirs = (line.split() for line in log.read_text().splitlines())
+    i = ours.index("streaming_vlm.eval.vlmevalkit") + 1
+    args, rest = vlmevalkit.build_parser().parse_known_args(ours[i : ours.index("--")])
+    assert (args.model_path, args.max_pixels, args.vision_window, rest) == ("ckpt", 3136, None, [])
+    model_args = theirs[theirs.index("--model_args") + 1]
+    assert model_args == "pretrained=ckpt,answer_mode=offline,nframe=64,max_pixels=3136,vision_window=unlimited," \
+                         "max_frames=256"  # fmt: skip
+    env["SETTINGS"] = "max_pixels=3136,bogus"
+    run = subprocess.run(["bash", str(REPO / "scripts" / "eval_VQA.sh")], env=env, capture_output=True, text=True)
+    assert run.returncode == 2 and run.stderr.count("\n") == 1 and "SETTINGS" in run.stderr
