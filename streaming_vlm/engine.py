@@ -19,7 +19,7 @@ Modes, on one code path:
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -149,12 +149,19 @@ class StreamSession:
 
     @torch.inference_mode()
     def step(self, frames, start: float, end: float, force_text: str | None = None,
-             question: str | None = None) -> ChunkResult:
+             question: str | None = None, *, on_token: Callable[[int], None] | None = None,
+             max_new_tokens: int | None = None) -> ChunkResult:
         """Feed one chunk (uint8 frames [T, H, W, 3]) covering [start, end) s; returns its commentary.
 
         ``force_text`` teacher-forces the commentary instead of sampling (alignment tests, replay);
-        ``question`` is asked in this chunk's user turn.
+        ``question`` is asked in this chunk's user turn. ``on_token`` is called with each sampled content token
+        id as soon as it is selected (stop tokens excluded; the `` ...`` marker's tokens included), from this
+        thread, before the next forward: a server streams an answer with it. ``max_new_tokens`` replaces the
+        sampling config's limit for this chunk only (a longer answer to a question). Neither changes what is
+        sampled. An exception raised by ``on_token`` propagates and leaves the session unusable.
         """
+        if max_new_tokens is not None and max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         t0 = time.perf_counter()
         r = self.round
         prefill, pv, gv = self._prepare_chunk(frames, start, end, question)
@@ -167,7 +174,7 @@ class StreamSession:
         else:
             logits = self._forward(prefill, pv, gv, logits=True)
             t_decode = time.perf_counter()
-            content, n_cached = self._decode(r, logits, all_logits)
+            content, n_cached = self._decode(r, logits, all_logits, on_token, max_new_tokens)
             decode_s = time.perf_counter() - t_decode
         self._close_turn(r, content, n_cached)
         self.peak_cache_tokens = max(self.peak_cache_tokens, self.cache.num_tokens)
@@ -303,9 +310,12 @@ class StreamSession:
             self.cache.abort_forward()
         return out
 
-    def _decode(self, r: int, logits: torch.Tensor, all_logits: list) -> tuple[list[int], int]:
-        """Sample until a stop token or ``max_new_tokens``; returns (content ids, how many are in the cache)."""
+    def _decode(self, r: int, logits: torch.Tensor, all_logits: list, on_token: Callable[[int], None] | None = None,
+                max_new_tokens: int | None = None) -> tuple[list[int], int]:
+        """Sample until a stop token or ``max_new_tokens`` (the sampling config's unless given); returns (content
+        ids, how many are in the cache). ``on_token`` sees each content token as it is selected."""
         scfg = self.config.sampling
+        limit = scfg.max_new_tokens if max_new_tokens is None else max_new_tokens
         meta = self.cache.meta
         commentary = meta.ids[meta.kind == Kind.ASSIST_TEXT].to(self.device)
         forbidden = torch.tensor(self.layout.forbidden_ids, device=self.device)
@@ -319,7 +329,9 @@ class StreamSession:
             if tok in self.layout.stop_ids:
                 return content, len(content)
             content.append(tok)
-            if len(content) >= scfg.max_new_tokens:
+            if on_token is not None:
+                on_token(tok)
+            if len(content) >= limit:
                 return content, len(content) - 1
             logits = self._forward(TokenMeta.text([tok], Kind.ASSIST_TEXT, r), logits=True)
 
