@@ -35,5 +35,14 @@ if [[ ",$EXTRAS," == *",dev,"* ]] && ! "$PY" -c "import torchvision" 2>/dev/null
   pip install --no-deps --target "$target" "torchvision==0.$((minor + 15)).*" \
     || echo "setup: no torchvision for torch $installed_torch; the HF-processor reference test will skip" >&2
 fi
+# The serve page's browser test drives Debian's Chromium (Playwright's own browser download is blocked here).
+if [[ ",$EXTRAS," == *",dev,"* ]] && [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+      || echo "setup: could not install chromium; tests/test_serve_page.py will fail" >&2
+  else
+    echo "setup: tests/test_serve_page.py needs Chromium: sudo apt-get install -y chromium (Debian)" >&2
+  fi
+fi
 "$PY" -m streaming_vlm --help >/dev/null
 echo "setup: streaming-vlm installed into $("$PY" -c 'import sys; print(sys.prefix)') (torch $installed_torch)"
