@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Install streaming-vlm with its test tools on a fresh machine (Python >= 3.10; no GPU or model hub needed).
 #   bash scripts/setup.sh            # into the active virtual environment, else into ./.venv
-#   EXTRAS=dev bash scripts/setup.sh          # without the training and evaluation extras
+#   EXTRAS=dev bash scripts/setup.sh          # without the training, evaluation and server extras
 # torch goes in first so nothing later pulls a CUDA build: a working torch already installed (e.g. a GPU
 # build) is kept; otherwise torch==$TORCH_VERSION is installed. Later installs are constrained to it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-EXTRAS="${EXTRAS:-dev,train,eval}"
+EXTRAS="${EXTRAS:-dev,train,eval,serve}"
 export DS_BUILD_OPS="${DS_BUILD_OPS:-0}"  # DeepSpeed compiles the ops it needs on first use
 TORCH_VERSION="${TORCH_VERSION:-2.13.0}"
 

@@ -72,10 +72,20 @@ def _eval(sub) -> None:
     cli.add_parser(sub)
 
 
+def _serve(sub) -> None:
+    from streaming_vlm.serve import cli
+
+    p = sub.add_parser("serve", help="serve live sessions (files, URLs, cameras, pushed frames) over HTTP/WebSocket",
+                       description="Live streaming commentary for several sessions on one model: an HTTP and "
+                                   "WebSocket API and a web page (docs/serve.md).")
+    cli.add_arguments(p)
+    p.set_defaults(run=cli.main)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="streaming-vlm", description="StreamingVLM: commentary on endless video.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (_infer, _tiny_model, _bench, _data, _train, _synth, _eval):
+    for add in (_infer, _tiny_model, _bench, _data, _train, _synth, _eval, _serve):
         add(sub)
     return parser
 
