@@ -82,7 +82,8 @@ def test_files_and_meta(bench_run):
     assert meta["duration_requested_s"] == 15.0 and meta["processed_s"] == 15.0
     assert meta["modes"] == ["streaming", "recompute"] and meta["realtime_threshold_per_token_s"] == 0.25
     settings = meta["stream_settings"]
-    assert list(settings) == list(SETTING_NAMES) and list(meta["stream_settings_sources"]) == list(SETTING_NAMES)
+    used = [k for k in SETTING_NAMES if k not in ("total_pixels", "max_frames")]  # those the benchmark excludes
+    assert list(settings) == used and list(meta["stream_settings_sources"]) == used  # are left out
     assert (settings["min_pixels"], settings["max_pixels"], settings["max_new_tokens"]) == (784, 3136, 4)
     assert {k: meta["stream_settings_sources"][k] for k in ("min_pixels", "max_pixels", "max_new_tokens", "fps")} == {
         "min_pixels": "preset", "max_pixels": "flag", "max_new_tokens": "flag", "fps": "default"}
@@ -201,7 +202,8 @@ def test_checkpoint_settings_apply_to_both_presets(tmp_path, tiny_model_dir):
         doc = json.loads((tmp_path / f"{name}.json").read_text())
         meta, chunks = doc["meta"], doc["modes"]["streaming"]["chunks"]
         settings, sources = meta["stream_settings"], meta["stream_settings_sources"]
-        assert meta["preset"] == name and list(settings) == list(SETTING_NAMES)
+        assert meta["preset"] == name and list(settings) == [k for k in SETTING_NAMES
+                                                             if k not in ("total_pixels", "max_frames")]
         assert {k: settings[k] for k in ("min_pixels", "max_pixels", "text_sink", "text_window", "max_new_tokens",
                                          "temperature", "repetition_penalty", "reset_every", "top_k")} == {
             "min_pixels": 3136, "max_pixels": 3136, "text_sink": 3, "text_window": 7, "max_new_tokens": 2,

@@ -107,17 +107,61 @@ def test_settings_layers_and_their_sources_reach_the_results(tmp_path, loads, ca
     results = json.loads((out / "results.json").read_text())
     assert printed.splitlines() == [f"wrote {out / 'results.json'}", "total 1"]  # 2 items from the YAML
     settings, sources = results["meta"]["stream_settings"], results["meta"]["stream_settings_sources"]
-    assert results["meta"]["n"] == 2 and list(settings) == list(SETTING_NAMES) == list(sources)
+    used = [k for k in SETTING_NAMES if k not in ("total_pixels", "max_frames")]  # the excluded ones left out
+    assert results["meta"]["n"] == 2 and list(settings) == used == list(sources)
     expected = {
         "max_pixels": (3136, "checkpoint"), "min_pixels": (3136, "checkpoint"),  # clamped to the checkpoint's max
         "temperature": (0.5, "checkpoint"),  # the checkpoint beats the preset (0.0)
         "query": ("toy protocol", "protocol"),  # the protocol beats the checkpoint
         "reset_every": (7.0, "preset"), "vision_window": (4, "config"), "seed": (3, "flag"),  # flag beats YAML
-        "text_sink": (None, "flag"), "fps": (2.0, "default"), "total_pixels": (DEFAULTS.total_pixels, "default"),
+        "text_sink": (None, "flag"), "fps": (2.0, "default"),
     }  # fmt: skip
     assert {k: (settings[k], sources[k]) for k in expected} == expected
     ((path, loaded_with, device, dtype),) = loads  # the non-setting YAML key became --device's default
-    assert (path, device, dtype) == (str(model), "cpu", "auto") and loaded_with.as_record() == settings
+    assert (path, device, dtype) == (str(model), "cpu", "auto")
+    assert {k: v for k, v in loaded_with.as_record().items() if k in settings} == settings
+    assert (loaded_with.total_pixels, loaded_with.max_frames) == (DEFAULTS.total_pixels, DEFAULTS.max_frames)
+
+
+class Excluding(Toy):
+    """Excludes fps and max_new_tokens (its own rate and answer length) and the query (pinned by its protocol);
+    ``--commentary`` uses max_new_tokens after all."""
+
+    settings_use = SettingsUse(exclude=("fps", "max_new_tokens", "query"), protocol={"query": "toy protocol"},
+                               fixed_chunks=False)
+
+    def add_arguments(self, parser):
+        super().add_arguments(parser)
+        parser.add_argument("--fps", type=float, default=1.0)
+        parser.add_argument("--commentary", action="store_true")
+
+    def items(self, run):
+        if run.args.commentary:
+            run.unused.discard("max_new_tokens")
+        return super().items(run)
+
+    def run_item(self, run, group, item):
+        return {**super().run_item(run, group, item), "fps": run.settings.fps,
+                "max_new_tokens": run.settings.max_new_tokens}
+
+
+@pytest.mark.parametrize("commentary", [False, True])
+def test_excluded_settings_are_not_taken_from_the_checkpoint_nor_recorded(tmp_path, loads, capsys, commentary):
+    model = checkpoint(tmp_path, {"fps": 4.0, "max_new_tokens": 3, "query": "from the checkpoint", "text_sink": 9})
+    out = tmp_path / "out"
+    argv = ["--model", model, "--out", out, "--fps", "0.5", "--items", 1, *(["--commentary"] if commentary else [])]
+    assert call(Excluding(), argv, capsys)[0] == 0
+    (record,) = runner.read_jsonl(out / "toy.jsonl")
+    assert (record["fps"], record["max_new_tokens"]) == (DEFAULTS.fps, DEFAULTS.max_new_tokens)  # not the ckpt's
+    meta = json.loads((out / "results.json").read_text())["meta"]
+    settings, sources = meta["stream_settings"], meta["stream_settings_sources"]
+    assert "fps" not in settings and "fps" not in sources  # the benchmark's own --fps is no setting
+    assert (settings["query"], sources["query"]) == ("toy protocol", "protocol")  # pinned: recorded
+    assert (settings["text_sink"], sources["text_sink"]) == (9, "checkpoint")
+    if commentary:  # used after all: recorded, with its default
+        assert (settings["max_new_tokens"], sources["max_new_tokens"]) == (DEFAULTS.max_new_tokens, "default")
+    else:
+        assert "max_new_tokens" not in settings and list(settings) == list(sources)
 
 
 def test_config_may_give_required_options_and_flags_still_win(tmp_path, loads, capsys):

@@ -414,7 +414,8 @@ def test_checkpoint_settings_apply_and_are_recorded(tmp_path, tiny_model_dir, da
     model = tmp_path / "ckpt"
     shutil.copytree(tiny_model_dir, model)
     (model / "streaming_vlm.json").write_text(json.dumps(
-        {"min_pixels": 3136, "max_pixels": 3136, "text_sink": 3, "query": "not asked: the protocol has none"}))
+        {"min_pixels": 3136, "max_pixels": 3136, "text_sink": 3, "query": "not asked: the protocol has none",
+         "max_new_tokens": 5}))
     loaded, real = [], generate.load_eval_model
 
     def load(*args, **kwargs):
@@ -433,6 +434,7 @@ def test_checkpoint_settings_apply_and_are_recorded(tmp_path, tiny_model_dir, da
         "query": ("", "protocol"), "chunk_seconds": (1.0, "protocol"), "text_window": (512, "default"),
     }  # fmt: skip
     assert {k: (settings[k], sources[k]) for k in expected} == expected
+    assert "max_new_tokens" not in settings  # excluded (--commentary-tokens is 0): not the checkpoint's, not recorded
     (m,) = loaded
     assert (m.spec.min_pixels, m.spec.max_pixels) == (3136, 3136)
     saved = json.loads((out / "settings.json").read_text())

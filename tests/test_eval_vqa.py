@@ -19,9 +19,10 @@ import numpy as np
 import pytest
 
 from streaming_vlm.engine import StreamConfig, StreamSession
-from streaming_vlm.eval import vqa
+from streaming_vlm.eval import harness, vqa
 from streaming_vlm.eval.vqa import VideoQA, VQAConfig, parse_options, plan_frames
 from streaming_vlm.sampling import SamplingConfig
+from streaming_vlm.settings import DEFAULTS, SETTING_NAMES
 from streaming_vlm.synthetic import write_synthetic_video
 from streaming_vlm.video import VideoReader
 
@@ -626,7 +627,7 @@ def test_checkpoint_settings_apply_and_are_recorded(tmp_path, tiny_model_dir, vi
     model = tmp_path / "ckpt"
     shutil.copytree(tiny_model_dir, model)
     (model / "streaming_vlm.json").write_text(json.dumps({"min_pixels": 3136, "max_pixels": 3136, "text_sink": 3,
-                                                          "query": "not asked", "max_new_tokens": 5}))
+                                                          "query": "not asked", "max_new_tokens": 5, "fps": 4.0}))
     data = tmp_path / "vqa.jsonl"
     data.write_text(json.dumps({"id": "q", "video": str(videos["4s"]), "question": "Which?", "options": ["a", "b"],
                                 "answer": "A"}) + "\n")
@@ -640,9 +641,11 @@ def test_checkpoint_settings_apply_and_are_recorded(tmp_path, tiny_model_dir, vi
     settings, sources = meta["stream_settings"], meta["stream_settings_sources"]
     expected = {
         "min_pixels": (3136, "checkpoint"), "max_pixels": (3136, "checkpoint"), "text_sink": (3, "checkpoint"),
-        "query": ("", "protocol"), "vision_window": (2, "flag"), "text_window": (7, "config"), "fps": (2.0, "default"),
+        "query": ("", "protocol"), "vision_window": (2, "flag"), "text_window": (7, "config"),
     }  # fmt: skip
     assert {k: (settings[k], sources[k]) for k in expected} == expected
+    # the protocol's own rate, chunks, answer length and frame cap: not taken from the checkpoint, not recorded
+    assert list(settings) == list(sources) == [k for k in SETTING_NAMES if k not in vqa.EXCLUDED]
     record = json.loads((out / "vqa_streaming.jsonl").read_text())
     assert (meta["config"]["fps"], record["fps"], record["num_frames"]) == (0.5, 0.5, 2)  # one 4-s chunk of 2 frames
     assert (meta["min_pixels"], meta["max_pixels"], meta["config"]["text_sink"], meta["config"]["vision_window"]) == (
@@ -652,7 +655,9 @@ def test_checkpoint_settings_apply_and_are_recorded(tmp_path, tiny_model_dir, vi
     assert (saved["model"], saved["min_pixels"], saved["text_sink"], saved["vision_window"]) == (str(model), 3136, 3, 2)
 
     qa = VideoQA.load(str(model), device="cpu", dtype="fp32", vision_window=2, text_window=7)  # the adapters' path
-    assert qa.settings.as_record() == settings and qa.sources == sources | {"text_window": "flag"}
+    assert harness.settings_record(qa.settings, qa.sources, vqa.unused_settings(False)) == {
+        "stream_settings": settings, "stream_settings_sources": sources | {"text_window": "flag"}}
+    assert (qa.settings.fps, qa.settings.max_new_tokens) == (DEFAULTS.fps, DEFAULTS.max_new_tokens)  # not 4.0, 5
     assert (qa.model.spec.min_pixels, qa.model.spec.max_pixels) == (3136, 3136)
 
 

@@ -9,14 +9,14 @@ and figure) and its ``main`` is ``harness.run(TheBenchmark(), argv)``. :func:`ru
 2. reads ``--config FILE`` (YAML; keys are option names as in the namespace, e.g. ``max_wall_s``): its stream
    settings form the config layer, its other keys become the options' defaults (a flag still wins);
 3. resolves the settings (``settings.resolve``): flags > ``--config`` > the benchmark's protocol > the checkpoint's
-   ``streaming_vlm.json`` > the benchmark's preset > defaults, and checks frames per chunk
-   (``SettingsUse.fixed_chunks``);
+   ``streaming_vlm.json`` > the benchmark's preset > defaults (a setting the benchmark excludes is taken from none
+   of flags, ``--config`` or the checkpoint), and checks frames per chunk (``SettingsUse.fixed_chunks``);
 4. asks the benchmark for its items (all data checks happen there, before any model is loaded), refuses to resume
    into a folder made with other settings (:func:`check_resume`), and runs the items of each group through
    :func:`~streaming_vlm.eval.runner.run_items` (rank-sharded, resumable); the model is loaded on first use
    (:attr:`Run.model`), at most once, so a finished run rescores without loading it;
-5. on rank 0: scores, adds ``stream_settings`` and ``stream_settings_sources`` to the results' ``meta`` (top level
-   when there is none), writes them, draws the figure, prints the table;
+5. on rank 0: scores, adds ``stream_settings`` and ``stream_settings_sources`` (the settings it uses) to the
+   results' ``meta`` (top level when there is none), writes them, draws the figure, prints the table;
 6. turns known errors (bad settings, config, data, model, video; ``ValueError``, ``OSError`` and the benchmark's
    ``errors``) into one line ``PROG: error: ...`` on stderr and exit status 2 (or what ``error_exit`` says).
    Usage errors are argparse's (exit 2). Any process group the runner set up is torn down at the end.
@@ -36,7 +36,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "NO_MODEL", "PROG_PREFIX", "Benchmark", "Command", "ResumeError", "Run", "SettingsUse", "check_resume", "fail",
-    "run",
+    "run", "settings_record",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,9 @@ class SettingsUse:
     """How a benchmark takes the stream settings (see ``settings.resolve`` for the layers)."""
 
     exclude: tuple[str, ...] = ()
-    """Settings it has no use for: no flag (and no ``--config`` key); they keep their default or protocol value."""
+    """Settings it has no use for: no flag and no ``--config`` key (the name may be an option of its own), not taken
+    from the checkpoint; they keep their default, or the protocol's or preset's value. One that the protocol or
+    preset does not pin is left out of the results' ``stream_settings`` (see :attr:`Run.unused`)."""
     protocol: Mapping[str, Any] = field(default_factory=dict)
     """What the benchmark defines (its instruction, ...): above the checkpoint, below ``--config`` and flags."""
     preset: Mapping[str, Any] = field(default_factory=dict)
@@ -198,6 +200,9 @@ class Run:
     model_path: str | None = None
     rank: int = 0
     world: int = 1
+    unused: set[str] = field(default_factory=set)
+    """Settings this run does not use (``SettingsUse.exclude`` less the protocol's and preset's): not recorded by
+    :meth:`settings_record`. A benchmark that uses one after all (an option of its own turns it on) discards it."""
 
     @property
     def progress(self) -> bool:
@@ -244,10 +249,19 @@ class Run:
         return generate.stream_span(self.model, video, config, start=start, end=end)
 
     def settings_record(self) -> dict[str, Any]:
-        """``{"stream_settings": ..., "stream_settings_sources": ...}`` for a results file (:func:`run` adds them
-        to the document :meth:`Benchmark.score` returns; a benchmark that writes its own files adds them there)."""
-        return {"stream_settings": self.settings.as_record(),
-                "stream_settings_sources": {k: self.sources[k] for k in SETTING_NAMES}}
+        """``{"stream_settings": ..., "stream_settings_sources": ...}`` for a results file, the settings in
+        :attr:`unused` left out (:func:`run` adds them to the document :meth:`Benchmark.score` returns; a benchmark
+        that writes its own files adds them there)."""
+        return settings_record(self.settings, self.sources, self.unused)
+
+
+def settings_record(settings: StreamSettings, sources: Mapping[str, str], unused: Iterable[str] = ()
+                    ) -> dict[str, Any]:
+    """``{"stream_settings": {name: value}, "stream_settings_sources": {name: source}}`` of every setting but
+    ``unused``, in field order (windows unlimited as None)."""
+    names = [k for k in SETTING_NAMES if k not in set(unused)]
+    return {"stream_settings": {k: getattr(settings, k) for k in names},
+            "stream_settings_sources": {k: sources[k] for k in names}}
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -372,13 +386,16 @@ def _run_benchmark(bench: Benchmark, parser: argparse.ArgumentParser, argv: Sequ
     args, config = _parse(parser, argv, use.exclude)
     model_path = bench.model_path(args)
     checkpoint = settings_mod.from_checkpoint(model_path) if model_path else {}
+    checkpoint = {k: v for k, v in checkpoint.items() if k not in use.exclude}
     given = {k: v for k, v in settings_mod.given(args).items() if k not in use.exclude}  # not the bench's own options
     settings, sources = settings_mod.resolve(given, config=config, checkpoint=checkpoint, protocol=use.protocol,
                                              preset=use.preset)
     if use.fixed_chunks:
         settings.check_chunks()
     rank, world = runner.rank_and_world()
-    run_ = Run(args=args, settings=settings, sources=sources, model_path=model_path, rank=rank, world=world)
+    unused = set(use.exclude) - set(use.protocol) - set(use.preset)
+    run_ = Run(args=args, settings=settings, sources=sources, model_path=model_path, rank=rank, world=world,
+               unused=unused)
     groups = bench.items(run_)
     records: dict[str, list[dict]] | None = None
     if groups is not None and not bench.resumable:

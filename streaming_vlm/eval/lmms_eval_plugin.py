@@ -36,8 +36,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from streaming_vlm.eval.vqa import DEFAULT_MODEL, VideoQA, VQAConfig
-from streaming_vlm.settings import SETTING_NAMES
+from streaming_vlm.eval.vqa import DEFAULT_MODEL, VideoQA, VQAConfig, toolkit_class
 
 __all__ = ["CLASS_PATH", "MODEL_NAME", "main", "manifest", "model_class", "register"]
 
@@ -45,9 +44,6 @@ logger = logging.getLogger(__name__)
 
 MODEL_NAME = "streaming_vlm"
 CLASS_PATH = f"{__name__}.StreamingVLM"
-
-_CLASSES: dict[type, type] = {}  # lmms base class -> StreamingVLM built on it
-
 
 def _as_bool(value: Any) -> bool:
     if isinstance(value, str):
@@ -82,11 +78,6 @@ class _Model:
     ):
         super().__init__()
         kwargs.pop("max_batch_size", None)
-        # stream settings by name (max_pixels=..., vision_window=unlimited, top_p=none); the checkpoint's
-        # streaming_vlm.json gives the others
-        settings = {k: _optional(kwargs.pop(k), lambda v: v) for k in list(kwargs) if k in SETTING_NAMES}
-        if kwargs:
-            logger.warning("streaming_vlm ignores the model arguments %s", ", ".join(sorted(kwargs)))
         if batch_size not in (None, 1, "1"):
             logger.warning("streaming_vlm answers one request at a time (batch_size %s ignored)", batch_size)
         self._rank = int(os.environ.get("RANK", 0))
@@ -106,9 +97,8 @@ class _Model:
             commentary=_as_bool(commentary),
             max_new_tokens=int(max_new_tokens),
         )
-        self.qa = VideoQA.load(str(pretrained), config, device=device, dtype=str(dtype), **settings)
-        logger.info("streaming_vlm %s: stream settings %s (sources %s)", answer_mode, self.qa.settings.as_record(),
-                    self.qa.sources)
+        # kwargs: stream settings (max_pixels=..., vision_window=unlimited, top_p=none)
+        self.qa = VideoQA.for_toolkit(MODEL_NAME, str(pretrained), config, kwargs, device=device, dtype=str(dtype))
         self.pretrained = str(pretrained)
 
     @property
@@ -186,12 +176,7 @@ def model_class() -> type:
         raise ImportError(
             f"the streaming_vlm lmms-eval model needs lmms-eval (`pip install lmms-eval`): {exc}"
         ) from exc
-    cls = _CLASSES.get(lmms)
-    if cls is None:
-        cls = type("StreamingVLM", (_Model, lmms), {"__module__": __name__, "__doc__": _Model.__doc__})
-        cls = register_model(MODEL_NAME)(cls)
-        _CLASSES[lmms] = cls
-    return cls
+    return toolkit_class("StreamingVLM", _Model, lmms, register_model(MODEL_NAME))
 
 
 def __getattr__(name: str):

@@ -34,6 +34,7 @@ on the engine (``StreamSession``), so the model runs through one forward path:
 Stream settings come from ``settings.StreamSettings`` through the benchmark harness (``eval/harness.py``): a flag,
 else ``--config``, else the protocol (no instruction, 1-s chunks), else the checkpoint's ``streaming_vlm.json``,
 else the defaults; the results record them (``meta.stream_settings`` and ``meta.stream_settings_sources``).
+``max_new_tokens`` is ``--commentary-tokens`` (recorded only when it is set).
 
 Results: per-item records (resumable, rank-sharded JSONL through the harness), ``results.json`` with per-task
 accuracy (percent), the three category means (unweighted means over their tasks) and their mean (``overall``,
@@ -558,6 +559,7 @@ class OvoBench(harness.Benchmark):
             if args.commentary_tokens:  # the commentary's length is this option: the results say so
                 run.settings = dataclasses.replace(run.settings, max_new_tokens=args.commentary_tokens)
                 run.sources["max_new_tokens"] = "flag"
+                run.unused.discard("max_new_tokens")
         logger.info("OVO-Bench: %d items, answer mode %s, rank %d of %d", len(items), args.answer_mode, run.rank,
                     run.world)
         return {"ovobench": items}

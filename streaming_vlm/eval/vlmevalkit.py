@@ -39,9 +39,9 @@ from pathlib import Path
 from typing import Any
 
 from streaming_vlm.eval.harness import fail
-from streaming_vlm.eval.vqa import DEFAULT_MODEL, ENV_MODEL, EXCLUDED, PROTOCOL, VideoQA, VQAConfig
-from streaming_vlm.settings import SETTING_NAMES, given
+from streaming_vlm.eval.vqa import DEFAULT_MODEL, ENV_MODEL, EXCLUDED, PROTOCOL, VideoQA, VQAConfig, toolkit_class
 from streaming_vlm.settings import add_arguments as add_settings_arguments
+from streaming_vlm.settings import given
 
 __all__ = ["MODEL_NAMES", "build_parser", "chat_class", "main", "register"]
 
@@ -54,9 +54,6 @@ PROG = "python -m streaming_vlm.eval.vlmevalkit"
 ERROR_PREFIX = "streaming_vlm.eval.vlmevalkit"
 OFFLINE_MAX_FRAMES = 256
 """Default frame cap of the offline entry: 128 two-frame chunks, at most ~100k visual tokens at 768*28*28 px."""
-
-_CLASSES: dict[type, type] = {}  # BaseModel -> StreamingVLMChat built on it
-
 
 class _Chat:
     """The body of ``StreamingVLMChat``; :func:`chat_class` mixes it into VLMEvalKit's ``BaseModel``."""
@@ -79,9 +76,6 @@ class _Chat:
         **kwargs: Any,
     ):
         super().__init__()
-        settings = {k: kwargs.pop(k) for k in list(kwargs) if k in SETTING_NAMES}  # e.g. max_pixels, vision_window
-        if kwargs:
-            logger.warning("StreamingVLMChat ignores %s", ", ".join(sorted(kwargs)))
         if not (fps and fps > 0 and nframe and nframe > 0):
             raise ValueError(f"StreamingVLMChat needs fps > 0 and nframe > 0 (got fps={fps}, nframe={nframe})")
         # VLMEvalKit's inference loop rewrites these two from the dataset (see the module docstring)
@@ -95,9 +89,8 @@ class _Chat:
             commentary=commentary,
             max_new_tokens=max_new_tokens,
         )
-        self.qa = VideoQA.load(model_path, config, device=device, dtype=dtype, **settings)
-        logger.info("StreamingVLMChat %s: stream settings %s (sources %s)", answer_mode, self.qa.settings.as_record(),
-                    self.qa.sources)
+        # kwargs: stream settings (max_pixels=..., vision_window=...)
+        self.qa = VideoQA.for_toolkit("StreamingVLMChat", model_path, config, kwargs, device=device, dtype=dtype)
         self.model_path = model_path
         self.answer_mode = answer_mode
         self.last_answer = None
@@ -132,11 +125,7 @@ def chat_class() -> type:
         from vlmeval.vlm.base import BaseModel
     except ImportError as exc:
         raise ImportError(f"StreamingVLMChat needs VLMEvalKit (`pip install -e VLMEvalKit`): {exc}") from exc
-    cls = _CLASSES.get(BaseModel)
-    if cls is None:
-        cls = type("StreamingVLMChat", (_Chat, BaseModel), {"__module__": __name__, "__doc__": _Chat.__doc__})
-        _CLASSES[BaseModel] = cls
-    return cls
+    return toolkit_class("StreamingVLMChat", _Chat, BaseModel)
 
 
 def __getattr__(name: str):

@@ -21,10 +21,10 @@ rate is ``nframe / duration``, so the ``nframe`` samples sit at the centres of `
 Stream settings (``settings.StreamSettings``): the pixel bounds per frame, the system prompt, the cache windows and
 the commentary's sampling and seed come from the settings, resolved as everywhere (a flag or keyword, else
 ``--config``, else :data:`PROTOCOL`, else the checkpoint's ``streaming_vlm.json``, else the defaults). The protocol
-pins the instruction ``query`` to none: the question is the instruction. The settings' ``fps``,
-``chunk_seconds``, ``reset_every``, ``total_pixels`` and ``max_frames`` are not used (:data:`EXCLUDED`: the plan
-and ``VQAConfig`` decide those); ``max_new_tokens`` is the commentary's length, while ``VQAConfig.max_new_tokens``
-is a free-form answer's.
+pins the instruction ``query`` to none: the question is the instruction. The settings in :data:`EXCLUDED` are
+neither given nor taken from the checkpoint, and the results leave them out: the plan and ``VQAConfig`` decide the
+rate, chunks and frame cap, and ``VQAConfig.max_new_tokens`` is a free-form answer's length. With ``commentary`` the
+commentary before the question is as long as the default ``max_new_tokens`` (then recorded).
 
 Answers: for a multiple-choice prompt the option letters are scored as whole answers at the end of the stream
 (``StreamSession.choose``) and the best letter is returned, which is what the toolkits' scorers expect. This
@@ -44,12 +44,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import logging
 import math
 import os
 import re
 import string
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from itertools import islice
 from pathlib import Path
@@ -57,7 +58,7 @@ from typing import Any
 
 from streaming_vlm.argtypes import csv_choices, positive_float, positive_int
 from streaming_vlm.eval import harness
-from streaming_vlm.settings import SETTING_NAMES, StreamSettings
+from streaming_vlm.settings import DEFAULTS, SETTING_NAMES, StreamSettings
 
 __all__ = [
     "ANSWER_MODES",
@@ -74,7 +75,11 @@ __all__ = [
     "parse_options",
     "plan_frames",
     "resolve_settings",
+    "toolkit_class",
+    "unused_settings",
 ]
+
+logger = logging.getLogger(__name__)
 
 ANSWER_MODES = {"streaming": "streaming", "offline": "full"}
 """Answer mode -> engine mode."""
@@ -89,8 +94,8 @@ DEFAULT_MODEL = "mit-han-lab/StreamingVLM"
 PROTOCOL: Mapping[str, Any] = {"query": ""}
 """Stream settings the QA protocol pins (above the checkpoint): no instruction, the question is asked at the end."""
 EXCLUDED = ("fps", "chunk_seconds", "max_new_tokens", "reset_every", "total_pixels", "max_frames")
-"""Stream settings a QA benchmark takes no flag for: its frame plan sets the rate and chunks, its own
-``--max-new-tokens`` is the answer's length, ``--max-frames`` its own cap."""
+"""Stream settings a QA run does not take (from a flag, keyword or the checkpoint): its frame plan sets the rate and
+chunks, its own ``--max-new-tokens`` is the answer's length, ``--max-frames`` its own cap."""
 _SAMPLING_KEYS = ("temperature", "top_p", "top_k", "repetition_penalty", "seed")
 
 
@@ -295,15 +300,41 @@ def resolve_settings(model_path: str | os.PathLike[str], given: Mapping[str, Any
                      ) -> tuple[StreamSettings, dict[str, str]]:
     """The stream settings of a QA run on checkpoint ``model_path`` (already resolved: a directory or hub id):
     ``given`` (explicit, e.g. an adapter's keyword arguments) > :data:`PROTOCOL` > the checkpoint's
-    ``streaming_vlm.json`` > defaults; ``(settings, sources)`` as ``settings.resolve``. Raises ``SettingsError``
-    for a bad value or a name in ``given`` that is not a setting or is one of :data:`EXCLUDED`."""
+    ``streaming_vlm.json`` (but :data:`EXCLUDED`) > defaults; ``(settings, sources)`` as ``settings.resolve``.
+    Raises ``SettingsError`` for a bad value or a name in ``given`` that is not a setting or is one of
+    :data:`EXCLUDED`."""
     from streaming_vlm.settings import SettingsError, from_checkpoint, resolve
 
     given = dict(given or {})
     excluded = sorted(set(given) & set(EXCLUDED))
     if excluded:
         raise SettingsError(f"not stream settings of a QA run (its protocol sets them): {', '.join(excluded)}")
-    return resolve(given, checkpoint=from_checkpoint(model_path), protocol=PROTOCOL)
+    checkpoint = {k: v for k, v in from_checkpoint(model_path).items() if k not in EXCLUDED}
+    return resolve(given, checkpoint=checkpoint, protocol=PROTOCOL)
+
+
+def unused_settings(commentary: bool) -> set[str]:
+    """The settings a QA run does not use: :data:`EXCLUDED`, but ``max_new_tokens`` with ``commentary``."""
+    return set(EXCLUDED) - ({"max_new_tokens"} if commentary else set())
+
+
+def _toolkit_value(name: str, value: Any) -> Any:
+    """A setting's value as a toolkit passes it: ``none``/``null``/empty text is None (but for a text setting)."""
+    text = isinstance(value, str) and not isinstance(getattr(DEFAULTS, name), str)
+    return None if text and value.strip().lower() in {"", "none", "null"} else value
+
+
+def toolkit_class(name: str, body: type, base: type, finish: Callable[[type], type] | None = None) -> type:
+    """An adapter's class ``name``: its ``body`` mixed into a toolkit's ``base`` class (``finish``, e.g. the toolkit's
+    registration, applied once), made once per (body, base): a toolkit imported anew gets a class of its own."""
+    key = (body, base)
+    if key not in _TOOLKIT_CLASSES:
+        cls = type(name, (body, base), {"__module__": body.__module__, "__doc__": body.__doc__})
+        _TOOLKIT_CLASSES[key] = finish(cls) if finish else cls
+    return _TOOLKIT_CLASSES[key]
+
+
+_TOOLKIT_CLASSES: dict[tuple[type, type], type] = {}
 
 
 class VideoQA:
@@ -337,6 +368,21 @@ class VideoQA:
         path = resolve_model_path(model)
         resolved, sources = resolve_settings(path, settings)
         return cls(load_eval_model(path, resolved, device=device, dtype=dtype), config, resolved, sources)
+
+    @classmethod
+    def for_toolkit(cls, who: str, model: str, config: VQAConfig, options: Mapping[str, Any], *,
+                    device: str = "auto", dtype: str = "auto") -> VideoQA:
+        """:meth:`load` for a toolkit adapter (``who`` names it in the log): the stream settings are the model
+        ``options`` named as settings (``none``, ``null`` or empty text is None, as a toolkit's argument string
+        writes it), the other options are logged as ignored; logs the settings used and where each came from."""
+        given = {k: _toolkit_value(k, v) for k, v in options.items() if k in SETTING_NAMES}
+        ignored = sorted(set(options) - set(given))
+        if ignored:
+            logger.warning("%s ignores %s", who, ", ".join(ignored))
+        qa = cls.load(model, config, device=device, dtype=dtype, **given)
+        record = harness.settings_record(qa.settings, qa.sources, unused_settings(config.commentary))
+        logger.info("%s %s: %s", who, config.answer_mode, json.dumps(record))
+        return qa
 
     def _with(self, config: VQAConfig) -> VideoQA:
         return self if config == self.config else VideoQA(self.model, config, self.settings, self.sources)
@@ -624,6 +670,7 @@ class VQA(harness.Benchmark):
         self.config = VQAConfig(answer_mode=args.answer_modes[0], fps=args.fps, nframe=args.nframe,
                                 max_frames=args.max_frames, commentary=args.commentary,
                                 max_new_tokens=args.max_new_tokens)
+        run.unused = unused_settings(args.commentary)
         self.qa: VideoQA | None = None
         return {f"vqa_{mode}": self.items_ for mode in args.answer_modes}
 
