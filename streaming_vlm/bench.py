@@ -78,7 +78,7 @@ from typing import Any, ClassVar
 from streaming_vlm.argtypes import csv_choices, positive_float
 from streaming_vlm.engine import MODES
 from streaming_vlm.eval import harness, runner
-from streaming_vlm.memory import PeakMemory, current_rss_mb, peak_rss_mb, reset_peak_rss
+from streaming_vlm.memory import PeakMemory, current_rss_mb, oom_errors, oom_message, peak_rss_mb, reset_peak_rss
 
 __all__ = ["MODE_LABELS", "PRESETS", "Efficiency", "Latency", "StreamBench", "comparisons", "efficiency_main", "main",
            "resummarize", "run_mode", "summarize"]
@@ -92,7 +92,6 @@ MODE_LABELS = {
     "recompute": "(c) sliding window w/ overlap",
     "streaming": "(d) StreamingVLM",
 }
-_COLORS = {"streaming": "tab:blue", "full": "tab:red", "sliding": "tab:green", "recompute": "tab:orange"}
 TINY = "tiny"
 """``--model tiny``: the bench preset builds the tiny random model with ``--seed`` into a temporary folder."""
 
@@ -100,13 +99,6 @@ TINY = "tiny"
 # ------------------------------------------------------------------------------------------------------------
 # one mode
 # ------------------------------------------------------------------------------------------------------------
-
-
-def _oom_errors() -> tuple[type[BaseException], ...]:
-    import torch
-
-    cuda_oom = getattr(torch.cuda, "OutOfMemoryError", None) or getattr(torch, "OutOfMemoryError", None)
-    return (MemoryError, cuda_oom) if cuda_oom is not None else (MemoryError,)
 
 
 def _per(value: float, tokens: int) -> float | None:
@@ -144,10 +136,9 @@ def run_mode(mode: str, run: harness.Run, video: str | os.PathLike[str], *, dura
                 break
             try:
                 result = session.step(chunk.frames, chunk.start, chunk.end)
-            except _oom_errors() as exc:
+            except oom_errors() as exc:
                 oom = {"at_s": round(float(chunk.start), 3), "chunk_index": chunk.index,
-                       "wall_s": round(time.perf_counter() - t_start, 3),
-                       "error": f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:300]}
+                       "wall_s": round(time.perf_counter() - t_start, 3), "error": oom_message(exc)}
                 logger.warning("mode %s: out of memory at %.1f s of video (%s)", mode, chunk.start, oom["error"])
                 break
             frames += len(chunk.frames)
@@ -189,14 +180,6 @@ RUN_KEYS = ("wall_s", "video_read_s", "stream_s", "frames", "rss_start_mb", "pea
 
 def _median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
-
-
-def _percentile(values: list[float], q: float) -> float | None:
-    """Nearest-rank percentile (``q`` in [0, 100])."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100.0 * len(ordered)) - 1))]
 
 
 def _p10(values: list[float]) -> float | None:
@@ -244,7 +227,7 @@ def summarize(run: dict[str, Any], chunk_seconds: float, max_new_tokens: int | N
     wall, frames, oom = _r(run.get("wall_s"), 3), run.get("frames"), run.get("oom")
     return {
         "num_chunks": len(chunks), "stream_s": _r(run.get("stream_s"), 3), "processed_s": _r(processed, 3),
-        "median_latency_s": _r(_median(lat)), "p95_latency_s": _r(_percentile(lat, 95)),
+        "median_latency_s": _r(_median(lat)), "p95_latency_s": _r(runner.percentile(lat, 95)),
         "max_latency_s": _r(max(lat, default=None)),
         "median_latency_minute_1": _r(first), "median_latency_minute_2": _r(second),
         "median_latency_last_minute": _r(last),
@@ -252,9 +235,10 @@ def summarize(run: dict[str, Any], chunk_seconds: float, max_new_tokens: int | N
         "latency_ratio_last_vs_minute_2": _r(_ratio(last, second), 4),
         "p10_latency_minute_1": _r(_p10(minute_1)), "p10_latency_minute_2": _r(_p10(minute_2)),
         "p10_latency_last_minute": _r(_p10(last_minute)),
-        "median_latency_per_token_s": _r(_median(per_token)), "p95_latency_per_token_s": _r(_percentile(per_token, 95)),
+        "median_latency_per_token_s": _r(_median(per_token)),
+        "p95_latency_per_token_s": _r(runner.percentile(per_token, 95)),
         "median_decode_per_token_s": _r(_median(decode_per_token)),
-        "p95_decode_per_token_s": _r(_percentile(decode_per_token, 95)),
+        "p95_decode_per_token_s": _r(runner.percentile(decode_per_token, 95)),
         "mean_ms_per_generated_token": _r(1000 * sum(lat) / generated if generated else None, 3),
         "realtime_chunk_fraction": _r(_share(lat, chunk_seconds), 4),
         "realtime_token_fraction": _r(_share(per_token, chunk_seconds / max_new_tokens if max_new_tokens else None), 4),
@@ -323,6 +307,16 @@ def _version(package: str) -> str | None:
 def _synthetic_side(pixels: int, factor: int = 28) -> int:
     """Side of a square synthetic frame that uses the pixel budget in whole ``factor``-pixel tiles."""
     return max(factor, int(math.sqrt(pixels) // factor) * factor)
+
+
+def _finish_figure(fig, axes, path: Path, *, title: str, legend_columns: int = 1) -> Path:
+    """A preset's figure finished alike: every panel gridded, with its legend, from x = 0; the title; saved."""
+    for ax in axes:
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(loc="upper left", fontsize=8, ncol=legend_columns)
+        ax.set_xlim(left=0)
+    fig.suptitle(title, fontsize=10)
+    return runner.save_figure(fig, path)
 
 
 class Latency(harness.Benchmark):
@@ -566,7 +560,7 @@ class StreamBench(Latency):
             chunks = data["chunks"]
             if not chunks:
                 continue
-            color = _COLORS.get(mode)
+            color = runner.MODE_COLORS.get(mode)
             minutes = sorted({int(c["t"] // 60) for c in chunks})
             ax_lat.plot([m + 0.5 for m in minutes], data["summary"]["per_minute_median_latency_ms"], marker="o", ms=3,
                         color=color, label=mode)
@@ -581,18 +575,12 @@ class StreamBench(Latency):
         ax_cache.set_ylabel("KV cache tokens")
         ax_rss.set_ylabel("process RSS (MB)")
         ax_rss.set_xlabel("stream time (min)")
-        for ax in axes:
-            ax.grid(True, which="both", alpha=0.3)
-            ax.legend(loc="upper left", fontsize=8, ncol=4)
-        ax_rss.set_xlim(left=0)
         minutes = meta.get("minutes") or (meta.get("processed_s") or 0.0) / 60.0
-        fig.suptitle(
-            f"Streaming benchmark: {meta['model_label']}, {meta['dtype']}, {meta['cpu_count']} CPUs, "
+        return _finish_figure(
+            fig, axes, path, legend_columns=4,
+            title=f"Streaming benchmark: {meta['model_label']}, {meta['dtype']}, {meta['cpu_count']} CPUs, "
             f"torch threads: {meta.get('torch_threads')}\n{minutes:g} min at {meta['fps']:g} fps, "
-            f"{meta['vision_tokens_per_chunk']} vision tokens/chunk, max {meta['max_new_tokens']} new tokens/chunk",
-            fontsize=10,
-        )
-        return runner.save_figure(fig, path)
+            f"{meta['vision_tokens_per_chunk']} vision tokens/chunk, max {meta['max_new_tokens']} new tokens/chunk")
 
     def table(self, results: dict) -> str:
         """One row per mode (medians in ms per minute of stream, cache sizes, peak RSS, wall time), then the
@@ -652,7 +640,7 @@ class Efficiency(Latency):
         token_s = meta.get("realtime_threshold_per_token_s") or chunk_s / meta["max_new_tokens"]
         fig, (ax_tok, ax_chunk) = plt.subplots(2, 1, figsize=(9, 8), sharex=True, constrained_layout=True)
         for mode, data in results["modes"].items():
-            color, label = _COLORS.get(mode), MODE_LABELS.get(mode, mode)
+            color, label = runner.MODE_COLORS.get(mode), MODE_LABELS.get(mode, mode)
             chunks = data["chunks"]
             ends = [c.get("video_len_s", c["t"] + chunk_s) for c in chunks]
             tok = [(x, c["latency_per_token_s"]) for x, c in zip(ends, chunks, strict=True)
@@ -673,19 +661,14 @@ class Efficiency(Latency):
         ax_tok.set_ylabel("latency per token (s)\n(chunk latency / generated tokens)")
         ax_chunk.set_ylabel("per-chunk latency (s)")
         ax_chunk.set_xlabel("processed video length (s)")
-        for ax in (ax_tok, ax_chunk):
-            ax.set_yscale("log")
-            ax.grid(True, which="both", alpha=0.3)
-            ax.legend(loc="upper left", fontsize=8)
-            ax.set_xlim(left=0)
+        ax_tok.set_yscale("log")
+        ax_chunk.set_yscale("log")
         reset = meta.get("reset_every") or meta.get("engine", {}).get("reset_every")
-        fig.suptitle(
-            f"Efficiency: {meta['model_label']} ({meta['dtype']}, {meta['device']}), {meta.get('processed_s', 0):g} s "
-            f"of {Path(meta['video']).name}\n{meta['fps']:g} fps, {chunk_s:g} s chunks, max {meta['max_new_tokens']} "
-            f"new tokens/chunk, sliding reset every {reset:g} s",
-            fontsize=10,
-        )
-        return runner.save_figure(fig, path)
+        return _finish_figure(
+            fig, (ax_tok, ax_chunk), path,
+            title=f"Efficiency: {meta['model_label']} ({meta['dtype']}, {meta['device']}), "
+            f"{meta.get('processed_s', 0):g} s of {Path(meta['video']).name}\n{meta['fps']:g} fps, {chunk_s:g} s "
+            f"chunks, max {meta['max_new_tokens']} new tokens/chunk, sliding reset every {reset:g} s")
 
     def table(self, results: dict) -> str:
         return runner.format_table(table_rows(results))

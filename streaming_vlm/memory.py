@@ -6,6 +6,8 @@
   :func:`peak_rss_mb` is the peak since then.
 - :class:`PeakMemory`: the peak of one span of work (a benchmark mode, an evaluated stream) on a device: CUDA's
   max allocated memory on a GPU, the peak RSS otherwise.
+- :func:`oom_errors`, :func:`oom_message`: what running out of memory raises, and one line saying it, for a
+  benchmark that records an out-of-memory stop instead of crashing.
 
 Megabytes are MiB (2**20 bytes). Nothing here loads torch unless a CUDA device is asked about.
 """
@@ -17,7 +19,7 @@ import resource
 import sys
 from typing import Any
 
-__all__ = ["PeakMemory", "current_rss_mb", "peak_rss_mb", "reset_peak_rss"]
+__all__ = ["PeakMemory", "current_rss_mb", "oom_errors", "oom_message", "peak_rss_mb", "reset_peak_rss"]
 
 _MB = 1024.0 * 1024.0
 
@@ -106,3 +108,17 @@ class PeakMemory:
 
             return torch.cuda.max_memory_allocated(self.device) / _MB
         return peak_rss_mb()
+
+
+def oom_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that mean "out of memory": ``MemoryError`` and torch's CUDA ``OutOfMemoryError`` (imports
+    torch)."""
+    import torch
+
+    cuda_oom = getattr(torch.cuda, "OutOfMemoryError", None) or getattr(torch, "OutOfMemoryError", None)
+    return (MemoryError, cuda_oom) if cuda_oom is not None else (MemoryError,)
+
+
+def oom_message(exc: BaseException) -> str:
+    """``TYPE: message`` of an out-of-memory error on one line, at most 300 characters."""
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:300]

@@ -9,6 +9,7 @@ import pytest
 
 from streaming_vlm import bench, cli
 from streaming_vlm.engine import StreamSession
+from streaming_vlm.eval import runner
 from streaming_vlm.synthetic import write_synthetic_video
 from tests.test_bench import CHUNK_KEYS, DOC_KEYS, ENGINE_KEYS, META_KEYS, SUMMARY_KEYS
 
@@ -116,6 +117,6 @@ def test_missing_video_is_one_line_exit_2(tmp_path, tiny_model_dir, capsys):
 
 
 def test_summary_percentiles():
-    assert bench._percentile([], 95) is None
-    assert bench._percentile([3.0, 1.0, 2.0], 50) == 2.0
-    assert bench._percentile([float(k) for k in range(1, 21)], 95) == 19.0
+    assert runner.percentile([], 95) is None
+    assert runner.percentile([3.0, 1.0, 2.0], 50) == 2.0
+    assert runner.percentile([float(k) for k in range(1, 21)], 95) == 19.0

@@ -13,7 +13,7 @@ run where one rank has nothing left to do): :data:`BARRIER_TIMEOUT_S` (24 hours)
 at the end of a run (``eval/harness.py`` does).
 
 It also writes what a benchmark produces: results JSON (:func:`write_results`, :func:`write_json`), figures
-(:func:`save_figure`) and plain-text tables (:func:`format_table`).
+(:func:`save_figure`) and plain-text tables (:func:`format_table`), and aggregates (:func:`percentile`).
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
+MODE_COLORS = {"streaming": "tab:blue", "full": "tab:red", "sliding": "tab:green", "recompute": "tab:orange"}
+"""The colour of each engine mode in every benchmark's figures."""
 BARRIER_TIMEOUT_S = 24 * 3600.0
 BARRIER_TIMEOUT_ENV = "STREAMING_VLM_EVAL_BARRIER_TIMEOUT_S"
 
@@ -240,6 +242,14 @@ def save_figure(fig, path: str | os.PathLike[str]) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """Nearest-rank percentile of ``values`` (``q`` in [0, 100]); None without values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100.0 * len(ordered)) - 1))]
 
 
 def format_table(rows: Sequence[dict], columns: Sequence[str] | None = None) -> str:

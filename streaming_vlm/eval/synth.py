@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from streaming_vlm.argtypes import csv_choices, non_negative_float, positive_float
 from streaming_vlm.eval import harness
-from streaming_vlm.eval.runner import format_table
+from streaming_vlm.eval.runner import MODE_COLORS, format_table, percentile
 from streaming_vlm.world.score import (
     EPS,
     StreamScore,
@@ -69,7 +69,6 @@ MODE_LABELS = {
     "sliding": "sliding window w/o overlap",
     "recompute": "sliding window w/ overlap (recompute)",
 }
-_COLORS = {"streaming": "tab:blue", "full": "tab:red", "sliding": "tab:green", "recompute": "tab:orange"}
 LONG_STREAM_S = 20 * 60.0
 """Streams at least this long get first / last 10 minutes' F1."""
 EDGE_S = 10 * 60.0
@@ -84,16 +83,8 @@ class SynthError(Exception):
 # ------------------------------------------------------------------------------------------------------------
 
 
-def _percentile(values: Sequence[float], q: float) -> float | None:
-    """Nearest-rank percentile (``q`` in [0, 100])."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100.0 * len(ordered)) - 1))]
-
-
 def _p90_ms(seconds: Sequence[float]) -> float | None:
-    p = _percentile(seconds, 90)
+    p = percentile(seconds, 90)
     return None if p is None else round(1000.0 * p, 3)
 
 
@@ -281,7 +272,7 @@ def write_figure(report: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     panels = (("event_f1", "event F1 (±1 s)"), ("fact_accuracy", "score (non-visible fact)\naccuracy"),
               ("latency_ms_median", "median chunk latency (ms), log"))
     for mode, s in report["modes"].items():
-        color, label = _COLORS.get(mode), MODE_LABELS.get(mode, mode)
+        color, label = MODE_COLORS.get(mode), MODE_LABELS.get(mode, mode)
         for ax, (key, _) in zip(axes, panels, strict=True):
             points = [(m["minute"] + 0.5, m[key]) for m in s["per_minute"] if m[key] is not None]
             if points:
@@ -365,20 +356,11 @@ def load_streams(data_dirs: Sequence[str], split: str, max_minutes: float | None
     return streams
 
 
-
-
-def _oom_errors() -> tuple[type[BaseException], ...]:
-    import torch
-
-    cuda_oom = getattr(torch.cuda, "OutOfMemoryError", None)
-    return (MemoryError, cuda_oom) if cuda_oom is not None else (MemoryError,)
-
-
 def generate_stream(run: harness.Run, stream: Stream, mode: str, *, max_wall_s: float | None = None) -> dict[str, Any]:
     """Stream one stream in ``mode``: per-chunk records, peak memory, and where/why it stopped early."""
     from tqdm import tqdm
 
-    from streaming_vlm.memory import PeakMemory, current_rss_mb, peak_rss_mb
+    from streaming_vlm.memory import PeakMemory, current_rss_mb, oom_errors, oom_message, peak_rss_mb
 
     config = run.stream_config(mode)
     device = run.model.loaded.device
@@ -399,10 +381,9 @@ def generate_stream(run: harness.Run, stream: Stream, mode: str, *, max_wall_s: 
                 harness.log.warning("%s %s: stopped at %.0f s of %.0f s (time budget %g s)", mode, stream.name,
                                     r.end, stream.end, max_wall_s)
                 break
-    except _oom_errors() as exc:
+    except oom_errors() as exc:
         at = chunks[-1]["t"] + config.chunk_seconds if chunks else stream.start
-        stop = {"stopped_at_s": round(at, 3), "stop_reason": "out of memory",
-                "error": f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:300]}
+        stop = {"stopped_at_s": round(at, 3), "stop_reason": "out of memory", "error": oom_message(exc)}
         harness.log.warning("%s %s: out of memory at %.0f s", mode, stream.name, at)
     finally:
         span.close()
