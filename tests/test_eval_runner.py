@@ -159,3 +159,29 @@ def test_format_table():
     text = format_table([{"task": "EPM", "acc": 0.5}, {"task": "OCR", "acc": 0.123456}])
     lines = text.splitlines()
     assert lines[0].split() == ["task", "acc"] and lines[3].split() == ["OCR", "0.1235"]
+
+
+class _DataError(Exception):
+    pass
+
+
+@pytest.mark.parametrize("text, message", [
+    (None, "items not found: {path}"),
+    ('{"a": 1}\n\n{"a": 2\n', "{path}: line 3 is not JSON (Expecting ',' delimiter)"),
+    ('{"a": 1}\n[1, 2]\n', "{path}: line 2 is not a JSON object"),
+])  # fmt: skip
+def test_jsonl_rows_reads_inputs_strictly(tmp_path, text, message):
+    """The one strict reader of a benchmark's JSON-lines inputs: line numbers count blank lines, and every problem is
+    one line in the benchmark's own error type (read_jsonl, for the runner's own files, skips a torn line)."""
+    path = tmp_path / "in.jsonl"
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(_DataError) as err:
+        list(runner.jsonl_rows(path, _DataError, "items"))
+    assert str(err.value) == message.format(path=path)
+
+
+def test_jsonl_rows_yields_line_numbers_and_objects(tmp_path):
+    path = tmp_path / "in.jsonl"
+    path.write_text('{"a": 1}\n\n  \n{"b": [2]}\n')
+    assert list(runner.jsonl_rows(path)) == [(1, {"a": 1}), (4, {"b": [2]})]

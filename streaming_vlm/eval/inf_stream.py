@@ -61,7 +61,7 @@ from streaming_vlm import settings as settings_mod
 from streaming_vlm.argtypes import non_negative_float, non_negative_int, positive_float, positive_int
 from streaming_vlm.eval import harness
 from streaming_vlm.eval.judge import COMMENTARY_RUBRIC, Judge, JudgeConfig, Rubric, add_chat_arguments
-from streaming_vlm.eval.runner import format_table, read_jsonl, write_results
+from streaming_vlm.eval.runner import format_table, jsonl_rows, read_jsonl, write_results
 from streaming_vlm.settings import DEFAULTS, SETTING_NAMES
 
 __all__ = [
@@ -174,22 +174,6 @@ def _is_number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def _rows(path: Path) -> Iterable[tuple[int, dict]]:
-    if not path.is_file():
-        raise InfStreamError(f"file not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InfStreamError(f"{path}:{n}: not JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise InfStreamError(f"{path}:{n}: a row must be a JSON object")
-            yield n, row
-
-
 def _words(row: dict, where: str) -> list[Word]:
     content = row.get("content")
     if not isinstance(content, list):
@@ -214,7 +198,7 @@ def _video(row: dict, root: Path, where: str) -> tuple[str, Path]:
 def load_transcripts(path: str | os.PathLike, root: str | os.PathLike) -> list[Transcript]:
     """Metadata rows (file order); videos relative to ``root``. Rows without words are left out."""
     path, out, seen = Path(path), [], {}
-    for n, row in _rows(path):
+    for n, row in jsonl_rows(path, InfStreamError):
         where = f"{path}:{n}"
         key, video = _video(row, Path(root), where)
         if key in seen:
@@ -230,7 +214,7 @@ def load_clips(path: str | os.PathLike, root: str | os.PathLike) -> tuple[list[C
     """Scoring clips (file order, duplicates of ``(video, start, end)`` dropped) and counts of what was dropped."""
     path, clips, ids = Path(path), [], set()
     dropped = {"empty": 0, "duplicate": 0}
-    for n, row in _rows(path):
+    for n, row in jsonl_rows(path, InfStreamError):
         where = f"{path}:{n}"
         key, video = _video(row, Path(root), where)
         words = _words(row, where)
@@ -344,7 +328,7 @@ def _load_merged(path: str | os.PathLike) -> tuple[Path, dict[str, dict]]:
     if p.is_dir():
         p = p / MERGED_NAME
     rows = {}
-    for n, row in _rows(p):
+    for n, row in jsonl_rows(p, InfStreamError):
         if not (isinstance(row.get("video"), str) and _is_number(row.get("chunk_start"))
                 and _is_number(row.get("chunk_end")) and isinstance(row.get("items"), list)):
             raise InfStreamError(f"{p}:{n}: not a merged row {{video, chunk_start, chunk_end, items}}")

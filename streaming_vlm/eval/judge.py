@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from streaming_vlm.argtypes import non_negative_int, positive_float
+from streaming_vlm.eval.runner import read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -283,16 +284,9 @@ class _Cache:
     entries: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.path is None or not self.path.exists():
-            return
-        with self.path.open(encoding="utf-8") as f:
-            for line in f:
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if isinstance(rec, dict) and isinstance(rec.get("key"), str) and isinstance(rec.get("reply"), str):
-                    self.entries[rec["key"]] = rec["reply"]
+        for rec in read_jsonl(self.path) if self.path is not None else []:
+            if isinstance(rec, dict) and isinstance(rec.get("key"), str) and isinstance(rec.get("reply"), str):
+                self.entries[rec["key"]] = rec["reply"]
 
     def get(self, key: str) -> str | None:
         return self.entries.get(key)

@@ -62,7 +62,7 @@ from streaming_vlm.eval.judge import (
     bootstrap_ci,
     win_rate,
 )
-from streaming_vlm.eval.runner import format_table, write_results
+from streaming_vlm.eval.runner import format_table, jsonl_rows, write_results
 from streaming_vlm.settings import DEFAULT_SYSTEM_PROMPT, DEFAULTS, MIN_PIXELS, StreamSettings
 
 if TYPE_CHECKING:
@@ -165,18 +165,10 @@ def _columns_to_rows(obj: dict) -> list[dict]:
 
 
 def _read_json_rows(path: Path) -> list[dict]:
-    text = path.read_text(encoding="utf-8")
     try:
-        obj = json.loads(text)
-    except json.JSONDecodeError:
-        rows = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"{path}: line {n} is not JSON ({exc.msg})") from exc
-        return rows
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:  # JSON lines
+        return [row for _, row in jsonl_rows(path, DataError)]
     if isinstance(obj, list):
         return obj
     if isinstance(obj, dict) and isinstance(obj.get("video_id"), str):  # a single event (JSON lines of one line)
@@ -281,22 +273,12 @@ def read_predictions(path: str | os.PathLike[str]) -> dict[str, str | None]:
 
     A null ``pred`` maps to None (treated as missing); a later line for the same event wins, as in LiveCC.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"prediction file not found: {path}")
     out: dict[str, str | None] = {}
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}: line {n} is not JSON ({exc.msg})") from exc
-            if not isinstance(row, dict) or not all(k in row for k in ("video_id", "event_id", "pred")):
-                raise DataError(f"{path}: line {n} needs video_id, event_id and pred")
-            pred = row["pred"]
-            out[event_key(row["video_id"], row["event_id"])] = None if pred is None else str(pred)
+    for n, row in jsonl_rows(path, DataError, "prediction file"):
+        if not all(k in row for k in ("video_id", "event_id", "pred")):
+            raise DataError(f"{path}: line {n} needs video_id, event_id and pred")
+        pred = row["pred"]
+        out[event_key(row["video_id"], row["event_id"])] = None if pred is None else str(pred)
     return out
 
 

@@ -25,7 +25,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +79,28 @@ def read_jsonl(path: str | Path) -> list[dict]:
             except json.JSONDecodeError:
                 log.warning("%s: ignoring an incomplete line", path)
     return out
+
+
+def jsonl_rows(path: str | Path, error: type[Exception] = ValueError, what: str = "file"
+               ) -> Iterator[tuple[int, dict]]:
+    """``(line number, object)`` of each non-blank line of the JSON-lines input ``path``, strictly (unlike
+    :func:`read_jsonl`): raises ``error`` with one line when the file does not exist (``WHAT not found: PATH``) or a
+    line is not JSON (``PATH: line N is not JSON (...)``) or not a JSON object (``PATH: line N is not a JSON
+    object``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{what} not found: {path}")
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise error(f"{path}: line {n} is not JSON ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise error(f"{path}: line {n} is not a JSON object")
+            yield n, row
 
 
 def append_jsonl(path: str | Path, record: dict) -> None:

@@ -58,6 +58,7 @@ from typing import Any
 
 from streaming_vlm.argtypes import csv_choices, positive_float, positive_int
 from streaming_vlm.eval import harness
+from streaming_vlm.eval.runner import jsonl_rows
 from streaming_vlm.settings import DEFAULTS, SETTING_NAMES, StreamSettings
 
 __all__ = [
@@ -533,37 +534,26 @@ def _answer_index(answer: Any, options: list[str], where: str) -> int:
 def load_items(path: str | os.PathLike[str], video_root: str | os.PathLike[str] | None = None) -> list[dict]:
     """Items of a VQA JSONL file, validated, with absolute video paths; raises ``DataError`` (one line)."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"VQA data not found: {path}")
     root = Path(video_root) if video_root else path.parent
     items: list[dict] = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{n}"
-            try:
-                raw = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{where}: not valid JSON ({exc.msg})") from None
-            if not isinstance(raw, dict):
-                raise DataError(f"{where}: each line must be a JSON object")
-            missing = [k for k in ("id", "video", "question") if k not in raw]
-            if missing:
-                raise DataError(f"{where}: missing {', '.join(missing)}")
-            options = raw.get("options") or []
-            if not isinstance(options, list) or not all(isinstance(o, str) for o in options):
-                raise DataError(f"{where}: options must be a list of strings")
-            if len(options) > 26:
-                raise DataError(f"{where}: at most 26 options")
-            video = Path(raw["video"])
-            video = video if video.is_absolute() else root / video
-            if not video.is_file():
-                raise DataError(f"{where}: video not found: {video}")
-            item = dict(raw, video=str(video), options=options)
-            if options and "answer" in raw:
-                item["answer_index"] = _answer_index(raw["answer"], options, where)
-            items.append(item)
+    for n, raw in jsonl_rows(path, DataError, "VQA data"):
+        where = f"{path}:{n}"
+        missing = [k for k in ("id", "video", "question") if k not in raw]
+        if missing:
+            raise DataError(f"{where}: missing {', '.join(missing)}")
+        options = raw.get("options") or []
+        if not isinstance(options, list) or not all(isinstance(o, str) for o in options):
+            raise DataError(f"{where}: options must be a list of strings")
+        if len(options) > 26:
+            raise DataError(f"{where}: at most 26 options")
+        video = Path(raw["video"])
+        video = video if video.is_absolute() else root / video
+        if not video.is_file():
+            raise DataError(f"{where}: video not found: {video}")
+        item = dict(raw, video=str(video), options=options)
+        if options and "answer" in raw:
+            item["answer_index"] = _answer_index(raw["answer"], options, where)
+        items.append(item)
     if not items:
         raise DataError(f"{path}: no items")
     ids = [it["id"] for it in items]
