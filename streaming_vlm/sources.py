@@ -67,6 +67,7 @@ from streaming_vlm.video import (
     _DamageReport,
     _ffmpeg_reason,
     _fmt_s,
+    _frames_per_chunk,
     _one_line,
     _StreamEnd,
     _video_stream,
@@ -166,22 +167,6 @@ class Clock:
 
 # --------------------------------------------------------------------------------------------------
 # the chunk grid of a live stream
-
-
-def _frames_per_chunk(fps: float, chunk_seconds: float) -> int:
-    """``fps * chunk_seconds`` as a whole number, or ValueError worded as VideoReader's."""
-    if not (math.isfinite(fps) and fps > 0):
-        raise ValueError(f"fps must be a positive number, got {fps!r}")
-    if not (math.isfinite(chunk_seconds) and chunk_seconds > 0):
-        raise ValueError(f"chunk_seconds must be a positive number, got {chunk_seconds!r}")
-    per_chunk = fps * chunk_seconds
-    n = round(per_chunk)
-    if n < 1 or abs(per_chunk - n) > 1e-9 * max(1.0, per_chunk):
-        raise ValueError(
-            f"fps * chunk_seconds must be a positive whole number of frames per chunk, "
-            f"got {fps:g} * {chunk_seconds:g} = {per_chunk:g}"
-        )
-    return n
 
 
 def _grid_chunks(frames: Iterator[tuple[Fraction, object]], *, fps: float, chunk_seconds: float, n: int,

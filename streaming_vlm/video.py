@@ -468,6 +468,23 @@ class _DamageReport:
 # reader
 
 
+def _frames_per_chunk(fps: float, chunk_seconds: float) -> int:
+    """``fps * chunk_seconds`` as a whole number (a reader's, or a live source's, frames per chunk); ValueError
+    otherwise."""
+    if not (math.isfinite(fps) and fps > 0):
+        raise ValueError(f"fps must be a positive number, got {fps!r}")
+    if not (math.isfinite(chunk_seconds) and chunk_seconds > 0):
+        raise ValueError(f"chunk_seconds must be a positive number, got {chunk_seconds!r}")
+    per_chunk = fps * chunk_seconds
+    n = round(per_chunk)
+    if n < 1 or abs(per_chunk - n) > 1e-9 * max(1.0, per_chunk):
+        raise ValueError(
+            f"fps * chunk_seconds must be a positive whole number of frames per chunk, "
+            f"got {fps:g} * {chunk_seconds:g} = {per_chunk:g}"
+        )
+    return n
+
+
 class VideoReader:
     """Chunked, time-based reader; see the module docstring for the exact sampling contract.
 
@@ -495,17 +512,7 @@ class VideoReader:
         fps = float(fps)
         chunk_seconds = float(chunk_seconds)
         start = float(start)
-        if not (math.isfinite(fps) and fps > 0):
-            raise ValueError(f"fps must be a positive number, got {fps!r}")
-        if not (math.isfinite(chunk_seconds) and chunk_seconds > 0):
-            raise ValueError(f"chunk_seconds must be a positive number, got {chunk_seconds!r}")
-        per_chunk = fps * chunk_seconds
-        n = round(per_chunk)
-        if n < 1 or abs(per_chunk - n) > 1e-9 * max(1.0, per_chunk):
-            raise ValueError(
-                f"fps * chunk_seconds must be a positive whole number of frames per chunk, "
-                f"got {fps:g} * {chunk_seconds:g} = {per_chunk:g}"
-            )
+        n = _frames_per_chunk(fps, chunk_seconds)
         if not (math.isfinite(start) and start >= 0):
             raise ValueError(f"start must be a finite number >= 0, got {start!r}")
         if duration is not None:
