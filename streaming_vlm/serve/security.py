@@ -121,8 +121,10 @@ class AccessGuard:
         problem = self.refusal(scope)
         if problem is not None:
             status, message = problem
-            if scope["type"] == "websocket":
-                await send({"type": "websocket.close", "code": 1008, "reason": message[:120]})
+            if scope["type"] == "websocket":  # accepted, then closed: a browser sees the code and the reason
+                if (await receive())["type"] == "websocket.connect":
+                    await send({"type": "websocket.accept"})
+                    await send({"type": "websocket.close", "code": 1008, "reason": message[:120]})
                 return
             body = json.dumps({"error": message}).encode()
             headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]

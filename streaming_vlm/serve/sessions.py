@@ -245,7 +245,7 @@ class Session:
         self.last_frame_at = time.monotonic()
         self._bucket = float(limits.max_push_fps)
         self._bucket_at = time.monotonic()
-        self._push_lock = threading.Lock()
+        self.push_lock = threading.Lock()  # one push (or finish) at a time, in order
         self._raw_header = None  # a raw RGB frame header waiting for its binary message
         # rate-limited error events
         self._errors_window = 0.0
@@ -367,6 +367,13 @@ class _Answer:
         text = self.layout.decode(self.ids[:len(self.ids) - held]).strip()
         while text.endswith("\ufffd"):  # a character split across tokens: wait for the rest
             text = text[:-1]
+        self._send(text)
+
+    def finish(self, text: str) -> None:
+        """Send what the streamed text lacks of the final answer (e.g. held back as a possible marker)."""
+        self._send(text)
+
+    def _send(self, text: str) -> None:
         if text == self.sent:
             return
         delta = text[len(self.sent):] if text.startswith(self.sent) else None
@@ -569,13 +576,13 @@ class SessionManager:
         session.take_frame_slot()
         if len(data) > self.limits.max_frame_bytes:
             raise FrameError(f"frame of {len(data)} bytes is over the limit of {self.limits.max_frame_bytes}")
-        with session._push_lock:
+        with session.push_lock:
             session.source.push(data, t, format=format, width=width, height=height)
 
     def finish_push(self, session: Session, end: float | None = None) -> None:
         if session.kind != "push":
             raise AccessError(409, f"session {session.id} is not a push session")
-        with session._push_lock:
+        with session.push_lock:
             session.source.finish(end)
         self.wake()
 
@@ -655,6 +662,7 @@ class SessionManager:
             stream = _Answer(session, question, engine.layout, t0)
             result = engine.step(chunk.frames, chunk.start, chunk.end, question=question.request.text,
                                  on_token=stream, max_new_tokens=limit)
+            stream.finish(result.text)
             first_token_at = stream.first_token_at or time.perf_counter()
             text, new_tokens = result.text, result.new_tokens
         else:
