@@ -27,30 +27,18 @@ class EvalModel:
     spec: VisionSpec
 
 
-def load_eval_model(
-    model: str,
-    settings: StreamSettings | None = None,
-    *,
-    device: str = "auto",
-    dtype: str = "auto",
-    min_pixels: int | None = None,
-    max_pixels: int | None = None,
-) -> EvalModel:
+def load_eval_model(model: str, settings: StreamSettings = DEFAULTS, *, device: str = "auto",
+                    dtype: str = "auto") -> EvalModel:
     """Load ``model`` (hub id, directory, ``demo`` or ``tiny``) once; raises ``ModelLoadError`` (one line).
 
     The vision spec takes the checkpoint's geometry and the per-frame pixel bounds of a stream from ``settings``
-    (``StreamSettings.frame_pixels()``; default: the defaults); ``min_pixels``/``max_pixels``, when given, replace
-    them (for callers that have no settings object). Under torchrun, ``device="auto"`` is this rank's GPU
-    (``cuda:$LOCAL_RANK``).
+    (``StreamSettings.vision_spec``). Under torchrun, ``device="auto"`` is this rank's GPU (``cuda:$LOCAL_RANK``).
     """
     from streaming_vlm.eval.runner import rank_device
     from streaming_vlm.models import load_model, resolve_model_path
 
-    low, high = (settings or DEFAULTS).frame_pixels()
     loaded = load_model(resolve_model_path(model), device=rank_device(device), dtype=dtype)
-    spec = VisionSpec.from_pretrained(loaded.path, min_pixels=low if min_pixels is None else min_pixels,
-                                      max_pixels=high if max_pixels is None else max_pixels)
-    return EvalModel(loaded, spec)
+    return EvalModel(loaded, settings.vision_spec(loaded.path))
 
 
 def new_session(model: EvalModel, config: StreamConfig, spec: VisionSpec | None = None) -> StreamSession:

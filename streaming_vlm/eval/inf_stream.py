@@ -61,7 +61,7 @@ from streaming_vlm import settings as settings_mod
 from streaming_vlm.argtypes import non_negative_float, non_negative_int, positive_float, positive_int
 from streaming_vlm.eval import harness
 from streaming_vlm.eval.judge import COMMENTARY_RUBRIC, Judge, JudgeConfig, Rubric, add_chat_arguments
-from streaming_vlm.eval.runner import format_table, jsonl_rows, read_jsonl, write_results
+from streaming_vlm.eval.runner import format_table, jsonl_rows, read_jsonl, write_jsonl, write_results
 from streaming_vlm.settings import DEFAULTS, SETTING_NAMES
 
 __all__ = [
@@ -313,16 +313,6 @@ def _read_records(paths: Iterable[str | os.PathLike]) -> list[dict]:
     return records
 
 
-def _write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-    return path
-
-
 def _load_merged(path: str | os.PathLike) -> tuple[Path, dict[str, dict]]:
     p = Path(path)
     if p.is_dir():
@@ -475,7 +465,7 @@ class _Commentary(_Phase):
 
     def score(self, run: harness.Run, records: dict[str, list[dict]] | None) -> dict:
         merged = merge_records(records[self.group])
-        print(f"wrote {_write_jsonl(self.out / MERGED_NAME, merged)}")
+        print(f"wrote {write_jsonl(self.out / MERGED_NAME, merged)}")
         return {"merged": merged}
 
 
@@ -768,7 +758,7 @@ def run_merge(args: argparse.Namespace) -> int:
     merged = merge_records(_read_records(args.inputs))
     out = Path(args.out) if args.out else (Path(args.inputs[0]) if Path(args.inputs[0]).is_dir()
                                            else Path(args.inputs[0]).parent) / MERGED_NAME
-    print(f"wrote {_write_jsonl(out, merged)}")
+    print(f"wrote {write_jsonl(out, merged)}")
     print(format_table([{"video": m["video"], "start s": m["chunk_start"], "end s": m["chunk_end"],
                          "segments": len(m["segments"]), "items": len(m["items"])} for m in merged]))
     return 0

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from streaming_vlm.argtypes import non_negative_int, positive_float
-from streaming_vlm.eval.runner import read_jsonl
+from streaming_vlm.eval.runner import append_jsonl, read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -293,13 +293,9 @@ class _Cache:
 
     def put(self, key: str, reply: str) -> None:
         self.entries[key] = reply
-        if self.path is None:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps({"key": key, "reply": reply}, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            append_jsonl(self.path, {"key": key, "reply": reply})
 
 
 def openai_client(base_url: str | None, api_key_env: str, timeout_s: float):

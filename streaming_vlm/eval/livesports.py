@@ -62,7 +62,7 @@ from streaming_vlm.eval.judge import (
     bootstrap_ci,
     win_rate,
 )
-from streaming_vlm.eval.runner import format_table, jsonl_rows, write_results
+from streaming_vlm.eval.runner import format_table, jsonl_rows, write_jsonl, write_results
 from streaming_vlm.settings import DEFAULT_SYSTEM_PROMPT, DEFAULTS, MIN_PIXELS, StreamSettings
 
 if TYPE_CHECKING:
@@ -506,15 +506,6 @@ def _check_videos(events: list[Event], video_dir: Path | None) -> None:
         raise DataError(f"{len(set(missing))} video file(s) not found under {video_dir} (first: {missing[0]})")
 
 
-def _export_predictions(records: list[dict], path: Path) -> None:
-    """LiveCC's caption format, one line per event, written whole then renamed into place."""
-    tmp = path.with_suffix(".jsonl.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps({k: r[k] for k in PRED_COLUMNS}, ensure_ascii=False) + "\n")
-    tmp.replace(path)
-
-
 def _stem(path: str) -> str:
     """``captions/GPT-4o.jsonl`` -> ``GPT-4o``; ``mit-han-lab/StreamingVLM`` -> ``StreamingVLM``."""
     name = Path(path.rstrip("/")).name
@@ -567,13 +558,7 @@ def _judge_phase(args: argparse.Namespace, events: list[Event], out: Path) -> di
     judge = Judge(config, LIVECC_RUBRIC)
     outcome = judge_events(judge, events, model_preds, baseline_preds, args.model_name, args.baseline_name)
     stem = f"{args.baseline_name}_{args.model_name}"
-    verdicts_path = out / "judges" / f"{stem}.jsonl"
-    verdicts_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = verdicts_path.with_suffix(".jsonl.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in outcome.records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    tmp.replace(verdicts_path)
+    verdicts_path = write_jsonl(out / "judges" / f"{stem}.jsonl", outcome.records)
 
     summary = summarize(outcome.records, args.model_name, args.baseline_name)
     invalid_examples = [
@@ -730,7 +715,7 @@ class LiveSports(harness.Benchmark):
         args, out = run.args, Path(run.args.output_dir)
         if records is not None:
             predictions = out / f"{args.model_name}.jsonl"
-            _export_predictions(records[args.model_name], predictions)
+            write_jsonl(predictions, ({k: r[k] for k in PRED_COLUMNS} for r in records[args.model_name]))  # LiveCC's
             write_results(_stream_settings_path(out, args.model_name), run.settings_record())
             print(f"wrote {predictions} ({len(records[args.model_name])} events)")
         return {} if args.phase == "generate" else _judge_phase(args, self.events, out)

@@ -405,27 +405,13 @@ def table_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
     for name, cat in summary["categories"].items():
         for task in cat["tasks"]:
             t = summary["tasks"][task]
-            rows.append(
-                {
-                    "category": name,
-                    "task": task,
-                    "items": t["total"],
-                    "correct": t["correct"],
-                    "accuracy %": t["accuracy"],
-                }
-            )
+            rows.append({"category": name, "task": task, "items": t["total"], "correct": t["correct"],
+                         "accuracy %": t["accuracy"]})
         if cat["tasks"]:
             rows.append({"category": name, "task": "mean", "items": "", "correct": "", "accuracy %": cat["accuracy"]})
     if summary["overall"] is not None:
-        rows.append(
-            {
-                "category": "Overall (mean of categories)",
-                "task": "",
-                "items": "",
-                "correct": "",
-                "accuracy %": summary["overall"],
-            }
-        )
+        rows.append({"category": "Overall (mean of categories)", "task": "", "items": "", "correct": "",
+                     "accuracy %": summary["overall"]})
     return rows
 
 
@@ -453,13 +439,6 @@ def _data_dir(arg: str | None) -> Path:
     if not path.is_dir():
         raise OvoBenchError(f"data directory not found: {path}")
     return path
-
-
-@functools.lru_cache(maxsize=4096)
-def _duration(path: str) -> float:
-    from streaming_vlm.video import probe
-
-    return probe(path).duration
 
 
 def _select(items: list[dict], limit: int | None) -> list[dict]:

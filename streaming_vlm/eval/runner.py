@@ -12,7 +12,8 @@ run where one rank has nothing left to do): :data:`BARRIER_TIMEOUT_S` (24 hours)
 ``STREAMING_VLM_EVAL_BARRIER_TIMEOUT_S`` gives another number of seconds. :func:`close_process_group` tears it down
 at the end of a run (``eval/harness.py`` does).
 
-It also writes what a benchmark produces: results JSON (:func:`write_results`, :func:`write_json`), figures
+It also writes what a benchmark produces: results JSON (:func:`write_results`, :func:`write_json`), JSON lines
+(:func:`write_jsonl`), figures
 (:func:`save_figure`) and plain-text tables (:func:`format_table`), and aggregates (:func:`percentile`).
 """
 
@@ -104,6 +105,7 @@ def jsonl_rows(path: str | Path, error: type[Exception] = ValueError, what: str 
 
 
 def append_jsonl(path: str | Path, record: dict) -> None:
+    """Append one record to a JSONL file, flushed and fsynced (a crash loses at most the line being written)."""
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(record, ensure_ascii=False) + "\n")
         f.flush()
@@ -220,10 +222,21 @@ def run_items(
     if missing:
         raise RuntimeError(f"{name}: {len(missing)} items have no result (first: {missing[0]!r})")
     records = [merged[i] for i in ids]
-    with open(out / f"{name}.jsonl", "w", encoding="utf-8") as f:
-        for rec in records:
-            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    write_jsonl(out / f"{name}.jsonl", records)
     return records
+
+
+def write_jsonl(path: str | Path, rows: Iterable[dict]) -> Path:
+    """``rows`` as JSON lines, written whole then renamed into place (a reader never sees half a file); folders
+    created; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+    return path
 
 
 def write_results(path: str | Path, results: dict) -> Path:
