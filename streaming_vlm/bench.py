@@ -30,9 +30,9 @@ One benchmark (:class:`Latency`, on the harness ``eval/harness.py``), two preset
   per token and per chunk against the video processed, with the real-time thresholds (a chunk within
   ``chunk_seconds``, so a token within ``chunk_seconds / max_new_tokens``).
 
-Both presets take the same options (``--minutes`` or ``--duration``) and stream settings (flag > ``--config`` > the
-checkpoint's ``streaming_vlm.json`` > the preset > the defaults) and write the same document: ``meta`` (the run, the
-effective ``sampling``, ``stream_settings`` and ``stream_settings_sources``), per mode ``label``, ``summary`` and
+Both presets take the same options (``--minutes`` or ``--duration``) and stream settings (the harness's, the preset
+below the checkpoint's) and write the same document: ``meta`` (the run, the effective ``sampling``,
+``stream_settings`` and ``stream_settings_sources``), per mode ``label``, ``summary`` and
 ``chunks``, and ``comparisons`` (cross-mode ratios). ``--replot JSON`` runs nothing: it recomputes the summaries of
 an earlier document from its chunks (fields a document lacks, e.g. one written before these fields were recorded,
 such as the committed ``figures/bench_stream.json``, summarise to None), keeps its meta and redraws the figure.

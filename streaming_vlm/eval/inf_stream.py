@@ -14,9 +14,7 @@ Four phases, one subcommand each (``streaming-vlm eval inf-stream PHASE --help``
     ``{video, chunk_start, chunk_end, items: [{response, start_time, end_time}]}`` are appended per segment
     (rank-sharded under torchrun, resumable); rank 0 merges them into ``merged_result.jsonl`` and writes the
     stream settings and where each came from to ``stream_settings.json``. The settings are the harness's
-    (:mod:`~streaming_vlm.eval.harness`): flags > ``--config`` > the benchmark's instruction
-    (:data:`INF_STREAM_QUERY`, the protocol) > the checkpoint's ``streaming_vlm.json`` > defaults; top_p/top_k
-    from the checkpoint's generation config where unset.
+    (:mod:`~streaming_vlm.eval.harness`), the protocol pinning the instruction (:data:`INF_STREAM_QUERY`).
 ``baseline``
     An OpenAI-compatible vision model (:mod:`streaming_vlm.eval.openai_baseline`) comments on every scoring
     clip at or after ``--start-offset``, with our system prompt and instruction and an explicit frame budget

@@ -96,15 +96,43 @@ class ChatConfig:
         return out
 
     def client(self):
-        """An ``openai.OpenAI`` client for this endpoint (:func:`openai_client`)."""
-        return openai_client(self.base_url, self.api_key_env, self.timeout_s)
+        """An ``openai.OpenAI`` client for this endpoint with its own retries off (:meth:`chat` retries); the key is
+        read from ``api_key_env``, ``"EMPTY"`` when unset (what local endpoints expect)."""
+        import openai
+
+        return openai.OpenAI(base_url=self.base_url, api_key=os.environ.get(self.api_key_env) or "EMPTY",
+                             timeout=self.timeout_s, max_retries=0)
 
     def chat(self, client: Any, messages: list[dict], *, sleep: Callable[[float], None], stats: dict[str, int],
              what: str, error: type[Exception], calls_key: str = "calls") -> str:
-        """The reply text of one chat completion under this config, retried (:func:`chat_with_retries`)."""
-        return chat_with_retries(client, self.model, messages, self.request_settings(), max_retries=self.max_retries,
-                                 backoff_s=self.backoff_s, sleep=sleep, stats=stats, what=what, error=error,
-                                 calls_key=calls_key)
+        """The reply text of one chat completion under this config ("" when it has no choice or no content).
+
+        Retryable failures (see :func:`_retryable`; a 200 whose body is not JSON or not a chat completion is one)
+        are retried ``max_retries`` times. The wait before retry ``k`` (0-based) is the server's ``Retry-After`` when
+        the failed answer carries one (see :func:`retry_after_s`; at most :data:`MAX_RETRY_AFTER_S`), else
+        ``min(backoff_s * 2**k, 60)`` s. After the last attempt (or at once for a non-retryable failure) ``error`` is
+        raised with a one-line message naming ``what``. ``stats[calls_key]`` and ``stats["retries"]`` count the
+        attempts and retries.
+        """
+        attempts = self.max_retries + 1
+        for attempt in range(attempts):
+            stats[calls_key] += 1
+            try:
+                return _reply_text(client.chat.completions.create(model=self.model, messages=messages,
+                                                                  **self.request_settings()))
+            except Exception as exc:
+                if not _retryable(exc):
+                    raise error(f"{what} request failed: {_describe(exc)}") from exc
+                if attempt + 1 >= attempts:
+                    raise error(f"{what} request failed after {attempts} attempts: {_describe(exc)}") from exc
+                asked = retry_after_s(_headers(exc))
+                wait = (min(self.backoff_s * 2**attempt, MAX_BACKOFF_S) if asked is None
+                        else min(asked, MAX_RETRY_AFTER_S))
+                log.warning("%s request failed (%s); retry %d/%d in %.2fs%s", what, type(exc).__name__, attempt + 1,
+                            self.max_retries, wait, "" if asked is None else " (the server's Retry-After)")
+                stats["retries"] += 1
+                sleep(wait)
+        raise AssertionError("unreachable")  # pragma: no cover
 
 
 @dataclass(frozen=True)
@@ -298,47 +326,8 @@ class _Cache:
             append_jsonl(self.path, {"key": key, "reply": reply})
 
 
-def openai_client(base_url: str | None, api_key_env: str, timeout_s: float):
-    """An ``openai.OpenAI`` client with its own retries off (``chat_with_retries`` retries); the key is read from
-    ``api_key_env``, ``"EMPTY"`` when unset (what local endpoints expect)."""
-    import openai
-
-    return openai.OpenAI(base_url=base_url, api_key=os.environ.get(api_key_env) or "EMPTY", timeout=timeout_s,
-                         max_retries=0)
-
-
 class MalformedResponseError(ValueError):
     """A 200 answer that is not a chat completion (retried like a 5xx)."""
-
-
-def chat_with_retries(client, model: str, messages: list[dict], settings: dict[str, Any], *, max_retries: int,
-                      backoff_s: float, sleep: Callable[[float], None], stats: dict[str, int], what: str,
-                      error: type[Exception], calls_key: str = "calls") -> str:
-    """The reply text of one chat completion ("" when it has no choice or no content).
-
-    Retryable failures (see :func:`_retryable`; a 200 whose body is not JSON or not a chat completion is one) are
-    retried ``max_retries`` times. The wait before retry ``k`` (0-based) is the server's ``Retry-After`` when the
-    failed answer carries one (see :func:`retry_after_s`; at most :data:`MAX_RETRY_AFTER_S`), else
-    ``min(backoff_s * 2**k, 60)`` s. After the last attempt (or at once for a non-retryable failure) ``error`` is
-    raised with a one-line message. ``stats[calls_key]`` and ``stats["retries"]`` count the attempts and retries.
-    """
-    attempts = max_retries + 1
-    for attempt in range(attempts):
-        stats[calls_key] += 1
-        try:
-            return _reply_text(client.chat.completions.create(model=model, messages=messages, **settings))
-        except Exception as exc:
-            if not _retryable(exc):
-                raise error(f"{what} request failed: {_describe(exc)}") from exc
-            if attempt + 1 >= attempts:
-                raise error(f"{what} request failed after {attempts} attempts: {_describe(exc)}") from exc
-            asked = retry_after_s(_headers(exc))
-            wait = min(backoff_s * 2**attempt, MAX_BACKOFF_S) if asked is None else min(asked, MAX_RETRY_AFTER_S)
-            log.warning("%s request failed (%s); retry %d/%d in %.2fs%s", what, type(exc).__name__, attempt + 1,
-                        max_retries, wait, "" if asked is None else " (the server's Retry-After)")
-            stats["retries"] += 1
-            sleep(wait)
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _reply_text(resp: Any) -> str:
@@ -422,7 +411,7 @@ class Judge:
     ``client`` is any object with ``client.chat.completions.create(...)`` like ``openai.OpenAI``; when None an
     ``openai.OpenAI`` is built from the config with the client's own retries disabled (retries happen here).
     ``stats`` counts ``calls`` (requests sent, failed ones included), ``cache_hits``, ``retries`` and
-    ``invalid`` (unparseable verdicts seen by :meth:`judge` and :meth:`compare`).
+    ``invalid`` (unparseable verdicts seen by :meth:`compare`).
     """
 
     def __init__(
@@ -445,7 +434,7 @@ class Judge:
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
     def ask(self, messages: list[dict[str, str]]) -> str:
-        """The reply text of one deterministic chat completion (retried, see :func:`chat_with_retries`).
+        """The reply text of one deterministic chat completion (retried, see :meth:`ChatConfig.chat`).
 
         Only a reply the rubric parses as a verdict is cached and answered from the cache: an invalid one (also
         one cached by an older version) is asked again on every call, so a rerun retries exactly those.
@@ -468,10 +457,6 @@ class Judge:
         if verdict == INVALID:
             self.stats["invalid"] += 1
         return verdict, reply
-
-    def judge(self, a: str, b: str, reference: str, context: str = "") -> str:
-        """One verdict (``"A"``, ``"B"`` or ``"invalid"``) with ``a`` in slot A and ``b`` in slot B."""
-        return self._verdict(a, b, reference, context)[0]
 
     def compare(self, x: str, y: str, reference: str, context: str = "") -> PairVerdict:
         """Judge x against y in both orders; both verdicts are returned with ``"A"`` meaning x won, with the

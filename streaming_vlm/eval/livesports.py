@@ -14,8 +14,7 @@ Generation (phase ``generate``). Per event, one fresh stream from ``begin`` to `
 commentator instruction (the benchmark's protocol ``query``) and ``This is a video titled "{event_title}".`` as
 the query and ``preasr_text`` as the previous text (cut by the policy's text sink and window, unlike the
 reference, which never cut it). Every other stream setting (pixels, windows, sampling, fps) is the harness's
-(:mod:`~streaming_vlm.eval.harness`): flags > ``--config`` > the checkpoint's ``streaming_vlm.json`` > defaults,
-top_p/top_k from the checkpoint's generation config where unset. ``pred`` is the chunks' commentary (marker
+(:mod:`~streaming_vlm.eval.harness`). ``pred`` is the chunks' commentary (marker
 removed, stripped) joined by single spaces, silent chunks skipped. Events are sharded over ``torchrun`` ranks
 and resumable; the model is loaded only when an event is left to generate. Rank 0 writes
 ``{output_dir}/{model_name}.jsonl`` with rows ``{video_id, event_id, begin, end, pred}``, the format of LiveCC's

@@ -13,7 +13,7 @@ start_time, end_time, frames}``.
 Requests use deterministic settings by default (temperature 0, a fixed seed). Connection errors, timeouts
 (``timeout_s`` per request), rate limits, 408/409/5xx answers and 200 answers that are not a chat completion are
 retried a bounded number of times, after a capped exponential backoff or the server's ``Retry-After``
-(:func:`~streaming_vlm.eval.judge.chat_with_retries`), then :class:`BaselineError` is raised; other errors raise
+(:meth:`~streaming_vlm.eval.judge.ChatConfig.chat`), then :class:`BaselineError` is raised; other errors raise
 at once. Resuming a run is the caller's business (the benchmarks hand segments to ``runner.run_items``). It knows
 nothing about benchmarks or scores; the ``openai`` package (the ``eval`` extra) and Pillow are imported only when
 used.

@@ -31,10 +31,8 @@ on the engine (``StreamSession``), so the model runs through one forward path:
   empty assistant turn, just the end marker, as in training data for seconds without speech);
   ``--commentary-tokens N`` lets it comment instead (at most N tokens a second).
 
-Stream settings come from ``settings.StreamSettings`` through the benchmark harness (``eval/harness.py``): a flag,
-else ``--config``, else the protocol (no instruction, 1-s chunks), else the checkpoint's ``streaming_vlm.json``,
-else the defaults; the results record them (``meta.stream_settings`` and ``meta.stream_settings_sources``).
-``max_new_tokens`` is ``--commentary-tokens`` (recorded only when it is set).
+Stream settings are the benchmark harness's (``eval/harness.py``), the protocol pinning no instruction and 1-s
+chunks; ``max_new_tokens`` is ``--commentary-tokens`` (recorded only when it is set).
 
 Results: per-item records (resumable, rank-sharded JSONL through the harness), ``results.json`` with per-task
 accuracy (percent), the three category means (unweighted means over their tasks) and their mean (``overall``,

@@ -6,10 +6,9 @@ session per (mode, stream) item. The harness (``eval/harness.py``) runs the item
 record keeps every chunk's stream time, text, latency, cache size and resident memory, so the scores can be
 recomputed without generating again (the model is loaded only when an item is missing).
 
-Stream settings: a flag, else ``--config``, else the checkpoint's ``streaming_vlm.json``, else this benchmark's
-preset (greedy decoding, no repetition penalty, a sliding reset every 24 s: the scores count exact calls and the
-world's grammar repeats its words by design), else the defaults. The report records them (``settings``; every
-setting and where it came from in ``meta.stream_settings`` / ``meta.stream_settings_sources``).
+Stream settings are the harness's, this benchmark's preset below the checkpoint's: greedy decoding, no repetition
+penalty, a sliding reset every 24 s (the scores count exact calls and the world's grammar repeats its words by
+design). The report's ``settings`` repeat the ones a resume must match.
 
 Scoring (``world/score.py``, next to the world's grammar) reads the ground truth from the annotation file, never
 from seeds, and matches the model's calls to it:

@@ -18,9 +18,8 @@ rate is ``nframe / duration``, so the ``nframe`` samples sit at the centres of `
 (the reader samples chunk ``k`` at ``k*c + (j + 0.5) / fps``), in ``nframe / chunk_frames`` chunks.
 ``max_frames`` caps long videos the same way.
 
-Stream settings (``settings.StreamSettings``): the pixel bounds per frame, the system prompt, the cache windows and
-the commentary's sampling and seed come from the settings, resolved as everywhere (a flag or keyword, else
-``--config``, else :data:`PROTOCOL`, else the checkpoint's ``streaming_vlm.json``, else the defaults). The protocol
+Stream settings (``settings.StreamSettings``, resolved as everywhere, a keyword counting as a flag): the pixel
+bounds per frame, the system prompt, the cache windows and the commentary's sampling and seed. :data:`PROTOCOL`
 pins the instruction ``query`` to none: the question is the instruction. The settings in :data:`EXCLUDED` are
 neither given nor taken from the checkpoint, and the results leave them out: the plan and ``VQAConfig`` decide the
 rate, chunks and frame cap, and ``VQAConfig.max_new_tokens`` is a free-form answer's length. With ``commentary`` the
