@@ -235,7 +235,7 @@ def test_question_mid_stream_is_answered_and_commentary_resumes(servers):
             await ws.send(json.dumps({"type": "question", "text": "Which colour?", "options": ["red", "blue"]}))
 
     with _client(a) as client:
-        sid = _start(client, source="demo", duration=6, speed=2)
+        sid = _start(client, source="demo", duration=6, speed=3)
         events = _events(a, sid, on_event=ask)
     _check_log(events, sid)
     questions = _of(events, "question")
@@ -317,7 +317,7 @@ def test_push_session_over_websocket_matches_infer(servers, infer_texts):
 def test_two_sessions_at_once_each_get_every_chunk(servers, infer_texts):
     a = servers["a"]
     with _client(a) as client:
-        sids = [_start(client, source=source, duration=4, speed=2) for source in ("demo", "clip.mp4")]
+        sids = [_start(client, source=source, duration=4, speed=4) for source in ("demo", "clip.mp4")]
         results = {}
 
         def follow(sid):
@@ -343,7 +343,7 @@ def test_model_slower_than_the_source_skips_chunks_and_bounds_lag(servers):
     with _client(b, {}) as client:
         sid = _start(client, source="demo", duration=12, speed=4)
         events = _events(b, sid, headers={})
-        lossless = _start(client, source="demo", duration=3, realtime=False)
+        lossless = _start(client, source="demo", duration=2, realtime=False)
         lossless_events = _events(b, lossless, headers={})
     _check_log(events, sid)
     done = _of(events, "commentary")
@@ -357,7 +357,7 @@ def test_model_slower_than_the_source_skips_chunks_and_bounds_lag(servers):
     assert all(e["lag_s"] <= 1.0 + step + 1.0 for e in done), [e["lag_s"] for e in done]
     assert all(e["lag_s"] <= 2.0 for e in done if e["end"] <= done[-1]["end"] - 2), [e["lag_s"] for e in done]
     # realtime: false never skips (every chunk, as fast as the model takes them)
-    assert [e["index"] for e in _of(lossless_events, "commentary")] == [0, 1, 2]
+    assert [e["index"] for e in _of(lossless_events, "commentary")] == [0, 1]
     assert not _of(lossless_events, "skipped")
 
 

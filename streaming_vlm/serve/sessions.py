@@ -47,6 +47,7 @@ import numpy as np
 from streaming_vlm import settings as stream_settings
 from streaming_vlm.memory import current_rss_mb
 from streaming_vlm.serve.events import EventLog
+from streaming_vlm.serve.feeds import LosslessFeed, WakingSource
 from streaming_vlm.serve.messages import BadMessage, QuestionRequest, SessionRequest
 from streaming_vlm.serve.security import AccessError, classify_source
 from streaming_vlm.sources import (
@@ -91,7 +92,8 @@ class Limits:
     event_log: int = 4096
     """Events kept per session for replay."""
     max_pending_questions: int = 8
-    ended_kept: int = 32
+    ended_kept: int = 16
+    """Ended sessions kept listed (transcripts, events) before the oldest is forgotten."""
     transcript: int = 100_000
     """Chunks kept in a session's transcript (the oldest go first)."""
     step_delay_s: float = 0.0
@@ -117,101 +119,6 @@ class Question:
     id: str
     request: QuestionRequest
     asked_at: float  # time.perf_counter()
-
-
-class _Waking:
-    """A source that wakes the worker after the feed has taken each chunk, after each issue and at its end."""
-
-    def __init__(self, source: Source, wake: Callable[[], None]) -> None:
-        self.source, self.wake = source, wake
-        self.name, self.clock = source.name, source.clock
-
-    def chunks(self, notify=None):
-        def notify_and_wake(message: str) -> None:
-            if notify is not None:
-                notify(message)
-            self.wake()
-
-        return self._chunks(self.source.chunks(notify_and_wake))  # at once: a push source reports from now on
-
-    def _chunks(self, inner):
-        try:
-            for chunk in inner:
-                yield chunk
-                self.wake()  # resumed once the feed has stored the chunk
-        finally:
-            close = getattr(inner, "close", None)
-            if close is not None:
-                close()
-            self.wake()
-
-    def close(self) -> None:
-        self.source.close()
-
-
-class _Lossless:
-    """A feed that never drops: a file read ahead by at most ``depth`` chunks, handed over as fast as the worker
-    takes them (``realtime: false``). Same ``get``/``close``/``report`` interface as ``LiveFeed`` (lag 0)."""
-
-    def __init__(self, source: Source, depth: int = 2) -> None:
-        import queue
-
-        self.source = source
-        self.clock = source.clock
-        self._queue: queue.Queue = queue.Queue(maxsize=depth)
-        self._events: collections.deque = collections.deque()
-        self._closed = threading.Event()
-        self._end: FeedEnd | None = None
-        self._thread = threading.Thread(target=self._run, name=f"feed {source.name}", daemon=True)
-        self._delivered = 0
-
-    def start(self) -> _Lossless:
-        if not self._thread.is_alive() and self._end is None:
-            self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        import queue
-
-        reason, error = "end of stream", False
-        chunks = self.source.chunks(lambda message: self._events.append(FeedIssue(message, self.clock.now())))
-        try:
-            for chunk in chunks:
-                while not self._closed.is_set():
-                    try:
-                        self._queue.put(chunk, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if self._closed.is_set():
-                    break
-        except (SourceError, VideoError) as exc:
-            reason, error = str(exc), True
-        except Exception as exc:  # a bug in a source ends its session, never the server
-            logger.exception("source %s failed", self.source.name)
-            reason, error = f"{self.source.name}: source failed: {type(exc).__name__}: {exc}", True
-        finally:
-            chunks.close()
-        self._end = FeedEnd("closed" if self._closed.is_set() and not error else reason, error, self.clock.now())
-
-    def get(self, timeout: float | None = None):
-        import queue
-
-        if self._events:
-            return self._events.popleft()
-        try:
-            chunk = self._queue.get_nowait()
-        except queue.Empty:
-            return self._end if self._end is not None and self._queue.empty() else None
-        self._delivered += 1
-        now = self.clock.now()
-        return FeedChunk(chunk=chunk, ready_at=now, delivered_at=now, lag_s=0.0, skipped=None)
-
-    def close(self, timeout: float = 1.0) -> None:
-        self._closed.set()
-        self.source.close()
-        if self._end is None and not self._thread.is_alive():
-            self._end = FeedEnd("closed", False, self.clock.now())
 
 
 class Session:
@@ -505,9 +412,9 @@ class SessionManager:
         except BaseException:
             self._release(sid, placeholder)
             raise
-        waking = _Waking(source, self.wake)
+        waking = WakingSource(source, self.wake)
         if kind == "file" and not request.realtime:
-            feed = _Lossless(waking)
+            feed = LosslessFeed(waking)
         else:
             feed = LiveFeed(waking, max_ready=request.max_ready, clock=clock)
         session = Session(id=sid, ordinal=ordinal, request=request, kind=kind,
@@ -601,9 +508,14 @@ class SessionManager:
                                                                           if s.ordinal <= self._last_served]
             served = False
             for session in order:
-                if self._turn(session):
+                try:
+                    served = self._turn(session)
+                except Exception as exc:  # a bug here must not take the worker (and every session) down
+                    logger.exception("session %s failed", session.id)
+                    if not session.ended:
+                        self._end(session, f"internal error: {type(exc).__name__}: {_line(exc)}", True)
+                if served:
                     self._last_served = session.ordinal
-                    served = True
                     break
             if not served:
                 self._wake.wait(0.05 if live else 1.0)
@@ -621,7 +533,7 @@ class SessionManager:
                 event = session.feed.get(timeout=0)
             except Exception as exc:  # the feed is ours; never let it take the worker down
                 logger.exception("feed of session %s failed", session.id)
-                self._end(session, f"source failed: {type(exc).__name__}: {exc}", True)
+                self._end(session, f"source failed: {type(exc).__name__}: {_line(exc)}", True)
                 return False
             if event is None:
                 return False
@@ -635,7 +547,11 @@ class SessionManager:
                 self._step(session, event)
             except Exception as exc:  # a model error ends this session only
                 logger.exception("model error in session %s", session.id)
-                self._end(session, f"model error: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}", True)
+                self._end(session, f"model error: {type(exc).__name__}: {_line(exc)}", True)
+                if getattr(self.device, "type", "cpu") == "cuda":  # e.g. out of memory: give back the cache
+                    import torch
+
+                    torch.cuda.empty_cache()
             return True
 
     def _step(self, session: Session, fed: FeedChunk) -> None:
@@ -712,6 +628,12 @@ class SessionManager:
             ended = [s for s in self._sessions.values() if isinstance(s, Session) and s.ended]
             for old in ended[:max(0, len(ended) - self.limits.ended_kept)]:
                 del self._sessions[old.id]
+
+
+def _line(exc: BaseException, limit: int = 300) -> str:
+    """An exception's text on one line, shortened."""
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 class _Reserved:
