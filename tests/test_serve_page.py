@@ -14,7 +14,8 @@ The screenshot goes to the test's temporary folder, or to ``figures/serve_page.p
 ``STREAMING_VLM_UPDATE_FIGURES=1``.
 
 Chromium or Playwright missing is a failure naming the fix, not a skip: CI installs both (``scripts/setup.sh`` with
-the dev extra), and a browser test that silently skips proves nothing.
+the dev extra), and a browser test that silently skips proves nothing. Only an install without the serve extra
+(no server to test) skips, as ``test_serve.py`` does.
 """
 
 from __future__ import annotations
@@ -33,6 +34,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+# Without the serve extra there is no server to test (as in test_serve.py); the browser is another matter (below).
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
 
 REPO = Path(__file__).resolve().parents[1]
 FIGURE = REPO / "figures" / "serve_page.png"
@@ -136,6 +141,7 @@ class Watched:
 
 @pytest.fixture
 def watched(playwright_api, tmp_path):
+    """A :class:`Watched` page in headless Chromium with a fresh profile (closed after the test)."""
     from playwright.sync_api import expect
 
     expect.set_options(timeout=TIMEOUT_MS)
