@@ -11,9 +11,11 @@ Usage (from the repository root; CPU only, about 35 s on 2 cores)::
 case ran, its exit status, its normalised stdout and every results / per-item / resume-settings file it wrote) and
 ``DIR/manifest.json`` (the commit recorded from). ``compare`` reruns the cases on the current code and diffs them
 against the snapshots: numbers with ``abs_tol`` :data:`ATOL` (logprobs are rounded to 5 decimals and may flip at
-the boundary), everything else exactly. It prints one line per case, ``identical`` or ``differs`` with the first
-differing keys, and exits 0 only when every case is identical. ``--case PREFIX`` (repeatable) runs a subset
-(cases another one needs run too, unreported). Record from a clean checkout so that no edit in flight leaks in::
+the boundary), everything else exactly. It prints one line per case, ``identical`` or ``differs`` with the count of
+keys only the new output has (``added``) and of the others (``changed or removed``), then the first differences,
+changes first (``--all``: every one), and exits 0 only when every case is identical. ``--case PREFIX``
+(repeatable) runs a subset (cases another one needs run too, unreported). Record from a clean checkout so that no
+edit in flight leaks in::
 
     git worktree add /tmp/i14-base HEAD
     (cd /tmp/i14-base && PYTHONPATH=/tmp/i14-base /work/main/.venv/bin/python -m tests.eval_snapshots record OUT)
@@ -827,7 +829,11 @@ def record(dest: Path, prefixes: list[str] | None, keep: bool) -> int:
     return 1 if failed else 0
 
 
-def compare(src: Path, prefixes: list[str] | None, legacy: bool, keep: bool) -> int:
+ADDED_RE = re.compile(r": added \(")
+"""A difference line that is a key present only in the new output (:func:`diff`)."""
+
+
+def compare(src: Path, prefixes: list[str] | None, legacy: bool, keep: bool, show_all: bool = False) -> int:
     cases, report = _select(prefixes)
     manifest = src / "manifest.json"
     if manifest.is_file():
@@ -854,11 +860,16 @@ def compare(src: Path, prefixes: list[str] | None, legacy: bool, keep: bool) -> 
                 print(f"{case.name:34s} identical{flags}", flush=True)
             else:
                 differing.append(case.name)
-                print(f"{case.name:34s} differs{flags}: {len(lines)} difference(s)", flush=True)
-                for line in lines[:MAX_REPORTED]:
+                added = [line for line in lines if ADDED_RE.search(line)]
+                other = [line for line in lines if not ADDED_RE.search(line)]
+                print(f"{case.name:34s} differs{flags}: {len(lines)} difference(s): {len(added)} added, "
+                      f"{len(other)} changed or removed", flush=True)
+                shown = other + added  # changes first: additions are what a refactor may bring
+                limit = len(shown) if show_all else MAX_REPORTED
+                for line in shown[:limit]:
                     print(f"    {line}")
-                if len(lines) > MAX_REPORTED:
-                    print(f"    ... and {len(lines) - MAX_REPORTED} more")
+                if len(shown) > limit:
+                    print(f"    ... and {len(shown) - limit} more (--all lists them)")
                 if new["rc"] != 0:
                     print(_tail(stderr))
             changed = [k for k, v in new["fixtures"].items() if old.get("fixtures", {}).get(k) not in (None, v)]
@@ -903,6 +914,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "compare":
             s.add_argument("--legacy", action="store_true",
                            help="append each case's legacy_flags (the pre-refactor effective settings)")
+            s.add_argument("--all", dest="show_all", action="store_true",
+                           help=f"list every difference (default: the first {MAX_REPORTED} of a case, changes first)")
     return p
 
 
@@ -914,7 +927,7 @@ def main(argv: list[str] | None = None) -> int:
     _setup()
     if args.command == "record":
         return record(args.dir, args.case, args.keep)
-    return compare(args.dir, args.case, args.legacy, args.keep)
+    return compare(args.dir, args.case, args.legacy, args.keep, args.show_all)
 
 
 if __name__ == "__main__":
