@@ -68,9 +68,11 @@ async def _json_body(request: Request) -> Any:
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype != "application/json":
         raise AccessError(415, "send a JSON body with Content-Type: application/json")
-    body = await request.body()
-    if len(body) > MAX_BODY_BYTES:
-        raise AccessError(413, f"the body is {len(body)} bytes; the limit is {MAX_BODY_BYTES}")
+    body = b""
+    async for part in request.stream():  # read no further than the limit
+        body += part
+        if len(body) > MAX_BODY_BYTES:
+            raise AccessError(413, f"the body is over the limit of {MAX_BODY_BYTES} bytes")
     try:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -203,8 +205,7 @@ def build_app(manager: SessionManager, *, token: str | None, loopback_only: bool
             question = QuestionRequest.from_json(await _json_body(request), max_tokens=manager.limits.answer_tokens)
         except BadMessage as exc:
             raise AccessError(400, str(exc)) from None
-        queued = session.queue_question(question)
-        manager.wake()
+        queued = manager.ask(session, question)
         return JSONResponse({"question_id": queued.id}, status_code=202)
 
     @app.get("/api/sessions/{sid}/events")
@@ -294,8 +295,7 @@ def build_app(manager: SessionManager, *, token: str | None, loopback_only: bool
                         raise BadMessage(f"not JSON ({' '.join(str(exc).split())})") from None
                     kind, question = client_message(obj, max_tokens=manager.limits.answer_tokens)
                     if kind == "question":
-                        session.queue_question(question)
-                        manager.wake()
+                        manager.ask(session, question)
                     elif kind == "stop":
                         manager.stop(session.id)
                 except (BadMessage, AccessError) as exc:

@@ -153,7 +153,7 @@ class AccessGuard:
             return 403, f"host {host!r} is not this machine's loopback; use http://127.0.0.1 or set a token"
         origin = _header(scope, b"origin")
         unsafe = scope["type"] == "websocket" or scope.get("method") not in ("GET", "HEAD", "OPTIONS")
-        if origin and unsafe and origin != "null":
+        if origin and unsafe:  # "null" (a sandboxed frame, a file) is another origin too
             if urlsplit(origin).netloc.lower() != host.lower():
                 return 403, f"cross-origin request from {origin} refused"
         if self.token:

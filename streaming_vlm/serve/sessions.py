@@ -309,6 +309,11 @@ class SessionManager:
                                                                         checkpoint=self.checkpoint)
         self.base_spec = VisionSpec.from_pretrained(loaded.path) if loaded is not None else VisionSpec()
         self.device = getattr(loaded, "device", "cpu")
+        tokenizer = getattr(loaded, "tokenizer", None)
+        self.special_tokens: frozenset[str] = frozenset()
+        if tokenizer is not None:
+            added = {t.content for t in tokenizer.added_tokens_decoder.values() if t.special}
+            self.special_tokens = frozenset(added | set(tokenizer.all_special_tokens))
         self._engine_factory = engine_factory or self._stream_session
         self._sessions: dict[str, Session] = {}
         self._lock = threading.Lock()
@@ -364,12 +369,31 @@ class SessionManager:
         return resolved, {k: ("session" if v == "flag" else "server" if v == "config" else v)
                           for k, v in sources.items() if k in STREAMED_NAMES}
 
+    def check_text(self, text: str, what: str) -> None:
+        """:class:`AccessError` 400 when ``text`` (a question, an option, a prompt) holds one of the tokenizer's special
+        tokens as text: the tokenizer would read it as that token and break the turns or the vision blocks."""
+        for token in self.special_tokens:
+            if token in text:
+                raise AccessError(400, f"{what} contains the special token {token!r}")
+
+    def ask(self, session: Session, request: QuestionRequest) -> Question:
+        """Queue a question on ``session`` (see :meth:`Session.queue_question`) and wake the worker."""
+        self.check_text(request.text, "the question")
+        for option in request.options or ():
+            self.check_text(option, "an option")
+        question = session.queue_question(request)
+        self.wake()
+        return question
+
     def create(self, request: SessionRequest) -> Session:
         """Check ``request``, build its source, feed and engine, and start it. :class:`AccessError`: 400 bad
         request or settings, 403 a path outside the media root, 404 a missing file, 429 at capacity."""
         if request.mode not in ("streaming", "full", "sliding", "recompute"):
             raise AccessError(400, f"mode must be one of streaming, full, sliding, recompute, got {request.mode!r}")
         resolved, sources = self.resolve_settings(request.settings)
+        for text, what in ((request.previous_text, "previous_text"), (resolved.query, "the query"),
+                           (resolved.system_prompt, "the system prompt")):
+            self.check_text(text, what)
         spec = None if request.push else classify_source(request.source, media_root=self.media_root,
                                                          protocols=NETWORK_PROTOCOLS, demo_video=self.demo_video)
         kind = "push" if spec is None else spec.kind
