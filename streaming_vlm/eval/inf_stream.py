@@ -572,8 +572,8 @@ class Baseline(_Commentary):
                        help="also give the last N transcript words before --start-offset (default 0, as the reference)")
         api = add_chat_arguments(p, "baseline", flag_prefix="--", model_default="gpt-4o-mini",
                                  model_help="chat model name (default gpt-4o-mini)", timeout_s=120.0)
-        api.add_argument("--fps", dest="baseline_fps", metavar="FPS", type=positive_float, default=2.0,
-                         help="frames per second of video sent (default 2, as our model sees)")
+        api.add_argument("--fps", dest="baseline_fps", metavar="FPS", type=positive_float, default=DEFAULTS.fps,
+                         help=f"frames per second of video sent (default {DEFAULTS.fps:g}, as our model sees)")
         api.add_argument("--max-frames-per-request", type=positive_int, default=64,
                          help="longer clips are asked in consecutive windows of this many frames (default 64)")
         api.add_argument("--max-height", type=positive_int, default=360,

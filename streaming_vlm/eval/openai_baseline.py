@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from streaming_vlm.eval.judge import ChatConfig
-from streaming_vlm.layout import DEFAULT_QUERY, DEFAULT_SYSTEM_PROMPT
+from streaming_vlm.settings import DEFAULTS
 
 __all__ = ["BaselineConfig", "BaselineError", "OpenAIBaseline", "Segment"]
 
@@ -55,9 +55,9 @@ class BaselineConfig(ChatConfig):
 
     max_tokens: int = 300
     timeout_s: float = 120.0
-    system_prompt: str = DEFAULT_SYSTEM_PROMPT
-    query: str = DEFAULT_QUERY
-    fps: float = 2.0
+    system_prompt: str = DEFAULTS.system_prompt
+    query: str = DEFAULTS.query
+    fps: float = DEFAULTS.fps
     max_frames_per_request: int = 64
     max_height: int = 360
     jpeg_quality: int = 85

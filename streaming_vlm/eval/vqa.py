@@ -453,7 +453,7 @@ class VideoQA:
     # ---- internals ------------------------------------------------------------------------------------------
 
     def _run(self, video: str | os.PathLike[str], prompt: str, options: list[str] | None, *,
-             max_new_tokens: int = 16, start: float = 0.0, end: float | None = None) -> VQAAnswer:
+             max_new_tokens: int | None = None, start: float = 0.0, end: float | None = None) -> VQAAnswer:
         """Watch the planned chunks of ``[start, end)`` (silent turns, or commentary), then ask ``prompt`` in the
         last one: ``choose`` among ``options`` when given, else a greedy answer."""
         from streaming_vlm.eval.generate import new_session
@@ -483,7 +483,8 @@ class VideoQA:
                     choice, logprobs, text = result.index, result.logprobs, result.option
                 else:
                     # the answer is greedy and unpenalised, whatever the commentary sampling was
-                    greedy = SamplingConfig(temperature=0.0, repetition_penalty=1.0, max_new_tokens=max_new_tokens)
+                    greedy = SamplingConfig(temperature=0.0, repetition_penalty=1.0,
+                                            max_new_tokens=max_new_tokens or self.config.max_new_tokens)
                     session.config = replace(session.config, sampling=greedy)
                     text = session.step(chunk.frames, chunk.start, chunk.end, question=prompt).text
         if text is None:
@@ -640,14 +641,16 @@ class VQA(harness.Benchmark):
         p.add_argument("--answer-modes", type=csv_choices(tuple(ANSWER_MODES), what="answer modes"),
                        default=["streaming"], help="comma-separated: streaming, offline (default streaming)")
         sampling = p.add_mutually_exclusive_group()
-        sampling.add_argument("--fps", type=positive_float, default=1.0,
-                              help="frames sampled per second of each video (default 1; the protocol's rate)")
+        sampling.add_argument("--fps", type=positive_float, default=VQAConfig.fps,
+                              help=f"frames sampled per second of each video (default {VQAConfig.fps:g}; the "
+                              "protocol's rate)")
         sampling.add_argument("--nframe", type=positive_int, default=None,
                               help="a fixed number of frames spread evenly over each video (instead of --fps)")
         p.add_argument("--max-frames", type=positive_int, default=None, help="cap on frames per video (default none)")
         p.add_argument("--commentary", action="store_true",
                        help="let the model comment on the chunks before the question (default: silent chunks)")
-        p.add_argument("--max-new-tokens", type=positive_int, default=16, help="short answers: tokens at most (16)")
+        p.add_argument("--max-new-tokens", type=positive_int, default=VQAConfig.max_new_tokens,
+                       help=f"short answers: tokens at most ({VQAConfig.max_new_tokens})")
         p.add_argument("--limit", type=positive_int, default=None, help="evaluate only the first N items")
         p.add_argument("--out-dir", default="results/vqa", help="output folder (default results/vqa)")
 
