@@ -30,6 +30,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from streaming_vlm.settings import DEFAULTS
 from streaming_vlm.world.script import GOAL, parse_commentary
 
 if TYPE_CHECKING:
@@ -58,7 +59,8 @@ class TimedCall:
     score: int | None
 
 
-def chunk_texts(record: StreamRecord, chunk_seconds: float = 1.0, end: float | None = None) -> list[str]:
+def chunk_texts(record: StreamRecord, chunk_seconds: float = DEFAULTS.chunk_seconds, end: float | None = None
+                ) -> list[str]:
     """Ground-truth commentary of each chunk ``k`` (``[start + k c, start + (k+1) c)``) of a ``StreamRecord``.
 
     The words whose end time is in ``(t, t + c]``, joined by spaces (``ChunkPlan``'s rule); ``end`` cuts the
@@ -269,7 +271,7 @@ def score_stream(
     chunks: Sequence[dict[str, Any]],
     *,
     start: float = 0.0,
-    chunk_seconds: float = 1.0,
+    chunk_seconds: float = DEFAULTS.chunk_seconds,
     tolerance_s: float = 1.0,
     reset_every: float | None = None,
 ) -> StreamScore:

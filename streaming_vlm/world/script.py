@@ -24,13 +24,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from streaming_vlm.data.annotations import Word
+from streaming_vlm.settings import DEFAULT_QUERY
 
 COLOURS = ("red", "blue", "yellow", "black")
 SHAPES = ("ball", "bar")
 WHISTLE = "whistle"
 GOAL = ("black", "ball")
 """The object that scores: the score goes up by one in the second it is on screen."""
-QUERY = "Commentate on this match"
+QUERY = DEFAULT_QUERY
 """The instruction the demo model is trained and run with (the engine's default query)."""
 _UNITS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
           "seventeen eighteen nineteen").split()
