@@ -620,6 +620,25 @@ def test_non_loopback_bind_needs_a_token(capsys, monkeypatch):
     assert "at least 8 characters" in capsys.readouterr().err
 
 
+def test_shutdown_ends_every_session_with_a_reason(servers):
+    a = servers["a"]  # the last test of server A: it stops it
+    with _client(a) as client:
+        sid = _start(client, source="demo")
+        got = []
+
+        def read_sse():
+            with client.stream("GET", f"/api/sessions/{sid}/events") as sse:
+                got.extend(json.loads(line[6:]) for line in sse.iter_lines() if line.startswith("data: "))
+
+        reader = threading.Thread(target=read_sse)
+        reader.start()
+        _wait(lambda: client.get(f"/api/sessions/{sid}").json()["chunks"] >= 1, 30)
+        a.stop()
+        reader.join(15)
+    assert got[-1]["type"] == "end" and got[-1]["reason"] == "server shutting down"
+    assert a.proc.returncode in (0, -signal.SIGTERM)
+
+
 # --------------------------------------------------------------------------------------------------
 # the documentation's examples
 

@@ -144,5 +144,12 @@ def serve(args: argparse.Namespace, *, token: str | None, media_root: str, limit
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                             ws_max_size=limits.max_frame_bytes + 4096, timeout_graceful_shutdown=3,
                             lifespan="on")
-    uvicorn.Server(config).run()
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            # end the sessions first, so that their clients get the `end` event before connections close
+            manager.stop_all("server shutting down")
+            super().handle_exit(sig, frame)
+
+    Server(config).run()
     return 0

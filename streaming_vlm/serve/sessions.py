@@ -332,14 +332,18 @@ class SessionManager:
                 self._worker = threading.Thread(target=self._run, name="model worker", daemon=True)
                 self._worker.start()
 
-    def close(self, timeout: float = 5.0) -> None:
-        """End every session ("server shutting down") and stop the worker."""
+    def stop_all(self, reason: str = "server shutting down") -> None:
+        """Refuse new sessions and ask the worker to end every session with ``reason``; does not wait."""
         with self._lock:
             self._closing = True
-            sessions = list(self._sessions.values())
+            sessions = [s for s in self._sessions.values() if isinstance(s, Session)]
         for session in sessions:
-            self.stop(session.id, "server shutting down")
+            self.stop(session.id, reason)
         self._wake.set()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """End every session ("server shutting down") and stop the worker (waits up to ``timeout`` s for it)."""
+        self.stop_all()
         if self._worker is not None:
             self._worker.join(timeout)
 
