@@ -219,6 +219,13 @@ def test_file_at_wall_clock_pace_matches_infer(servers, infer_texts):
         with client.stream("GET", f"/api/sessions/{sid}/events", params={"since": 2}) as sse:
             data = [json.loads(line[6:]) for line in sse.iter_lines() if line.startswith("data: ")]
         assert data == events[2:]
+
+        async def replay(since: int) -> list[dict]:
+            url = f"{a.ws}/api/sessions/{sid}/ws?since={since}"
+            async with websockets.connect(url, additional_headers=AUTH) as ws:
+                return [json.loads(m) async for m in ws]
+
+        assert asyncio.run(asyncio.wait_for(replay(3), 10)) == events[3:]
         assert client.get(f"/api/sessions/{sid}/frame.jpg").content[:2] == b"\xff\xd8"
         assert client.get(f"/api/sessions/{sid}/media", headers={"Range": "bytes=0-99"}).status_code == 206
 
@@ -740,6 +747,30 @@ def test_a_push_session_without_frames_ends(tiny, tmp_path):
     finally:
         manager.close()
     assert session.log.since(0)[-1]["reason"] == "no frame for 0.3 s"
+
+
+def test_event_log_keeps_the_last_events_and_wakes_its_followers():
+    from streaming_vlm.serve.events import EventLog
+
+    log = EventLog("s", capacity=3)
+    for k in range(5):
+        log.append("commentary", index=k)
+    assert [e["seq"] for e in log.since(0)] == [3, 4, 5] and [e["seq"] for e in log.since(4)] == [5]
+    assert log.since(5) == [] and log.since(99) == []
+
+    async def follow() -> list:
+        return [e if e is None else e["seq"] async for e in log.follow(4, heartbeat=0.05)]
+
+    def later() -> None:  # from another thread, as the model worker does
+        time.sleep(0.15)
+        log.append("commentary", index=5)
+        log.append("end", reason="end of stream")
+
+    threading.Thread(target=later).start()
+    seen = asyncio.run(asyncio.wait_for(follow(), 5))
+    assert seen[0] == 5 and seen[-2:] == [6, 7] and None in seen  # heartbeats while it waited
+    assert log.ended and log.append("commentary", index=6) is None and log.last_seq == 7
+    assert asyncio.run(asyncio.wait_for(follow(), 5)) == [5, 6, 7]  # an ended log: replay, then done
 
 
 def test_step_streams_its_tokens_and_takes_a_token_limit(tiny):
