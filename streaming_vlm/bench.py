@@ -370,7 +370,7 @@ class Latency(harness.Benchmark):
         p.add_argument("--replot", default=None, metavar="JSON",
                        help="run nothing: recompute the summaries of an earlier results JSON from its chunks into "
                        "--out (its meta kept) and redraw --figure")
-        p.add_argument("--no-progress", action="store_true", help="no progress bars")
+        p.add_argument("--no-progress", dest="quiet", action="store_true", help="the same as --quiet")
 
     def video_required(self) -> bool:
         return True
@@ -407,7 +407,7 @@ class Latency(harness.Benchmark):
         seconds = self.seconds(run.args)
         logger.info("mode %s (%s): streaming %s", mode, MODE_LABELS[mode],
                     "the whole video" if seconds is None else f"{seconds:g} s")
-        measured = run_mode(mode, run, self.video, duration=seconds, progress=not run.args.no_progress)
+        measured = run_mode(mode, run, self.video, duration=seconds, progress=run.progress)
         summary = summarize(measured, run.settings.chunk_seconds, run.settings.max_new_tokens)
         logger.info("mode %s: %d chunks in %.1f s, median %.1f ms, cache max %s, peak memory %.0f MB", mode,
                     summary["num_chunks"], summary["wall_s"] or 0.0, 1000 * (summary["median_latency_s"] or 0.0),

@@ -37,7 +37,6 @@ class Toy(Benchmark):
         parser.add_argument("--out", required=True)
         parser.add_argument("--items", type=int, default=3)
         parser.add_argument("--fail", default=None)
-        parser.add_argument("--quiet", action="store_true")
 
     def items(self, run):
         if run.args.fail == "data":

@@ -3,9 +3,9 @@
 A benchmark module implements :class:`Benchmark` (its options, its items, running one item, scoring, its table
 and figure) and its ``main`` is ``harness.run(TheBenchmark(), argv)``. :func:`run` then:
 
-1. builds the parser: the benchmark's options, ``--model`` (unless ``model_default`` is :data:`NO_MODEL`),
-   ``--device``/``--dtype``/``--threads``, every stream setting it uses (``settings.add_arguments``: the help shows
-   its preset and protocol values) and ``--config``;
+1. builds the parser: the benchmark's options, ``--quiet``, ``--model`` (unless ``model_default`` is
+   :data:`NO_MODEL`), ``--device``/``--dtype``/``--threads``, every stream setting it uses
+   (``settings.add_arguments``: the help shows its preset and protocol values) and ``--config``;
 2. reads ``--config FILE`` (YAML; keys are option names as in the namespace, e.g. ``max_wall_s``): its stream
    settings form the config layer, its other keys become the options' defaults (a flag still wins);
 3. resolves the settings (``settings.resolve``): flags > ``--config`` > the benchmark's protocol > the checkpoint's
@@ -335,6 +335,7 @@ def _one_line_errors(prog: str, fn: Callable[[], int], errors: tuple[type[Except
 
 def _add_harness_arguments(bench: Benchmark, parser: argparse.ArgumentParser) -> None:
     bench.add_arguments(parser)
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
     if bench.model_default != NO_MODEL:
         from streaming_vlm.models import add_load_arguments
 

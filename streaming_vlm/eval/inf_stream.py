@@ -430,20 +430,15 @@ def _label(path: str, given: str | None) -> str:
     return (p if p.is_dir() else p.parent).name or str(p)
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", default=None,
-                   help=f"folder with {METADATA_NAME}, {CLIPS_NAME} and the videos (default: ${DATASET_ENV})")
-    p.add_argument("--limit", type=positive_int, default=None, help="only the first N videos / clips (quick runs)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-
-
 class _Phase(harness.Benchmark):
     """What the phases share: the name, the dataset options, ``--out`` as the records' folder."""
 
     name = "inf-stream"
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
-        _common(p)
+        p.add_argument("--dataset", default=None,
+                       help=f"folder with {METADATA_NAME}, {CLIPS_NAME} and the videos (default: ${DATASET_ENV})")
+        p.add_argument("--limit", type=positive_int, default=None, help="only the first N videos / clips (quick runs)")
 
     def records_dir(self, run: harness.Run) -> Path:
         return self.out

@@ -555,7 +555,8 @@ def _judge_phase(args: argparse.Namespace, events: list[Event], out: Path) -> di
         raise DataError(f"the model and the baseline have the same name {args.model_name!r}; set --model-name")
     config = JudgeConfig.from_args(args, "judge", cache_path=args.judge_cache or str(out / "judge_cache.jsonl"))
     judge = Judge(config, LIVECC_RUBRIC)
-    outcome = judge_events(judge, events, model_preds, baseline_preds, args.model_name, args.baseline_name)
+    outcome = judge_events(judge, events, model_preds, baseline_preds, args.model_name, args.baseline_name,
+                           progress=not args.quiet)
     stem = f"{args.baseline_name}_{args.model_name}"
     verdicts_path = write_jsonl(out / "judges" / f"{stem}.jsonl", outcome.records)
 

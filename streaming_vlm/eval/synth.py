@@ -442,7 +442,6 @@ class Synth(harness.Benchmark):
                        help="seconds of stream the model was trained on at once, for F1 within vs past it (default 24)")
         p.add_argument("--tolerance", type=non_negative_float, default=1.0,
                        help="seconds a call may be early or late (default 1)")
-        p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     def items(self, run: harness.Run) -> dict[str, list[dict]]:
         args = run.args
