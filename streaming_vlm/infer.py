@@ -28,6 +28,7 @@ from streaming_vlm import settings
 from streaming_vlm.argtypes import finite_float
 from streaming_vlm.engine import MODES, StreamSession
 from streaming_vlm.models import DEMO_MODEL as DEMO_MODEL  # re-exported: model-path resolution lives in models
+from streaming_vlm.models import DEMO_VIDEO as DEMO_VIDEO  # re-exported: the bundled demo lives with models
 from streaming_vlm.models import add_load_arguments, resolve_model_path
 from streaming_vlm.settings import CHECKPOINT_FILE, SETTING_NAMES, SettingsError, StreamSettings
 
@@ -175,9 +176,6 @@ def _peak_memory_mb(device: torch.device) -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     except ImportError:  # pragma: no cover - not on Linux
         return 0.0
-
-
-DEMO_VIDEO = Path(__file__).parent / "assets" / "demo.mp4"
 
 
 def resolve_video_path(video: str) -> str:

@@ -631,6 +631,8 @@ DEMO_MODEL = Path(__file__).parent / "assets" / "demo_model"
 """The bundled demo checkpoint (trained on the synthetic world)."""
 DEMO_MODEL_ALIAS = "demo"
 """``--model demo`` names :data:`DEMO_MODEL` (unless a file or folder named ``demo`` exists)."""
+DEMO_VIDEO = Path(__file__).parent / "assets" / "demo.mp4"
+"""The bundled one-minute clip of the synthetic world that the demo model comments on (``infer demo``)."""
 
 
 def resolve_model_path(model: str) -> str:

@@ -59,6 +59,7 @@ from typing import Protocol
 import av
 import numpy as np
 
+from streaming_vlm.settings import DEFAULTS
 from streaming_vlm.video import (
     _MAX_DEMUX_ERRORS,
     Chunk,
@@ -313,7 +314,8 @@ class FileSource:
     for a bad file or option. Decoding damage is reported through Python's warnings, as by the reader.
     """
 
-    def __init__(self, path: str | os.PathLike, *, fps: float = 2.0, chunk_seconds: float = 1.0, start: float = 0.0,
+    def __init__(self, path: str | os.PathLike, *, fps: float = DEFAULTS.fps,
+                 chunk_seconds: float = DEFAULTS.chunk_seconds, start: float = 0.0,
                  duration: float | None = None, realtime: bool = True, clock: Clock | None = None,
                  name: str | None = None) -> None:
         self.reader = VideoReader(path, fps=fps, chunk_seconds=chunk_seconds, start=start, duration=duration)
@@ -367,7 +369,8 @@ class UrlSource:
     ``opener()`` (tests) replaces ``av.open`` and returns an input container.
     """
 
-    def __init__(self, url: str, *, fps: float = 2.0, chunk_seconds: float = 1.0, format: str | None = None,
+    def __init__(self, url: str, *, fps: float = DEFAULTS.fps, chunk_seconds: float = DEFAULTS.chunk_seconds,
+                 format: str | None = None,
                  options: Mapping[str, str] | None = None, protocols: Collection[str] | None = None,
                  open_timeout: float = 10.0, read_timeout: float = 10.0, max_reconnects: int = 5,
                  backoff_s: float = 0.5, max_backoff_s: float = 8.0, reconnect_at_eof: bool = False,
@@ -541,7 +544,8 @@ class UrlSource:
             self._failed(failures, "the connection was lost", error, notify, retry_any=True)
 
 
-def camera_source(device: str = "/dev/video0", *, fps: float = 2.0, chunk_seconds: float = 1.0,
+def camera_source(device: str = "/dev/video0", *, fps: float = DEFAULTS.fps,
+                  chunk_seconds: float = DEFAULTS.chunk_seconds,
                   video_size: str | None = None, framerate: float | None = None, input_format: str | None = None,
                   clock: Clock | None = None, read_timeout: float = 5.0, max_reconnects: int = 3) -> UrlSource:
     """A local camera (Linux: ``/dev/videoN``) through FFmpeg's ``v4l2`` input: a :class:`UrlSource`.
@@ -610,7 +614,8 @@ class PushSource:
       chunk is delivered. :meth:`close` stops at once.
     """
 
-    def __init__(self, *, fps: float = 2.0, chunk_seconds: float = 1.0, max_width: int = 3840,
+    def __init__(self, *, fps: float = DEFAULTS.fps, chunk_seconds: float = DEFAULTS.chunk_seconds,
+                 max_width: int = 3840,
                  max_height: int = 2160, max_bytes: int = 3840 * 2160 * 3, max_queued: int = 8,
                  clock: Clock | None = None, name: str = "push") -> None:
         self.n = _frames_per_chunk(float(fps), float(chunk_seconds))
@@ -794,7 +799,8 @@ class PushSource:
             yield item
 
 
-def open_source(spec: str, *, fps: float = 2.0, chunk_seconds: float = 1.0, realtime: bool = True,
+def open_source(spec: str, *, fps: float = DEFAULTS.fps, chunk_seconds: float = DEFAULTS.chunk_seconds,
+                realtime: bool = True,
                 clock: Clock | None = None, protocols: Collection[str] | None = None) -> Source:
     """A source for ``spec``: a URL (``scheme:...``) → :class:`UrlSource` (``realtime`` paces it only when the
     scheme is ``file``), ``/dev/video*`` → :func:`camera_source`, anything else → :class:`FileSource` (played at

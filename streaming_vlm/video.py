@@ -65,6 +65,8 @@ from fractions import Fraction
 import av
 import numpy as np
 
+from streaming_vlm.settings import DEFAULTS
+
 __all__ = ["Chunk", "VideoDecodeWarning", "VideoError", "VideoInfo", "VideoReader", "VideoTruncatedWarning", "probe"]
 
 logger = logging.getLogger(__name__)
@@ -504,8 +506,8 @@ class VideoReader:
         self,
         path: str | os.PathLike,
         *,
-        fps: float = 2.0,
-        chunk_seconds: float = 1.0,
+        fps: float = DEFAULTS.fps,
+        chunk_seconds: float = DEFAULTS.chunk_seconds,
         start: float = 0.0,
         duration: float | None = None,
     ) -> None:

@@ -46,7 +46,7 @@ httpx = pytest.importorskip("httpx")
 websockets = pytest.importorskip("websockets")
 
 from streaming_vlm.cli import main as cli_main  # noqa: E402
-from streaming_vlm.infer import DEMO_VIDEO  # noqa: E402
+from streaming_vlm.models import DEMO_VIDEO  # noqa: E402
 from tests.test_sources import jpeg  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

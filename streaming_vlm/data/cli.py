@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from streaming_vlm.argtypes import count_or_unlimited
+from streaming_vlm.settings import DEFAULTS
 
 
 def _error(exc: BaseException) -> int:
@@ -98,10 +99,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     q.add_argument("--no-resume", action="store_true", help="rewrite OUT from scratch")
     q.add_argument("--drop-empty", action="store_true",
                    help="leave out windows with neither words nor questions (training rejects them)")
-    q.add_argument("--text-sink", type=count_or_unlimited, default=512, metavar="N",
+    q.add_argument("--text-sink", type=count_or_unlimited, default=DEFAULTS.text_sink, metavar="N",
                    help="previous text keeps its first N pieces (words), as training keeps its first text_sink "
                         "tokens: use training's text_sink or more; 'unlimited' keeps the whole transcript (512)")
-    q.add_argument("--text-window", type=count_or_unlimited, default=512, metavar="N",
+    q.add_argument("--text-window", type=count_or_unlimited, default=DEFAULTS.text_window, metavar="N",
                    help="previous text keeps its last N pieces (words): training's text_sliding_window or more; "
                         "'unlimited' keeps the whole transcript (512)")
     q.set_defaults(run=_windows)

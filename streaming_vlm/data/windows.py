@@ -61,6 +61,7 @@ from streaming_vlm.data.annotations import (
     record_to_json,
     seeks_path,
 )
+from streaming_vlm.settings import DEFAULTS
 
 log = logging.getLogger(__name__)
 
@@ -163,8 +164,8 @@ def keep_ends(text: str, head: int | None, tail: int | None) -> str:
     return (text[: starts[head - 1]] if head else "") + (text[starts[len(starts) - tail]:] if tail else "")
 
 
-def cut_previous_text(record: StreamRecord, words: list[Word], text_sink: int | None = 512,
-                      text_window: int | None = 512) -> tuple[str, bool]:
+def cut_previous_text(record: StreamRecord, words: list[Word], text_sink: int | None = DEFAULTS.text_sink,
+                      text_window: int | None = DEFAULTS.text_window) -> tuple[str, bool]:
     """``(text, cut)``: :func:`keep_ends` of :func:`previous_text` with ``text_sink`` and ``text_window``, and
     whether that left anything out. Reads at most ``text_sink + text_window`` of ``words``, so a window costs
     O(S + W) however long the transcript before it is."""
@@ -182,7 +183,7 @@ def cut_previous_text(record: StreamRecord, words: list[Word], text_sink: int | 
 
 
 def windows_of(record: StreamRecord, window: float = 24.0, stride: float = 12.0, variant: str = "overlap",
-               text_sink: int | None = 512, text_window: int | None = 512
+               text_sink: int | None = DEFAULTS.text_sink, text_window: int | None = DEFAULTS.text_window
                ) -> Iterator[tuple[StreamRecord, bool, bool]]:
     """``(window_record, is_tail, previous_cut)`` for one input record, in order; ``previous`` is
     :func:`cut_previous_text` of the words ending at or before the window's start."""
@@ -245,8 +246,8 @@ def _check_keep(name: str, value: int | None) -> None:
 
 def build_windows(in_path: str | os.PathLike, out_path: str | os.PathLike, window: float = 24.0,
                   stride: float = 12.0, variant: str = "overlap", resume: bool = True,
-                  drop_empty: bool = False, text_sink: int | None = 512,
-                  text_window: int | None = 512) -> WindowStats:
+                  drop_empty: bool = False, text_sink: int | None = DEFAULTS.text_sink,
+                  text_window: int | None = DEFAULTS.text_window) -> WindowStats:
     """Stream ``in_path`` (one record in memory at a time) into window records at ``out_path``; then write the
     output's seek index and its build settings (:func:`build_settings_path`: the arguments, ``windows`` and
     ``previous_cut``, the number of windows whose previous text was cut). Deterministic: the same input and

@@ -116,8 +116,14 @@ def serve(args: argparse.Namespace, *, token: str | None, media_root: str, limit
     server_settings = {k: v for k, v in settings.given(args).items() if k not in NOT_STREAMED}
     import uvicorn
 
-    from streaming_vlm.infer import DEMO_VIDEO
-    from streaming_vlm.models import ModelLoadError, load_model, resolve_device, resolve_dtype, resolve_model_path
+    from streaming_vlm.models import (
+        DEMO_VIDEO,
+        ModelLoadError,
+        load_model,
+        resolve_device,
+        resolve_dtype,
+        resolve_model_path,
+    )
     from streaming_vlm.serve.app import build_app
     from streaming_vlm.serve.security import is_loopback
     from streaming_vlm.serve.sessions import SessionManager
