@@ -12,6 +12,9 @@ and a model's text are read with :func:`~streaming_vlm.world.script.parse_commen
 - **empty share**: ground-truth event seconds with no commentary at all; **garbled share**: chunks whose text is not
   empty and not a sequence of well-formed calls;
 - calls whose score reaches back before a sliding-mode context restart (:func:`reset_starts`);
+- **score slips** (:class:`Slip`): each wrong score that follows a right one (nothing corrects a score until the next
+  whistle, so the calls after a slip usually carry it on), by cause (a missed or extra increment, a missed reset)
+  and by where the last score was (in the verbatim turns, or only in the previous text);
 - :func:`per_minute`: all of these per minute of stream time, with the median chunk latency and the largest cache,
   pooled over streams.
 
@@ -37,8 +40,8 @@ if TYPE_CHECKING:
     from streaming_vlm.data.annotations import StreamRecord
 
 __all__ = [
-    "StreamScore", "Tally", "TimedCall", "chunk_texts", "match_calls", "median_ms", "per_minute", "reset_starts",
-    "rounded", "score_stream", "timed_calls",
+    "SLIP_CAUSES", "SLIP_SOURCES", "Slip", "StreamScore", "Tally", "TimedCall", "chunk_texts", "count_slips",
+    "match_calls", "median_ms", "per_minute", "reset_starts", "rounded", "score_stream", "timed_calls",
 ]  # fmt: skip
 
 GOAL_LABEL = " ".join(GOAL)
@@ -196,6 +199,30 @@ class Tally:
         }  # fmt: skip
 
 
+SLIP_CAUSES = ("missed_increment", "extra_increment", "missed_reset", "other")
+SLIP_SOURCES = ("verbatim", "previous_text")
+
+
+@dataclass(frozen=True)
+class Slip:
+    """A wrong score that starts a run of them: a matched call whose score is wrong while the matched call before it
+    (if any) had its score right."""
+
+    t: float
+    label: str
+    truth: int | None
+    said: int | None
+    """The score said (None: none)."""
+    cause: str
+    """``missed_increment``: a goal, and the previous call's score said again; ``extra_increment``: no goal and no
+    whistle, and the previous call's score + 1; ``missed_reset``: a whistle, and a score other than zero; ``other``:
+    anything else (a missing score, a score from elsewhere). The previous call is the ground truth's (score 0 before
+    the first)."""
+    source: str
+    """``previous_text``: the ground truth's previous call is ``text_rounds`` s or more back, so a streaming cache
+    keeps it only in its previous text; ``verbatim``: it is among the turns kept verbatim (or no rounds retire)."""
+
+
 @dataclass
 class StreamScore:
     """One (mode, stream) scored: every call and chunk with its time, so any span can be tallied."""
@@ -210,6 +237,8 @@ class StreamScore:
     chunks: list[dict[str, Any]] = field(default_factory=list)
     """Per chunk: t, garbled, event (ground truth has a call), empty (no commentary), latency_s, cache_tokens,
     rss_mb."""
+    slips: list[Slip] = field(default_factory=list)
+    """The score slips, in time order."""
 
     def tally(self, t0: float = -math.inf, t1: float = math.inf) -> Tally:
         """Counts of the calls and chunks with ``t0 <= t < t1``."""
@@ -266,6 +295,20 @@ def _across_reset(gt: Sequence[TimedCall], starts: Sequence[float]) -> list[bool
     return out
 
 
+def _slip(call: TimedCall, said: int | None, before: TimedCall | None, text_rounds: int | None,
+          chunk_seconds: float) -> Slip:
+    previous = before.score if before is not None and before.score is not None else 0
+    if call.label == "whistle":
+        cause = "missed_reset" if said is not None else "other"
+    elif call.label == GOAL_LABEL:
+        cause = "missed_increment" if said == previous else "other"
+    else:
+        cause = "extra_increment" if said == previous + 1 else "other"
+    far = (before is not None and text_rounds is not None
+           and call.t - before.t >= text_rounds * chunk_seconds - EPS)
+    return Slip(call.t, call.label, call.score, said, cause, "previous_text" if far else "verbatim")
+
+
 def score_stream(
     gt_texts: Sequence[str],
     chunks: Sequence[dict[str, Any]],
@@ -274,12 +317,15 @@ def score_stream(
     chunk_seconds: float = DEFAULTS.chunk_seconds,
     tolerance_s: float = 1.0,
     reset_every: float | None = None,
+    text_rounds: int | None = None,
 ) -> StreamScore:
     """Score one stream's generated ``chunks`` (``t``, ``text``, optional ``latency_s``/``cache_tokens``/``rss_mb``)
     against its ground-truth chunk texts (:func:`chunk_texts`, chunk ``k`` at ``start + k * chunk_seconds``).
 
     Only the streamed part is scored: ground truth after the last generated chunk is left out. ``reset_every``
     marks the calls whose score reaches back before a sliding-mode restart (None: no call is marked).
+    ``text_rounds`` (turns a streaming cache keeps verbatim; None: none retire) tells the slips whose last score
+    was only in the previous text.
     """
     end = max((c["t"] for c in chunks), default=start - chunk_seconds) + chunk_seconds
     n = min(len(gt_texts), max(0, math.ceil((end - start) / chunk_seconds - 1e-9)))
@@ -293,10 +339,15 @@ def score_stream(
     starts = reset_starts(start, end, chunk_seconds, reset_every) if reset_every else []
     across = _across_reset(gt, starts)
     score = StreamScore(start, end)
+    last_right = True  # of the last matched call
     for i, g in enumerate(gt):
         j = g2p.get(i)
         right = j is not None and pred[j].score is not None and pred[j].score == g.score
         score.gt.append((g.t, j is not None, right, across[i]))
+        if j is not None:
+            if last_right and not right:
+                score.slips.append(_slip(g, pred[j].score, gt[i - 1] if i else None, text_rounds, chunk_seconds))
+            last_right = right
     score.pred = [(p.t, j in matched_pred) for j, p in enumerate(pred)]
     for c, bad in zip(chunks, garbled, strict=True):
         score.chunks.append({
@@ -320,6 +371,19 @@ def rounded(x: float | None, digits: int = 4) -> float | None:
 def median_ms(seconds: Sequence[float]) -> float | None:
     """Median of ``seconds`` in milliseconds, rounded to 3 decimals (None for none)."""
     return round(1000.0 * statistics.median(seconds), 3) if seconds else None
+
+
+def count_slips(scores: Iterable[StreamScore]) -> dict[str, Any]:
+    """The slips of ``scores`` counted by cause and by source: ``{"total", "by_cause": {cause: n},
+    "by_source": {source: n}, "by_cause_and_source": {cause: {source: n}}}``, every key present."""
+    both = {c: dict.fromkeys(SLIP_SOURCES, 0) for c in SLIP_CAUSES}
+    for s in scores:
+        for slip in s.slips:
+            both[slip.cause][slip.source] += 1
+    return {"total": sum(sum(v.values()) for v in both.values()),
+            "by_cause": {c: sum(v.values()) for c, v in both.items()},
+            "by_source": {src: sum(v[src] for v in both.values()) for src in SLIP_SOURCES},
+            "by_cause_and_source": both}
 
 
 def per_minute(scores: Sequence[StreamScore]) -> list[dict[str, Any]]:
