@@ -1,22 +1,27 @@
 #!/usr/bin/env bash
-# Train the demo model from scratch on the synthetic world (about 26 min on 2 CPU cores):
-#   bash scripts/train_demo.sh            # then: streaming-vlm infer demo --model checkpoints/demo_stage2
-# Env (defaults): DATA (data/world), CKPT (checkpoints), SHIP=1 copies the result into the package
-# (streaming_vlm/assets/demo_model, the default model of `streaming-vlm infer`).
-# Each step is skipped when its output exists (a finished stage: train_results.json); a stage cut short
-# resumes from its newest checkpoint.
+# Train the demo model from scratch on the synthetic world and choose its checkpoint (about 40 min on 2 CPU cores):
+#   bash scripts/train_demo.sh            # then: streaming-vlm infer demo --model checkpoints/demo_best
+# Stage 1 (2,600 steps) and stage 2 (annealing, 400 steps, a checkpoint every 100) run the project's SFT trainer;
+# then `python -m streaming_vlm.world.select` reads the validation streams ($DATA/select.jsonl) teacher-forced with
+# each stage-2 checkpoint and copies the one with the best score accuracy to $CKPT/demo_best
+# ($CKPT/selection.json: every checkpoint's accuracy).
+# Env (defaults): DATA (data/world), CKPT (checkpoints), SEED (0: the random init and the data order),
+# SHIP=1 copies the chosen checkpoint into the package (streaming_vlm/assets/demo_model, the default model of
+# `streaming-vlm infer`). Each step is skipped when its output exists (a finished stage: train_results.json); a
+# stage cut short resumes from its newest checkpoint. Extra arguments go to both stages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/_env.sh  # the project's Python (PYTHON; CHECK_ENV=1 prints it)
 
 DATA="${DATA:-data/world}"
 CKPT="${CKPT:-checkpoints}"
+SEED="${SEED:-0}"
 export DATASET_PATH="$DATA"
 export TOKENIZERS_PARALLELISM=false
 
-[ -f "$DATA/stage2_windows_seeks.jsonl" ] || "$PYTHON" -m streaming_vlm synth "$DATA" --training-set --minutes 6
+[ -f "$DATA/select.jsonl" ] || "$PYTHON" -m streaming_vlm synth "$DATA" --training-set --minutes 6
 [ -f "$CKPT/demo_init/model.safetensors" ] || "$PYTHON" -c \
-  "from streaming_vlm.world.demo import build_demo_init; build_demo_init('$CKPT/demo_init')"
+  "from streaming_vlm.world.demo import build_demo_init; build_demo_init('$CKPT/demo_init', seed=$SEED)"
 
 # bf16 mixed precision runs as CPU autocast when there is no GPU
 DEVICE=()
@@ -24,11 +29,26 @@ DEVICE=()
 
 SECONDS=0
 [ -f "$CKPT/demo_stage1/train_results.json" ] || "$PYTHON" -m streaming_vlm.train --config configs/demo_stage1.yaml \
-  "${DEVICE[@]}" --pretrained_model_name_or_path "$CKPT/demo_init" --output_dir "$CKPT/demo_stage1" "$@"
+  "${DEVICE[@]}" --seed "$SEED" --pretrained_model_name_or_path "$CKPT/demo_init" --output_dir "$CKPT/demo_stage1" "$@"
 [ -f "$CKPT/demo_stage2/train_results.json" ] || "$PYTHON" -m streaming_vlm.train --config configs/demo_stage2.yaml \
-  "${DEVICE[@]}" --pretrained_model_name_or_path "$CKPT/demo_stage1" --output_dir "$CKPT/demo_stage2" "$@"
+  "${DEVICE[@]}" --seed "$SEED" --pretrained_model_name_or_path "$CKPT/demo_stage1" --output_dir "$CKPT/demo_stage2" "$@"
 echo "trained both stages in $((SECONDS / 60)) min $((SECONDS % 60)) s"
 
+if [ ! -f "$CKPT/demo_best/model.safetensors" ]; then
+  CANDIDATES=()
+  for dir in $(ls -d "$CKPT"/demo_stage2/checkpoint-* | sort -t- -k2 -n); do
+    # intermediate checkpoints lack the stream settings and preprocessor config the final save copies
+    for name in preprocessor_config.json streaming_vlm.json; do
+      [ -f "$dir/$name" ] || cp "$CKPT/demo_stage2/$name" "$dir/$name"
+    done
+    CANDIDATES+=("$dir")
+  done
+  "$PYTHON" -m streaming_vlm.world.select "$DATA" "${CANDIDATES[@]}" --report "$CKPT/selection.json" \
+    | tee "$CKPT/selection.log"
+  "$PYTHON" -m streaming_vlm.world.ship "$(tail -n 1 "$CKPT/selection.log")" "$CKPT/demo_best"
+  echo "trained and chose a checkpoint in $((SECONDS / 60)) min $((SECONDS % 60)) s"
+fi
+
 if [ "${SHIP:-0}" = 1 ]; then
-  "$PYTHON" -m streaming_vlm.world.ship "$CKPT/demo_stage2" streaming_vlm/assets/demo_model
+  "$PYTHON" -m streaming_vlm.world.ship "$CKPT/demo_best" streaming_vlm/assets/demo_model
 fi

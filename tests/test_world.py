@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from streaming_vlm.cli import main as cli_main
 from streaming_vlm.data.annotations import iter_records
 from streaming_vlm.data.validate import validate_file
+from streaming_vlm.data.windows import build_settings_path, window_bounds
 from streaming_vlm.video import VideoReader
 from streaming_vlm.world import dataset
 from streaming_vlm.world.render import FLASH, RGB, pitch
@@ -143,11 +145,34 @@ def test_videos_are_written_byte_for_byte_the_same_every_time(tmp_path):
 
 
 def test_splits_never_share_seeds():
-    seeds = {s: {dataset.split_seed(s, i) for i in (0, 1, 999_999)} for s in dataset.SPLIT_BASE}
-    assert not (seeds["train"] & seeds["valid"]) and not (seeds["valid"] & seeds["test"])
-    assert not (seeds["train"] & seeds["test"])
+    assert set(dataset.SPLIT_BASE) == {"train", "valid", "test", "heldout"}
+    ranges = sorted((dataset.split_seed(s, 0), dataset.split_seed(s, 999_999)) for s in dataset.SPLIT_BASE)
+    assert all(hi < lo for (_, hi), (lo, _) in itertools.pairwise(ranges))  # disjoint ranges
     with pytest.raises(ValueError, match="unknown split"):
         dataset.split_seed("dev", 0)
+
+
+def test_the_held_out_set_shares_no_seed_with_any_stream_the_demo_trains_or_is_chosen_on(tmp_path):
+    held = dataset.HELDOUT.specs()
+    assert [(s.seconds, s.config) for s in held] == [(600, WorldConfig())] * 20 + [(3600, WorldConfig())] * 3
+    seeds = [s.seed for s in held]
+    assert seeds == list(range(3_000_000, 3_000_023))
+    parts = dataset.training_specs(dataset.TrainingSetSpec())
+    used = {s.seed for specs in parts.values() for s in specs}
+    assert len(used) == sum(len(specs) for specs in parts.values())  # no part reuses another's stream
+    assert not used & set(seeds)
+    assert not {dataset.split_seed("test", i) for i in range(1000)} & set(seeds)  # nor the older test streams
+    # the documented commands (scripts/eval_synth.sh runs them) write exactly these streams
+    for out, extra in (("short", ["--streams", "20"]), ("long", ["--streams", "3", "--first", "20"])):
+        assert cli_main(["synth", str(tmp_path / out), "--split", "heldout", "--minutes", "0.05", "--quiet",
+                         *extra]) == 0
+    written = [w["seed"] for out in ("short", "long")
+               for w in json.loads((tmp_path / out / "heldout_world.json").read_text())]
+    assert written == seeds
+    script = (Path(__file__).parents[1] / "scripts" / "eval_synth.sh").read_text()
+    assert all(f"{name}:-{value}}}" in script for name, value in (
+        ("SHORT_STREAMS", 20), ("SHORT_MIN", 10), ("LONG_STREAMS", 3), ("LONG_MIN", 60)))
+    assert '--split heldout' in script and '--first "$SHORT_STREAMS"' in script
 
 
 def test_split_files_pass_the_sft_validator(tmp_path):
@@ -159,31 +184,48 @@ def test_split_files_pass_the_sft_validator(tmp_path):
 
 
 def test_training_set_windows(tmp_path):
-    spec = dataset.TrainingSetSpec(stage1_streams=2, stage1_long_streams=1, stage2_streams=1, stage2_short_streams=2,
-                                   valid_streams=1, minutes=1.0, long_minutes=1.5, short_minutes=0.5)
+    spec = dataset.TrainingSetSpec(stage1_streams=2, stage1_long_streams=1, stage1_quiet_streams=1, stage2_streams=1,
+                                   stage2_short_streams=2, stage2_quiet_streams=1, valid_streams=1, select_streams=1,
+                                   select_quiet_streams=1, minutes=1.0, long_minutes=1.5, short_minutes=0.5,
+                                   select_minutes=0.5)
     files = dataset.make_training_set(tmp_path, spec, progress=False)
+    assert set(files) == {"stage1", "stage2", "valid", "select"}
     n = {}
     for name, path in files.items():
         report = validate_file(path, dataset_path=tmp_path)
         assert report.ok, report.lines()
-        assert (tmp_path / f"{name}_windows_seeks.jsonl").is_file()
         n[name] = report.records
-    # 60-s streams: windows at 0, 12, 24, 36; the 90-s long one: 0 .. 72; the 30-s short ones: 0, [6, 30]
-    assert n == {"stage1": 2 * 4 + 7, "stage2": 4 + 2 * 2, "valid": 4}
-    # stage-1 streams vary around the default world; stage 2 is the default world on other seeds
-    worlds = json.loads((tmp_path / "stage1_streams_world.json").read_text())
-    assert len({w["config"]["density"] for w in worlds}) == 3
-    assert [w["seed"] for w in worlds] == [0, 1, 3] and worlds[2]["seconds"] == 90
-    stage2 = json.loads((tmp_path / "stage2_streams_world.json").read_text())
-    # (training streams start mid-match, without the kick-off whistle, as the shipped demo was trained)
-    no_kickoff = WorldConfig(kickoff=False).__dict__
-    assert stage2[0]["seed"] == 2 and stage2[0]["config"] == json.loads(json.dumps(no_kickoff))
-    assert [(w["seed"], w["seconds"]) for w in stage2] == [(2, 60), (4, 30), (5, 30)]
-    # a later window carries the earlier commentary as its previous text
-    later = [r for _, r in iter_records(files["stage2"]) if r.video_start == 36.0][0]
+        if name != "select":
+            assert (tmp_path / f"{name}_windows_seeks.jsonl").is_file()
+    worlds = {name: json.loads((tmp_path / f"{name}_streams_world.json").read_text()) for name in ("stage1", "stage2")}
+    # train seeds in a fixed order: stage 1 varied 0-1, stage 2 default 2, long 3, short 4-5, quiet 6 and 7
+    assert [w["seed"] for w in worlds["stage1"]] == [0, 1, 3, 6] and worlds["stage1"][2]["seconds"] == 90
+    assert [(w["seed"], w["seconds"]) for w in worlds["stage2"]] == [(2, 60), (4, 30), (5, 30), (7, 60)]
+    # stage 1 varies around the default world; the quiet streams are sparse; every stream opens with the kick-off
+    assert len({w["config"]["density"] for w in worlds["stage1"]}) == 4
+    assert worlds["stage2"][0]["config"] == json.loads(json.dumps(WorldConfig().__dict__))
+    quiet = [worlds["stage1"][3]["config"]["density"], worlds["stage2"][3]["config"]["density"]]
+    assert all(0.04 <= d <= 0.15 for d in quiet)
+    assert all(w["config"]["kickoff"] for ws in worlds.values() for w in ws)
+    # windows without words are left out, and only those (60-s streams: 0, 12, 24, 36; 90 s: 0 .. 60 and 66; the
+    # stage-2 quiet stream's at 12 s has none)
+    windows = {name: [r for _, r in iter_records(files[name])] for name in ("stage1", "stage2", "valid")}
+    assert json.loads(build_settings_path(files["stage1"]).read_text())["drop_empty"] is True
+    for name in ("stage1", "stage2"):
+        expected = [(f"videos/train_{w['seed']}.mp4", a) for w in worlds[name]
+                    for a, _, _ in window_bounds(0.0, w["seconds"])
+                    if any(a <= e.second < a + 24 for e in events(w["seed"], w["seconds"], WorldConfig(**w["config"])))]
+        assert [(r.video, r.video_start) for r in windows[name]] == expected
+    assert (len(windows["stage1"]), len(windows["stage2"]), n["valid"]) == (2 * 4 + 7 + 4, 4 + 2 * 2 + 3, 4)
+    # the previous text starts with the commentary, no title: inference starts with an empty previous text
+    later = [r for r in windows["stage2"] if r.video == "videos/train_2.mp4" and r.video_start == 36.0][0]
     earlier = [e for e in events(2, 36) if e.second < 36]
-    if earlier:
-        assert later.previous.split()[-4:] == earlier[-1].text.split()
+    assert later.previous == " " + " ".join(e.text for e in earlier) and not later.title
+    assert later.previous.startswith(" whistle! score zero")
+    # the validation streams that choose the checkpoint: whole streams of the valid split, after the valid ones
+    select = [r for _, r in iter_records(files["select"])]
+    assert [r.video for r in select] == ["videos/valid_1000001.mp4", "videos/valid_1000002.mp4"]
+    assert json.loads((tmp_path / "select_world.json").read_text())[1]["config"]["density"] == 0.1
 
 
 def test_synth_cli(tmp_path, capsys):
@@ -197,3 +239,6 @@ def test_synth_cli(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["streaming-vlm: error: density and whistle_rate must be probabilities with a sum <= 1"]
     assert not (tmp_path / "x" / "stream.jsonl").exists()
+    assert cli_main(["synth", str(tmp_path / "f"), "--split", "heldout", "--first", "2", "--minutes", "0.05",
+                     "--quiet"]) == 0
+    assert [r.video for _, r in iter_records(tmp_path / "f" / "heldout.jsonl")] == ["videos/heldout_3000002.mp4"]

@@ -6,7 +6,7 @@ import argparse
 import sys
 from dataclasses import replace
 
-from streaming_vlm.argtypes import positive_float, positive_int
+from streaming_vlm.argtypes import non_negative_int, positive_float, positive_int
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -15,15 +15,18 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "synth", help="synthetic stream world: videos with word-timestamped commentary",
         description="Write synthetic streams (mp4 + annotations in the SFT format) to OUT_DIR. With --seed, one "
-                    "stream; with --split, STREAMS streams from that split's fixed seeds (train, valid, test never "
-                    "overlap); with --training-set, the demo model's two SFT stages' window files.")
+                    "stream; with --split, STREAMS streams from that split's fixed seeds (train, valid, test and "
+                    "heldout never overlap; heldout is the demo's held-out evaluation set: 20 x 10 min from index 0, "
+                    "3 x 60 min from index 20); with --training-set, the demo model's SFT data.")
     p.add_argument("out_dir", help="directory to write (created); use it as $DATASET_PATH")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--seed", type=int, help="write the one stream with this seed (annotation: stream.jsonl)")
-    which.add_argument("--split", choices=["train", "valid", "test"],
+    which.add_argument("--split", choices=["train", "valid", "test", "heldout"],
                        help="write streams of this split (<split>.jsonl)")
     which.add_argument("--training-set", action="store_true", help="write the demo model's SFT data")
     p.add_argument("--streams", type=positive_int, default=1, help="streams to write with --split (default 1)")
+    p.add_argument("--first", type=non_negative_int, default=0,
+                   help="with --split: index of the first stream in the split (default 0)")
     p.add_argument("--minutes", type=positive_float, default=10.0, help="length of each stream (default 10)")
     world = WorldConfig()
     p.add_argument("--density", type=float, default=None,
@@ -33,7 +36,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help=f"probability that a second is a whistle (1/{1 / world.whistle_rate:g})")
     p.add_argument("--kickoff", action=argparse.BooleanOptionalAction, default=None,
                    help="open each stream with a whistle at second 0; --no-kickoff starts it mid-match, the score "
-                        "zero but unannounced (default: on, off for --training-set, as the demo was trained)")
+                        "zero but unannounced (default: on)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=main)
     return p
@@ -53,7 +56,7 @@ def main(args: argparse.Namespace) -> int:
             print("wrote " + ", ".join(str(f) for f in files.values()))
             return 0
         if args.split:
-            specs = dataset.split_specs(args.split, args.streams, args.minutes, config)
+            specs = dataset.split_specs(args.split, args.streams, args.minutes, config, first=args.first)
             path = dataset.write_streams(args.out_dir, specs, f"{args.split}.jsonl", progress=not args.quiet)
         else:
             seed = 0 if args.seed is None else args.seed

@@ -3,8 +3,9 @@
 A stream is one mp4 (``videos/<split>_<seed>.mp4``) and one record in ``<split>.jsonl`` (the SFT annotation
 format of ``docs/data.md``: ``video_start`` 0, ``video_end`` the length, the word-timestamped ``text_stream``).
 Seeds come from fixed, disjoint ranges per split, so "test stream 3" is the same stream on every machine and
-never overlaps training. ``make_training_set`` adds the SFT stages' window files (24-s windows every 12 s) with
-their seek indexes.
+never overlaps training. ``heldout`` is the demo's held-out evaluation set (:data:`HELDOUT`), on seeds that no
+training, validation or test stream uses. ``make_training_set`` adds the SFT stages' window files (24-s windows
+every 12 s) with their seek indexes, and the validation streams that choose the shipped checkpoint.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from streaming_vlm.data.windows import build_windows
 from streaming_vlm.world.render import write_video
 from streaming_vlm.world.script import DEFAULT_WORLD, WorldConfig, events, words
 
-SPLIT_BASE = {"train": 0, "valid": 1_000_000, "test": 2_000_000}
+SPLIT_BASE = {"train": 0, "valid": 1_000_000, "test": 2_000_000, "heldout": 3_000_000}
 """Seed of stream ``i`` of a split = base + i. The ranges never meet (a split holds < 1,000,000 streams)."""
 
 
@@ -48,21 +49,25 @@ class StreamSpec:
         return f"videos/{self.name or self.seed}.mp4"
 
 
-def record(spec: StreamSpec) -> StreamRecord:
+def record(spec: StreamSpec, titled: bool = True) -> StreamRecord:
+    """The stream's annotation; ``titled``: with the title ``Synthetic match <seed>`` (window builders put a title at
+    the start of every window's previous text, where inference, which starts with an empty one, has none)."""
     ws = [w for e in events(spec.seed, spec.seconds, spec.config) for w in words(e)]
-    return StreamRecord(spec.video, 0.0, float(spec.seconds), words=ws, title=f"Synthetic match {spec.seed}")
+    return StreamRecord(spec.video, 0.0, float(spec.seconds), words=ws,
+                        title=f"Synthetic match {spec.seed}" if titled else "")
 
 
-def write_stream(out_dir: str | Path, spec: StreamSpec) -> StreamRecord:
+def write_stream(out_dir: str | Path, spec: StreamSpec, titled: bool = True) -> StreamRecord:
     """Write the stream's video under ``out_dir`` (skipped when it exists) and return its record."""
     out = Path(out_dir)
     video = out / spec.video
     if not video.exists():
         write_video(video, events(spec.seed, spec.seconds, spec.config), spec.seconds, spec.config)
-    return record(spec)
+    return record(spec, titled)
 
 
-def write_streams(out_dir: str | Path, specs: list[StreamSpec], annotation: str, progress: bool = True) -> Path:
+def write_streams(out_dir: str | Path, specs: list[StreamSpec], annotation: str, progress: bool = True,
+                  titled: bool = True) -> Path:
     """Write every stream and one annotation file (``out_dir/annotation``, one record per stream, in order)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -70,7 +75,7 @@ def write_streams(out_dir: str | Path, specs: list[StreamSpec], annotation: str,
     tmp = path.with_name(path.name + ".part")
     with open(tmp, "w", encoding="utf-8") as f:
         for spec in tqdm(specs, desc=f"writing {annotation}", unit="stream", disable=not progress):
-            f.write(json.dumps(record_to_json(write_stream(out, spec)), ensure_ascii=False) + "\n")
+            f.write(json.dumps(record_to_json(write_stream(out, spec, titled)), ensure_ascii=False) + "\n")
     tmp.replace(path)
     (out / (Path(annotation).stem + "_world.json")).write_text(
         json.dumps([asdict(s) | {"video": s.video} for s in specs], indent=1) + "\n", encoding="utf-8")
@@ -99,55 +104,123 @@ def varied_specs(split: str, streams: int, minutes: float, config: WorldConfig =
 
 
 @dataclass(frozen=True)
+class HeldOutSpec:
+    """The demo's held-out evaluation set (``scripts/eval_synth.sh``): default-world streams of the ``heldout``
+    split, ``short_streams`` of ``short_minutes`` (indexes ``0 ..``), then ``long_streams`` of ``long_minutes`` (the
+    next indexes, so no long stream starts as a short one). The defaults are written by
+    ``streaming-vlm synth DIR/heldout_10min --split heldout --streams 20 --minutes 10`` and
+    ``streaming-vlm synth DIR/heldout_60min --split heldout --streams 3 --minutes 60 --first 20``."""
+
+    short_streams: int = 20
+    short_minutes: float = 10.0
+    long_streams: int = 3
+    long_minutes: float = 60.0
+
+    def specs(self) -> list[StreamSpec]:
+        return (split_specs("heldout", self.short_streams, self.short_minutes)
+                + split_specs("heldout", self.long_streams, self.long_minutes, first=self.short_streams))
+
+
+HELDOUT = HeldOutSpec()
+
+
+def quiet_specs(split: str, streams: int, minutes: float, config: WorldConfig = DEFAULT_WORLD, first: int = 0,
+                low: float = 0.04, high: float = 0.15) -> list[StreamSpec]:
+    """Quiet streams: density uniform in ``[low, high]``, speed x0.5 to x1.7 of ``config``'s.
+
+    Their long quiet stretches are what a model must carry the score across: once the last call is more than the
+    cache's text rounds (16) back, the score survives only in the previous text. At the default density that happens
+    before about one call in 200; at 0.1, before one in five.
+    """
+    out = []
+    for spec in split_specs(split, streams, minutes, config, first):
+        rng = np.random.default_rng([spec.seed, 0x5A5E])
+        out.append(replace(spec, config=replace(config, density=float(rng.uniform(low, high)),
+                                                speed=float(config.speed * rng.uniform(0.5, 1.7)))))
+    return out
+
+
+@dataclass(frozen=True)
 class TrainingSetSpec:
-    """The demo model's data: stage 1 on varied streams, stage 2 (annealing) on clean default-world streams.
+    """The demo model's data: stage 1 on varied and quiet streams, stage 2 (annealing) on default-world and quiet
+    streams, and validation streams for choosing the checkpoint.
 
     Stage 1 also holds a few long varied streams, so training windows carry the ``Time=`` stamps of a whole hour
     (a model that saw only the first minutes meets unseen stamps late in a long stream). Stage 2 also holds many
-    one-minute streams: a stream's start (no earlier commentary, so the score is zero) is one window in thirty
-    otherwise.
+    one-minute streams: a stream's start is one window in thirty otherwise. Both stages hold quiet streams
+    (:func:`quiet_specs`), so the score is often read from the previous text after a long quiet stretch.
+    ``select`` (validation split, after the ``valid`` streams): default-world and quiet streams whose teacher-forced
+    score accuracy chooses the checkpoint (``world/select.py``).
     """
 
     stage1_streams: int = 48
     stage1_long_streams: int = 8
+    stage1_quiet_streams: int = 32
     stage2_streams: int = 16
     stage2_short_streams: int = 64
+    stage2_quiet_streams: int = 16
     valid_streams: int = 2
+    select_streams: int = 4
+    select_quiet_streams: int = 2
     minutes: float = 6.0
     long_minutes: float = 60.0
     short_minutes: float = 1.0
+    select_minutes: float = 10.0
     window: float = 24.0
     stride: float = 12.0
 
 
-TRAINING_WORLD = replace(DEFAULT_WORLD, kickoff=False)
-"""The demo's training world: the default world without the kick-off whistle. The shipped demo was trained so (a
-stream starts mid-match, score zero but unannounced) and meets the kick-off of held-out streams like any whistle."""
+TRAINING_WORLD = DEFAULT_WORLD
+"""The demo's training world: the default world (every stream opens with the kick-off whistle), varied around in
+stage 1. Training windows carry no title in their previous text: inference starts with an empty one."""
+
+
+def training_specs(spec: TrainingSetSpec, config: WorldConfig = TRAINING_WORLD) -> dict[str, list[StreamSpec]]:
+    """The streams of each part of the training set: ``stage1``, ``stage2``, ``valid`` and ``select``. Training
+    seeds are the ``train`` split's ``0, 1, ...`` in a fixed order (parts added later take the next seeds, so the
+    older parts keep theirs); ``valid`` and ``select`` come from the ``valid`` split."""
+    taken = 0
+
+    def take(n: int) -> int:
+        nonlocal taken
+        taken += n
+        return taken - n
+
+    stage1 = varied_specs("train", spec.stage1_streams, spec.minutes, config, take(spec.stage1_streams))
+    stage2 = split_specs("train", spec.stage2_streams, spec.minutes, config, take(spec.stage2_streams))
+    stage1 += varied_specs("train", spec.stage1_long_streams, spec.long_minutes, config,
+                           take(spec.stage1_long_streams))
+    stage2 += split_specs("train", spec.stage2_short_streams, spec.short_minutes, config,
+                          take(spec.stage2_short_streams))
+    stage1 += quiet_specs("train", spec.stage1_quiet_streams, spec.minutes, config, take(spec.stage1_quiet_streams))
+    stage2 += quiet_specs("train", spec.stage2_quiet_streams, spec.minutes, config, take(spec.stage2_quiet_streams))
+    valid = split_specs("valid", spec.valid_streams, spec.minutes, config)
+    select = split_specs("valid", spec.select_streams, spec.select_minutes, config, first=spec.valid_streams)
+    select += quiet_specs("valid", spec.select_quiet_streams, spec.select_minutes, config,
+                          first=spec.valid_streams + spec.select_streams, low=0.1, high=0.1)
+    return {"stage1": stage1, "stage2": stage2, "valid": valid, "select": select}
 
 
 def make_training_set(out_dir: str | Path, spec: TrainingSetSpec | None = None,
                       config: WorldConfig = TRAINING_WORLD, progress: bool = True) -> dict[str, Path]:
-    """Write the streams and the stage files; returns the window files by name.
+    """Write the streams and the stage files (:func:`training_specs`); returns the files by name.
 
-    ``stage1_windows.jsonl`` (streams varied around ``config``, 6 and 60 minutes), ``stage2_windows.jsonl``
-    (``config`` itself, other seeds, 6 and 1 minutes) and ``valid_windows.jsonl`` (validation split), each with its
-    ``*_seeks.jsonl`` index, paths relative to ``out_dir`` (use it as ``$DATASET_PATH``).
+    ``stage1_windows.jsonl``, ``stage2_windows.jsonl`` and ``valid_windows.jsonl`` (24-s windows every 12 s, those
+    with no words left out, previous text without a title), each with its ``*_seeks.jsonl`` index, paths relative
+    to ``out_dir`` (use it as ``$DATASET_PATH``); ``select`` is ``select.jsonl``, the whole validation streams for
+    ``world/select.py``.
     """
     out = Path(out_dir)
     spec = spec or TrainingSetSpec()
-    stage1 = varied_specs("train", spec.stage1_streams, spec.minutes, config)
-    stage2 = split_specs("train", spec.stage2_streams, spec.minutes, config, first=spec.stage1_streams)
-    stage1 += varied_specs("train", spec.stage1_long_streams, spec.long_minutes, config,
-                           first=spec.stage1_streams + spec.stage2_streams)
-    stage2 += split_specs("train", spec.stage2_short_streams, spec.short_minutes, config,
-                          first=spec.stage1_streams + spec.stage2_streams + spec.stage1_long_streams)
-    valid = split_specs("valid", spec.valid_streams, spec.minutes, config)
+    parts = training_specs(spec, config)
     files = {}
-    for name, specs in (("stage1", stage1), ("stage2", stage2), ("valid", valid)):
-        streams = write_streams(out, specs, f"{name}_streams.jsonl", progress)
+    for name in ("stage1", "stage2", "valid"):
+        streams = write_streams(out, parts[name], f"{name}_streams.jsonl", progress, titled=False)
         windows = out / f"{name}_windows.jsonl"
-        build_windows(streams, windows, window=spec.window, stride=spec.stride, variant="overlap", resume=False)
+        build_windows(streams, windows, window=spec.window, stride=spec.stride, variant="overlap", resume=False,
+                      drop_empty=True)
         files[name] = windows
+    files["select"] = write_streams(out, parts["select"], "select.jsonl", progress)
     return files
 
 
