@@ -7,6 +7,15 @@ explicit positions (the vision tower runs on this chunk only), decodes up to ``m
 ``<|im_end|>``, and closes the assistant turn, so that after ``step`` the cache holds exactly the stream
 layout of ``layout.py``. Logits are computed only where a token is sampled.
 
+Decoding runs in static steps (``cache.StreamingCache.static_step``): the sampled token stays on the device, its
+forward writes at device-side slots of the cache's fixed buffers and attends over them with a mask, sampling runs on
+the device (``sampling.TokenSampler``), and the one host sync per token reads the sampled id (the stop check, the
+token limit and ``on_token`` need it). The closing ``<|im_end|>\n`` (after the last content token when the limit cut
+it) is one more static step without logits: it cannot join the next chunk's prefill, because that prefill follows
+the eviction, which would change what the closing tokens attend to and the cache would not hold the stream layout
+after ``step``. Steps are captured as CUDA graphs once per shape and replayed (``graphs.py``; on by default on a
+CUDA device). The cache is sized once to the policy's worst case on the first chunk (:meth:`StreamSession._reserve`).
+
 Modes, on one code path:
 
 - ``streaming``: the StreamingVLM cache policy (sinks, vision window, text window, contiguous M-RoPE);
@@ -18,6 +27,7 @@ Modes, on one code path:
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,13 +35,18 @@ from dataclasses import dataclass, field
 import torch
 
 from streaming_vlm.cache import StreamingCache
+from streaming_vlm.graphs import StepGraphs, graph_backend
 from streaming_vlm.layout import Kind, StreamLayout, TokenMeta
 from streaming_vlm.policy import CachePolicy
 from streaming_vlm.preprocess import VideoPreprocessor, VisionSpec
-from streaming_vlm.sampling import SamplingConfig, select_token
+from streaming_vlm.sampling import SamplingConfig, TokenSampler
 from streaming_vlm.settings import DEFAULTS
 
+logger = logging.getLogger(__name__)
+
 MODES = ("streaming", "full", "sliding", "recompute")
+TIME_TEXT_SLACK = 8
+"""Tokens per round the ``Time=a-bs`` text may grow by in the worst case (longer numbers later in a stream)."""
 
 
 @dataclass
@@ -110,7 +125,11 @@ class StreamSession:
         config: ``StreamConfig``.
         vision_spec: preprocessing geometry and pixel bounds (defaults: Qwen's patching, 100..768 x 28x28).
         keep_logits: also return the logits of every selection (tests).
-        cache: an object implementing the ``StreamingCache`` protocol to use instead of a new one (tests).
+        cache: an object implementing the ``StreamingCache`` protocol to use instead of a new one (tests). One that
+            is not a ``StreamingCache`` (the tests' naive reference) is driven by the protocol path alone: one
+            ``append`` and forward per decoded token, transformers' masks, the turn closed by a forward of its own.
+        cuda_graphs: capture the decode steps as CUDA graphs; None (default) = when the model is on a CUDA device.
+            Asked for without CUDA, logs one line and decodes eagerly.
     """
 
     def __init__(
@@ -121,6 +140,7 @@ class StreamSession:
         vision_spec: VisionSpec | None = None,
         keep_logits: bool = False,
         cache=None,
+        cuda_graphs: bool | None = None,
     ):
         self.model = model
         self.config = config or StreamConfig()
@@ -137,9 +157,21 @@ class StreamSession:
         self.layout = StreamLayout(tokenizer, self.config.system_prompt, time_interval=time_interval)
         self.preprocessor = VideoPreprocessor(spec, device=self.device, dtype=self.dtype)
         self.merge = spec.merge_size
-        self.cache = cache if cache is not None else StreamingCache.for_model(model, self.config.policy())
+        self.cache = cache if cache is not None else StreamingCache.for_model(model, self.config.policy(),
+                                                                              initial_capacity=0)
         self.keep_logits = keep_logits
         self.generator = torch.Generator(self.device).manual_seed(self.config.seed)
+        self.sampler = TokenSampler(self.config.sampling, self.layout.forbidden_ids, self.generator)
+        # static steps: the whole decode loop on the device (StreamingCache only; see the module doc)
+        layer_types = set(getattr(model.config.text_config, "layer_types", None) or ["full_attention"])
+        self._static = isinstance(self.cache, StreamingCache) and layer_types == {"full_attention"}
+        self._layer_types = sorted(layer_types)
+        close = self.layout.assistant_close(0).ids
+        self._close_ids = close.to(self.device).view(1, -1)  # <|im_end|>\n
+        self._ids = torch.zeros(1, close.numel() + 1, dtype=torch.long, device=self.device)  # a static step's tokens
+        self.graphs = StepGraphs(graph_backend(self.device, cuda_graphs) if self._static else None,
+                                 lambda: self.cache.static_snapshot(), lambda snap: self.cache.static_restore(snap))
+        self._sized = False  # the cache was sized to the policy's worst case
         self.round = 0
         self._context_start: float | None = None
         self._pixels: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # recompute mode: round -> pixels, grid
@@ -164,19 +196,20 @@ class StreamSession:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         t0 = time.perf_counter()
         r = self.round
+        limit = self.config.sampling.max_new_tokens if max_new_tokens is None else max_new_tokens
         prefill, pv, gv = self._prepare_chunk(frames, start, end, question)
+        forced = None if force_text is None else self.layout.assistant_content(force_text)
+        self._reserve(prefill, r, limit if forced is None else len(forced))
         all_logits: list[torch.Tensor] = []
         decode_s = 0.0
-        if force_text is not None:
+        if forced is not None:
             self._forward(prefill, pv, gv, logits=False)
-            content = self.layout.assistant_content(force_text)
-            n_cached = 0
+            content = forced
+            self._close_turn(r, content, 0)
         else:
             logits = self._forward(prefill, pv, gv, logits=True)
-            t_decode = time.perf_counter()
-            content, n_cached = self._decode(r, logits, all_logits, on_token, max_new_tokens)
-            decode_s = time.perf_counter() - t_decode
-        self._close_turn(r, content, n_cached)
+            decode = self._decode_static if self._static else self._decode
+            content, decode_s = decode(r, logits, all_logits, on_token, limit)
         self.peak_cache_tokens = max(self.peak_cache_tokens, self.cache.num_tokens)
         self.round += 1
         text_ids, _ = self.layout.split_marker(content)
@@ -238,7 +271,9 @@ class StreamSession:
         t0 = time.perf_counter()
         r = self.round
         prefill, pv, gv = self._prepare_chunk(frames, start, end, question)
-        scores = self.score(prefill, [self.layout.encode(option + "\n") for option in options], pixels=pv, grid=gv)
+        answers = [self.layout.encode(option + "\n") for option in options]
+        self._reserve(prefill, r, len(self.layout.marker) + max(map(len, answers)))
+        scores = self.score(prefill, answers, pixels=pv, grid=gv)
         best = max(range(len(options)), key=scores.__getitem__)
         self._close_turn(r, self.layout.assistant_content(options[best] + "\n"), 0)
         self.peak_cache_tokens = max(self.peak_cache_tokens, self.cache.num_tokens)
@@ -310,29 +345,124 @@ class StreamSession:
             self.cache.abort_forward()
         return out
 
-    def _decode(self, r: int, logits: torch.Tensor, all_logits: list, on_token: Callable[[int], None] | None = None,
-                max_new_tokens: int | None = None) -> tuple[list[int], int]:
-        """Sample until a stop token or ``max_new_tokens`` (the sampling config's unless given); returns (content
-        ids, how many are in the cache). ``on_token`` sees each content token as it is selected."""
-        scfg = self.config.sampling
-        limit = scfg.max_new_tokens if max_new_tokens is None else max_new_tokens
+    def _reserve(self, prefill: TokenMeta, r: int, content: int) -> None:
+        """Room in the cache for chunk ``r``: its prefill, ``content`` assistant tokens and the close.
+
+        On the first chunk a bounded policy sizes the cache to its worst case (:meth:`_worst_case`); a later chunk
+        that needs more (a long answer or forced text, bigger frames) grows it, said in one log line. An unbounded
+        context (``full``, ``sliding``) grows geometrically as it fills. Static steps need the room in advance: they
+        cannot reallocate the buffers they are captured with.
+        """
+        cache = self.cache
+        if not self._static:
+            return
+        need = cache.num_tokens + len(prefill) + content + self._close_ids.shape[1]
+        if need <= cache.capacity:
+            return
+        worst = self._worst_case(prefill, r, content)
+        before = cache.capacity
+        if worst is None:
+            cache.reserve(max(need, 2 * before))
+            return
+        cache.reserve(max(need, worst))
+        if self._sized:
+            logger.info("streaming cache grown from %d to %d token slots: chunk %d needs %d, more than the policy's "
+                        "worst case", before, cache.capacity, r, need)
+        self._sized = True
+
+    def _worst_case(self, prefill: TokenMeta, r: int, content: int) -> int | None:
+        """The most tokens the cache holds during a chunk under a bounded policy (None if unbounded): the system
+        prompt, the previous-text turn with S + W tokens, V vision blocks like this chunk's, max(V, T) user turns
+        like this chunk's (its query or question included, its ``Time=`` text up to ``TIME_TEXT_SLACK`` tokens
+        longer) and T assistant turns of ``max(content, max_new_tokens)`` tokens with their markup."""
+        p = self.cache.policy
+        if None in (p.vision_window, p.text_rounds, p.text_sink, p.text_window):
+            return None
+        this = prefill.round == r
+        vision = int((this & (prefill.kind == Kind.VISION)).sum())
+        user = int((this & ((prefill.kind == Kind.USER) | (prefill.kind == Kind.TIME))).sum()) + TIME_TEXT_SLACK
+        turn = (len(self.layout.assistant_head(r)) + max(content, self.config.sampling.max_new_tokens)
+                + self._close_ids.shape[1])
+        fixed = len(self.layout.system()) + len(self.layout.previous_text([])) + p.text_sink + p.text_window
+        return fixed + p.vision_window * vision + max(p.vision_window, p.text_rounds) * user + p.text_rounds * turn
+
+    def _decode_static(self, r: int, logits: torch.Tensor, all_logits: list,
+                       on_token: Callable[[int], None] | None, limit: int) -> tuple[list[int], float]:
+        """Sample until a stop token or ``limit`` tokens, forwarding each in a static step, then close the turn in one
+        more; returns the content ids and the seconds spent decoding (the close excluded). One host sync per token:
+        reading the sampled id."""
+        t0 = time.perf_counter()
+        cache, sampler = self.cache, self.sampler
+        meta = cache.meta
+        sampler.begin(meta.ids[meta.kind == Kind.ASSIST_TEXT])
+        cache.begin_static()
+        content: list[int] = []
+        try:
+            while True:
+                logits = sampler.mask(logits)
+                if self.keep_logits:
+                    all_logits.append(logits.float().cpu())
+                token = sampler.select(logits)
+                tok = int(token)  # the one host sync per token
+                stop = tok in self.layout.stop_ids
+                if not stop:
+                    content.append(tok)
+                    if on_token is not None:
+                        on_token(tok)
+                    self._ids[:, 0].copy_(token)
+                if stop or len(content) >= limit:
+                    uncached = int(not stop)  # the token that hit the limit is forwarded with the close
+                    break
+                logits = self._step(1, logits=True)
+            decode_s = time.perf_counter() - t0
+            # close: [the last content token, if the limit cut it] + <|im_end|>\n, one static step from slot 0 or 1
+            q = uncached + self._close_ids.shape[1]
+            self._ids[:, uncached:q].copy_(self._close_ids)
+            self._step(q, logits=False)
+            cache.commit_static(TokenMeta.cat([self.layout.content_meta(r, content), self.layout.assistant_close(r)]))
+        except BaseException:
+            cache.abort_static()
+            raise
+        return content, decode_s
+
+    def _step(self, q: int, logits: bool) -> torch.Tensor | None:
+        """One static step of the tokens in ``self._ids[:, :q]`` (captured and replayed when graphs are on)."""
+        out = self.graphs.run((q, logits), self.cache.buffer_version, lambda: self._static_forward(q, logits))
+        self.cache.count_static(q)
+        return out
+
+    def _static_forward(self, q: int, logits: bool) -> torch.Tensor | None:
+        """The forward of a static step: only device tensors with fixed addresses in, fixed shapes throughout."""
+        with self.cache.static_step(q) as (position_ids, mask):
+            kwargs = dict(input_ids=self._ids[:, :q], position_ids=position_ids, past_key_values=self.cache,
+                          attention_mask={t: mask for t in self._layer_types}, use_cache=True)
+            if logits:
+                return self.model(**kwargs, logits_to_keep=1).logits[0, -1]
+            self.model.model(**kwargs)
+            return None
+
+    def _decode(self, r: int, logits: torch.Tensor, all_logits: list, on_token: Callable[[int], None] | None,
+                limit: int) -> tuple[list[int], float]:
+        """The protocol path's decode loop (a cache that is not a ``StreamingCache``): a forward per token through
+        ``append``, then :meth:`_close_turn`; returns the content ids and the seconds spent decoding."""
+        t0 = time.perf_counter()
         meta = self.cache.meta
-        commentary = meta.ids[meta.kind == Kind.ASSIST_TEXT].to(self.device)
-        forbidden = torch.tensor(self.layout.forbidden_ids, device=self.device)
+        self.sampler.begin(meta.ids[meta.kind == Kind.ASSIST_TEXT])
         content: list[int] = []
         while True:
-            logits = logits.index_fill(0, forbidden, float("-inf"))
+            logits = self.sampler.mask(logits)
             if self.keep_logits:
                 all_logits.append(logits.float().cpu())
-            penalised = torch.cat([commentary, torch.tensor(content, dtype=torch.long, device=self.device)])
-            tok = select_token(logits, penalised, scfg, self.generator)
-            if tok in self.layout.stop_ids:
-                return content, len(content)
-            content.append(tok)
-            if on_token is not None:
-                on_token(tok)
-            if len(content) >= limit:
-                return content, len(content) - 1
+            tok = int(self.sampler.select(logits))
+            stop = tok in self.layout.stop_ids
+            if not stop:
+                content.append(tok)
+                if on_token is not None:
+                    on_token(tok)
+            if stop or len(content) >= limit:
+                decode_s = time.perf_counter() - t0
+                self._close_turn(r, content, len(content) - (not stop))  # the token that hit the limit is uncached
+                return content, decode_s
             logits = self._forward(TokenMeta.text([tok], Kind.ASSIST_TEXT, r), logits=True)
 
     def _close_turn(self, r: int, content: list[int], n_cached: int) -> None:

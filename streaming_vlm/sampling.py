@@ -1,7 +1,20 @@
-"""Next-token selection: repetition penalty, temperature, top-k, top-p, greedy.
+"""Next-token selection on the logits' device: forbidden tokens, repetition penalty, temperature, top-k, top-p.
 
-Operates on one logits row at a time; it owns no model or cache state. Order as in transformers:
-repetition penalty -> temperature -> top-k -> top-p -> sample. Temperature 0 means greedy.
+``TokenSampler`` holds one stream's selection state (its generator, the tokens the repetition penalty applies to)
+and owns no model or cache state. Order as in transformers: repetition penalty -> temperature -> top-k -> top-p ->
+sample; temperature 0 means greedy. Everything stays on the device and nothing waits for it: ``select`` returns
+the token as a device tensor (1,), which the caller reads once (the decode loop's one host sync per token).
+
+Equivalence with the plain host-side rule (``tests/test_sampling.py`` keeps it as the reference):
+
+- the repetition penalty is a boolean mask over the vocabulary (no ``torch.unique``), updated in place with each
+  selected token; the penalised logits are the same values;
+- top-k keeps the logits ``>=`` the k-th largest (ties included), as before; top-p sorts only the top-k candidates
+  when top-k is set (a full-vocabulary sort only for top-p alone), which keeps the same tokens unless logits tie at
+  the top-k or top-p boundary;
+- the draw is ``torch.multinomial``'s own algorithm for one sample, ``argmax(p / q)`` with ``q ~ Exp(1)`` drawn for
+  the whole vocabulary from the same generator, without its validity check (an ``.item()``): the same generator
+  state gives the same token.
 """
 
 from __future__ import annotations
@@ -38,37 +51,76 @@ class SamplingConfig:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
 
 
-def apply_repetition_penalty(logits: torch.Tensor, token_ids: torch.Tensor, penalty: float) -> torch.Tensor:
-    """transformers' rule: a seen token's logit is divided by ``penalty`` if positive, multiplied if negative."""
-    if penalty == 1.0 or token_ids.numel() == 0:
-        return logits
-    ids = torch.unique(token_ids.to(logits.device))
-    seen = logits[ids]
-    logits = logits.clone()
-    logits[ids] = torch.where(seen > 0, seen / penalty, seen * penalty)
-    return logits
+class TokenSampler:
+    """Selects tokens from logits rows (V,) on their device, for one stream.
 
+    Args:
+        cfg: the sampling settings.
+        forbidden_ids: tokens never selected (their logits become -inf first).
+        generator: the random generator of the stream (on the logits' device); unused when greedy.
 
-def select_token(
-    logits: torch.Tensor,
-    penalised_ids: torch.Tensor,
-    cfg: SamplingConfig,
-    generator: torch.Generator | None = None,
-) -> int:
-    """Pick the next token from ``logits`` (V,) given the ids the repetition penalty applies to."""
-    logits = apply_repetition_penalty(logits.float(), penalised_ids, cfg.repetition_penalty)
-    if cfg.temperature == 0:
-        return int(torch.argmax(logits))
-    logits = logits / cfg.temperature
-    if cfg.top_k:
-        k = min(cfg.top_k, logits.numel())
-        kth = torch.topk(logits, k).values[-1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if cfg.top_p is not None and cfg.top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True)
-        cum = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
-        remove = cum - torch.softmax(sorted_logits, dim=-1) >= cfg.top_p  # keep the smallest set reaching top_p
-        remove[0] = False
-        logits = logits.masked_fill(torch.zeros_like(remove).scatter(0, order, remove), float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
-    return int(torch.multinomial(probs, 1, generator=generator))
+    Per decode run: ``begin(penalised_ids)``, then for each token ``select(mask(logits))``.
+    """
+
+    def __init__(self, cfg: SamplingConfig, forbidden_ids: list[int], generator: torch.Generator | None = None):
+        self.cfg = cfg
+        self.generator = generator
+        self._forbidden_ids = torch.tensor(sorted(set(forbidden_ids)), dtype=torch.long)
+        self._forbidden: torch.Tensor | None = None  # bool (V,) on the device
+        self._seen: torch.Tensor | None = None  # bool (V,): tokens the repetition penalty applies to
+        self._pending_seen: torch.Tensor | None = None  # ids given to begin() before the vocabulary size was known
+
+    def _state(self, logits: torch.Tensor) -> None:
+        n, device = logits.shape[-1], logits.device
+        if self._forbidden is None or self._forbidden.numel() != n or self._forbidden.device != device:
+            self._forbidden = torch.zeros(n, dtype=torch.bool, device=device)
+            self._forbidden[self._forbidden_ids[self._forbidden_ids < n].to(device)] = True
+            self._seen = torch.zeros(n, dtype=torch.bool, device=device)
+        if self._pending_seen is not None:
+            self._seen.zero_()
+            self._seen[self._pending_seen.to(device)] = True
+            self._pending_seen = None
+
+    def begin(self, penalised_ids: torch.Tensor) -> None:
+        """Start a decode run: the repetition penalty applies to ``penalised_ids`` (long, any device: the commentary
+        in context) and to every token selected from now on."""
+        self._pending_seen = penalised_ids.reshape(-1).to(torch.long)
+
+    def mask(self, logits: torch.Tensor) -> torch.Tensor:
+        """``logits`` (V,) with the forbidden tokens at -inf: the row a token is selected from."""
+        self._state(logits)
+        return logits.masked_fill(self._forbidden, float("-inf"))
+
+    def select(self, logits: torch.Tensor) -> torch.Tensor:
+        """The next token, long (1,) on the logits' device, from a row (V,) returned by :meth:`mask`."""
+        self._state(logits)
+        cfg = self.cfg
+        logits = logits.float()
+        if cfg.repetition_penalty != 1.0:  # transformers' rule: divide a seen positive logit, multiply a negative one
+            p = cfg.repetition_penalty
+            logits = torch.where(self._seen, torch.where(logits > 0, logits / p, logits * p), logits)
+        if cfg.temperature == 0:
+            token = torch.argmax(logits).view(1)
+        else:
+            token = self._sample(logits / cfg.temperature)
+        self._seen.index_fill_(0, token, True)
+        return token
+
+    def _sample(self, logits: torch.Tensor) -> torch.Tensor:
+        cfg = self.cfg
+        n = logits.numel()
+        top = None
+        if cfg.top_k:
+            top = torch.topk(logits, min(cfg.top_k, n))  # sorted, descending
+            logits = logits.masked_fill(logits < top.values[-1:], float("-inf"))
+        if cfg.top_p is not None and cfg.top_p < 1.0:
+            # the candidates in descending order: the top-k ones, or the whole vocabulary
+            values, order = (top.values, top.indices) if top is not None else torch.sort(logits, descending=True)
+            probs = torch.softmax(values, dim=-1)
+            remove = probs.cumsum(-1) - probs >= cfg.top_p  # keep the smallest set reaching top_p
+            remove[0] = False
+            removed = torch.zeros(n, dtype=torch.bool, device=logits.device).scatter(0, order, remove)
+            logits = logits.masked_fill(removed, float("-inf"))
+        probs = torch.softmax(logits, dim=-1)
+        q = torch.empty_like(probs).exponential_(1, generator=self.generator)
+        return torch.argmax(probs / q).view(1)
