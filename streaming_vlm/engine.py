@@ -126,8 +126,9 @@ class StreamSession:
         vision_spec: preprocessing geometry and pixel bounds (defaults: Qwen's patching, 100..768 x 28x28).
         keep_logits: also return the logits of every selection (tests).
         cache: an object implementing the ``StreamingCache`` protocol to use instead of a new one (tests). One that
-            is not a ``StreamingCache`` (the tests' naive reference) is driven by the protocol path alone: one
-            ``append`` and forward per decoded token, transformers' masks, the turn closed by a forward of its own.
+            is not a ``StreamingCache`` (the tests' naive reference), or whose ``static_ready`` is false (layers on
+            several devices), is driven by the protocol path alone: one ``append`` and forward per decoded token,
+            transformers' masks, the turn closed by a forward of its own.
         cuda_graphs: capture the decode steps as CUDA graphs; None (default) = when the model is on a CUDA device.
             Asked for without CUDA, logs one line and decodes eagerly.
     """
@@ -162,7 +163,7 @@ class StreamSession:
         self.keep_logits = keep_logits
         self.generator = torch.Generator(self.device).manual_seed(self.config.seed)
         self.sampler = TokenSampler(self.config.sampling, self.layout.forbidden_ids, self.generator)
-        # static steps: the whole decode loop on the device (StreamingCache only; see the module doc)
+        # static steps: the whole decode loop on the device (a StreamingCache on one device; see the module doc)
         layer_types = set(getattr(model.config.text_config, "layer_types", None) or ["full_attention"])
         self._static = isinstance(self.cache, StreamingCache) and layer_types == {"full_attention"}
         self._layer_types = sorted(layer_types)
@@ -208,7 +209,7 @@ class StreamSession:
             self._close_turn(r, content, 0)
         else:
             logits = self._forward(prefill, pv, gv, logits=True)
-            decode = self._decode_static if self._static else self._decode
+            decode = self._decode_static if self._static and self.cache.static_ready else self._decode
             content, decode_s = decode(r, logits, all_logits, on_token, limit)
         self.peak_cache_tokens = max(self.peak_cache_tokens, self.cache.num_tokens)
         self.round += 1
@@ -443,8 +444,8 @@ class StreamSession:
 
     def _decode(self, r: int, logits: torch.Tensor, all_logits: list, on_token: Callable[[int], None] | None,
                 limit: int) -> tuple[list[int], float]:
-        """The protocol path's decode loop (a cache that is not a ``StreamingCache``): a forward per token through
-        ``append``, then :meth:`_close_turn`; returns the content ids and the seconds spent decoding."""
+        """The protocol path's decode loop (a cache without static steps): a forward per token through ``append``,
+        then :meth:`_close_turn`; returns the content ids and the seconds spent decoding."""
         t0 = time.perf_counter()
         meta = self.cache.meta
         self.sampler.begin(meta.ids[meta.kind == Kind.ASSIST_TEXT])

@@ -117,8 +117,8 @@ class TokenSampler:
             # the candidates in descending order: the top-k ones, or the whole vocabulary
             values, order = (top.values, top.indices) if top is not None else torch.sort(logits, descending=True)
             probs = torch.softmax(values, dim=-1)
-            remove = probs.cumsum(-1) - probs >= cfg.top_p  # keep the smallest set reaching top_p
-            remove[0] = False
+            # keep the smallest set reaching top_p; never the first (its mass before it is 0 < top_p)
+            remove = probs.cumsum(-1) - probs >= cfg.top_p
             removed = torch.zeros(n, dtype=torch.bool, device=logits.device).scatter(0, order, remove)
             logits = logits.masked_fill(removed, float("-inf"))
         probs = torch.softmax(logits, dim=-1)
