@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from streaming_vlm.attention import use_streaming_attention
 from streaming_vlm.cache import StreamingCache
 from streaming_vlm.graphs import StepGraphs, graph_backend
 from streaming_vlm.layout import Kind, StreamLayout, TokenMeta
@@ -120,7 +121,8 @@ class StreamSession:
     """Streaming commentary for one stream.
 
     Args:
-        model: a ``Qwen2_5_VLForConditionalGeneration`` (eval mode, on its device).
+        model: a ``Qwen2_5_VLForConditionalGeneration`` (eval mode, on its device). Its language model is switched to
+            ``attention.streaming_sdpa`` (SDPA's results without repeating grouped K/V heads).
         tokenizer: its tokenizer.
         config: ``StreamConfig``.
         vision_spec: preprocessing geometry and pixel bounds (defaults: Qwen's patching, 100..768 x 28x28).
@@ -144,6 +146,7 @@ class StreamSession:
         cuda_graphs: bool | None = None,
     ):
         self.model = model
+        use_streaming_attention(model)  # the language model's SDPA without repeated K/V (attention.py)
         self.config = config or StreamConfig()
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
@@ -326,6 +329,7 @@ class StreamSession:
             input_ids=meta.ids.to(self.device).unsqueeze(0),
             position_ids=position_ids,
             past_key_values=self.cache,
+            attention_mask={t: None for t in self._layer_types},  # the new tokens after the whole cache, causal
             use_cache=True,
         )
         if pixels is not None:
