@@ -399,7 +399,7 @@ class StreamSession:
         t0 = time.perf_counter()
         cache, sampler = self.cache, self.sampler
         meta = cache.meta
-        sampler.begin(meta.ids[meta.kind == Kind.ASSIST_TEXT])
+        sampler.begin(meta.ids[meta.kind == Kind.ASSIST_TEXT], self.config.sampling)
         cache.begin_static()
         content: list[int] = []
         try:
@@ -452,7 +452,7 @@ class StreamSession:
         then :meth:`_close_turn`; returns the content ids and the seconds spent decoding."""
         t0 = time.perf_counter()
         meta = self.cache.meta
-        self.sampler.begin(meta.ids[meta.kind == Kind.ASSIST_TEXT])
+        self.sampler.begin(meta.ids[meta.kind == Kind.ASSIST_TEXT], self.config.sampling)
         content: list[int] = []
         while True:
             logits = self.sampler.mask(logits)

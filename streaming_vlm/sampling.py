@@ -59,7 +59,7 @@ class TokenSampler:
         forbidden_ids: tokens never selected (their logits become -inf first).
         generator: the random generator of the stream (on the logits' device); unused when greedy.
 
-    Per decode run: ``begin(penalised_ids)``, then for each token ``select(mask(logits))``.
+    Per decode run: ``begin(penalised_ids, cfg)``, then for each token ``select(mask(logits))``.
     """
 
     def __init__(self, cfg: SamplingConfig, forbidden_ids: list[int], generator: torch.Generator | None = None):
@@ -81,10 +81,12 @@ class TokenSampler:
             self._seen[self._pending_seen.to(device)] = True
             self._pending_seen = None
 
-    def begin(self, penalised_ids: torch.Tensor) -> None:
+    def begin(self, penalised_ids: torch.Tensor, cfg: SamplingConfig | None = None) -> None:
         """Start a decode run: the repetition penalty applies to ``penalised_ids`` (long, any device: the commentary
-        in context) and to every token selected from now on."""
+        in context) and to every token selected from now on; ``cfg`` replaces the settings (from now on)."""
         self._pending_seen = penalised_ids.reshape(-1).to(torch.long)
+        if cfg is not None:
+            self.cfg = cfg
 
     def mask(self, logits: torch.Tensor) -> torch.Tensor:
         """``logits`` (V,) with the forbidden tokens at -inf: the row a token is selected from."""
