@@ -31,11 +31,11 @@ class GraphBackend(Protocol):
 
 
 class CudaGraphs:
-    """CUDA graphs on one device, sharing one memory pool (a session's steps never run concurrently)."""
+    """CUDA graphs on one device, each with its own memory pool (a graph's output stays valid whatever other graphs
+    are replayed; the steps' activations are a few megabytes)."""
 
     def __init__(self, device: torch.device, warmup: int = 2):
         self.device, self.warmup = device, warmup
-        self.pool = torch.cuda.graph_pool_handle()
 
     def capture(self, fn: Callable[[], Any], reset: Callable[[], None]) -> Replay:
         stream = torch.cuda.Stream(self.device)
@@ -46,7 +46,8 @@ class CudaGraphs:
                 reset()
         torch.cuda.current_stream(self.device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
+        # thread_local: other threads (a server's) may use CUDA while this one captures
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             out = fn()
         reset()
 
