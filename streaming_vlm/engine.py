@@ -108,6 +108,26 @@ class ChunkResult:
 
 
 @dataclass
+class ChunkRun:
+    """A chunk between :meth:`StreamSession.begin_chunk` (prefilled) and :meth:`StreamSession.end_chunk`."""
+
+    round: int
+    start: float
+    end: float
+    t0: float
+    """``time.perf_counter()`` when the chunk began (its result's ``latency_s`` runs from here)."""
+    limit: int
+    """Content tokens it may decode."""
+    prefill_tokens: int
+    forced: bool = False
+    logits: torch.Tensor | None = None
+    """The first token's logits (V,) when the commentary is to be decoded; None once forced text closed the turn."""
+    content: list[int] = field(default_factory=list)
+    decode_s: float = 0.0
+    all_logits: list[torch.Tensor] = field(default_factory=list)
+
+
+@dataclass
 class ChoiceResult:
     index: int
     """Index of the chosen option."""
@@ -196,6 +216,23 @@ class StreamSession:
         sampling config's limit for this chunk only (a longer answer to a question). Neither changes what is
         sampled. An exception raised by ``on_token`` propagates and leaves the session unusable.
         """
+        run = self.begin_chunk(frames, start, end, force_text, question, max_new_tokens=max_new_tokens)
+        self.decode_chunk(run, on_token)
+        return self.end_chunk(run)
+
+    @property
+    def static_decoding(self) -> bool:
+        """Whether this session decodes in static steps now (a ``StreamingCache`` whose layers are allocated on one
+        device, full attention): what batched decoding (``batch.step_many``) takes part in."""
+        return self._static and self.cache.static_ready
+
+    @torch.inference_mode()
+    def begin_chunk(self, frames, start: float, end: float, force_text: str | None = None,
+                    question: str | None = None, *, max_new_tokens: int | None = None) -> ChunkRun:
+        """The first half of :meth:`step`: apply the policy, size the cache, prefill the chunk. With ``force_text``
+        the turn is also closed (nothing is left to decode: ``logits`` is None); otherwise the returned run holds the
+        first token's logits and the caller decodes (:meth:`step`, or ``batch.step_many`` with other sessions),
+        then calls :meth:`end_chunk`."""
         if max_new_tokens is not None and max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         t0 = time.perf_counter()
@@ -204,31 +241,40 @@ class StreamSession:
         prefill, pv, gv = self._prepare_chunk(frames, start, end, question)
         forced = None if force_text is None else self.layout.assistant_content(force_text)
         self._reserve(prefill, r, limit if forced is None else len(forced))
-        all_logits: list[torch.Tensor] = []
-        decode_s = 0.0
+        run = ChunkRun(r, start, end, t0, limit, len(prefill), forced=forced is not None)
         if forced is not None:
             self._forward(prefill, pv, gv, logits=False)
-            content = forced
-            self._close_turn(r, content, 0)
+            run.content = forced
+            self._close_turn(r, forced, 0)
         else:
-            logits = self._forward(prefill, pv, gv, logits=True)
-            decode = self._decode_static if self._static and self.cache.static_ready else self._decode
-            content, decode_s = decode(r, logits, all_logits, on_token, limit)
+            run.logits = self._forward(prefill, pv, gv, logits=True)
+        return run
+
+    @torch.inference_mode()
+    def decode_chunk(self, run: ChunkRun, on_token: Callable[[int], None] | None = None) -> None:
+        """Decode a prefilled chunk alone (static steps when :attr:`static_decoding`, else the protocol path) and close
+        its turn: ``run.content`` and ``run.decode_s`` are set. Nothing to do after forced text."""
+        if run.logits is not None:
+            decode = self._decode_static if self.static_decoding else self._decode
+            run.content, run.decode_s = decode(run.round, run.logits, run.all_logits, on_token, run.limit)
+
+    def end_chunk(self, run: ChunkRun) -> ChunkResult:
+        """The second half of :meth:`step`: the chunk's result once its turn is closed; the session moves on."""
         self.peak_cache_tokens = max(self.peak_cache_tokens, self.cache.num_tokens)
         self.round += 1
-        text_ids, _ = self.layout.split_marker(content)
+        text_ids, _ = self.layout.split_marker(run.content)
         return ChunkResult(
-            index=r,
-            start=start,
-            end=end,
+            index=run.round,
+            start=run.start,
+            end=run.end,
             text=self.layout.decode(text_ids).strip(),
-            token_ids=content,
-            latency_s=time.perf_counter() - t0,
-            decode_s=decode_s,
-            new_tokens=len(content) if force_text is None else 0,
+            token_ids=run.content,
+            latency_s=time.perf_counter() - run.t0,
+            decode_s=run.decode_s,
+            new_tokens=0 if run.forced else len(run.content),
             cache_tokens=self.cache.num_tokens,
-            prefill_tokens=len(prefill),
-            logits=all_logits if self.keep_logits else None,
+            prefill_tokens=run.prefill_tokens,
+            logits=run.all_logits if self.keep_logits else None,
         )
 
     def _prepare_chunk(self, frames, start: float, end: float, question: str | None):
@@ -397,50 +443,80 @@ class StreamSession:
         more; returns the content ids and the seconds spent decoding (the close excluded). One host sync per token:
         reading the sampled id."""
         t0 = time.perf_counter()
-        cache, sampler = self.cache, self.sampler
-        meta = cache.meta
-        sampler.begin(meta.ids[meta.kind == Kind.ASSIST_TEXT], self.config.sampling)
-        cache.begin_static()
+        self.begin_static_decode()
         content: list[int] = []
         try:
-            while True:
-                logits = sampler.mask(logits)
-                if self.keep_logits:
-                    all_logits.append(logits.float().cpu())
-                token = sampler.select(logits)
-                tok = int(token)  # the one host sync per token
-                stop = tok in self.layout.stop_ids
-                if not stop:
-                    content.append(tok)
-                    if on_token is not None:
-                        on_token(tok)
-                    self._ids[:, 0].copy_(token)
-                if stop or len(content) >= limit:
-                    uncached = int(not stop)  # the token that hit the limit is forwarded with the close
-                    break
-                logits = self._step(1, logits=True)
+            while (uncached := self.take_token(logits, content, all_logits, on_token, limit)) is None:
+                logits = self.forward_static(1, logits=True)
             decode_s = time.perf_counter() - t0
-            # close: [the last content token, if the limit cut it] + <|im_end|>\n, one static step from slot 0 or 1
-            q = uncached + self._close_ids.shape[1]
-            self._ids[:, uncached:q].copy_(self._close_ids)
-            self._step(q, logits=False)
-            cache.commit_static(TokenMeta.cat([self.layout.content_meta(r, content), self.layout.assistant_close(r)]))
+            self.forward_static(self.load_close(uncached), logits=False)
+            self.commit_turn(r, content)
         except BaseException:
-            cache.abort_static()
+            self.cache.abort_static()
             raise
         return content, decode_s
 
-    def _step(self, q: int, logits: bool) -> torch.Tensor | None:
+    # The per-token pieces of a static decode run, shared with batched decoding (``batch.step_many``), which
+    # forwards the tokens of several sessions' ``token_ids`` in one model call instead of :meth:`forward_static`.
+
+    def begin_static_decode(self) -> None:
+        """Start a static decode run: the sampler's penalty takes the commentary in context, the cache opens a run."""
+        meta = self.cache.meta
+        self.sampler.begin(meta.ids[meta.kind == Kind.ASSIST_TEXT], self.config.sampling)
+        self.cache.begin_static()
+
+    def take_token(self, logits: torch.Tensor, content: list[int], all_logits: list,
+                   on_token: Callable[[int], None] | None, limit: int) -> int | None:
+        """Select the next token from ``logits`` (V,) and record it (``content``, ``on_token``, and the token buffer
+        :attr:`token_ids` for the next step). Returns None while decoding goes on; at the end, how many content
+        tokens the cache does not hold yet (1 when ``limit`` cut the turn, 0 after a stop token)."""
+        logits = self.sampler.mask(logits)
+        if self.keep_logits:
+            all_logits.append(logits.float().cpu())
+        token = self.sampler.select(logits)
+        tok = int(token)  # the one host sync per token
+        stop = tok in self.layout.stop_ids
+        if not stop:
+            content.append(tok)
+            if on_token is not None:
+                on_token(tok)
+            self._ids[:, 0].copy_(token)
+        if stop or len(content) >= limit:
+            return int(not stop)
+        return None
+
+    def load_close(self, uncached: int) -> int:
+        """Put the close after the ``uncached`` last content token(s) in the token buffer: [that token] +
+        ``<|im_end|>\n``; returns how many tokens the closing static step forwards."""
+        q = uncached + self._close_ids.shape[1]
+        self._ids[:, uncached:q].copy_(self._close_ids)
+        return q
+
+    def commit_turn(self, r: int, content: list[int]) -> None:
+        """End the static run of round ``r``: the cache records the content and the close it forwarded."""
+        self.cache.commit_static(TokenMeta.cat([self.layout.content_meta(r, content), self.layout.assistant_close(r)]))
+
+    @property
+    def token_ids(self) -> torch.Tensor:
+        """The token buffer static steps forward from (long (1, close + 1) on the device; a step of q tokens reads
+        ``token_ids[:, :q]``)."""
+        return self._ids
+
+    def forward_static(self, q: int, logits: bool) -> torch.Tensor | None:
         """One static step of the tokens in ``self._ids[:, :q]`` (captured and replayed when graphs are on)."""
         out = self.graphs.run((q, logits), self.cache.buffer_version, lambda: self._static_forward(q, logits))
         self.cache.count_static(q)
         return out
 
+    def layer_masks(self, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The ``attention_mask`` argument of a static step: ``mask`` for every layer type of the model."""
+        return {t: mask for t in self._layer_types}
+
     def _static_forward(self, q: int, logits: bool) -> torch.Tensor | None:
         """The forward of a static step: only device tensors with fixed addresses in, fixed shapes throughout."""
         with self.cache.static_step(q) as (position_ids, mask):
             kwargs = dict(input_ids=self._ids[:, :q], position_ids=position_ids, past_key_values=self.cache,
-                          attention_mask={t: mask for t in self._layer_types}, use_cache=True)
+                          attention_mask=self.layer_masks(mask), use_cache=True)
             if logits:
                 return self.model(**kwargs, logits_to_keep=1).logits[0, -1]
             self.model.model(**kwargs)
