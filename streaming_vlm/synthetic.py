@@ -1,11 +1,13 @@
 """Synthetic videos for demos, tests and benchmarks: coloured shapes moving over a gradient.
 
 Deterministic by seed, any length, written frame by frame with PyAV (memory stays flat for hours of
-video). It knows nothing about models or commentary.
+video); :func:`synthetic_scene` gives the same frames in memory, by time, without encoding. It knows nothing
+about models or commentary.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 
@@ -32,19 +34,10 @@ def _frame(t: float, width: int, height: int, shapes: np.ndarray, background: np
     return img
 
 
-def write_synthetic_video(
-    path: str | Path,
-    seconds: float,
-    *,
-    fps: int = 10,
-    width: int = 160,
-    height: int = 112,
-    seed: int = 0,
-    shapes: int = 3,
-) -> Path:
-    """Write an H.264 mp4 of ``seconds`` seconds; returns its path."""
-    if seconds <= 0 or fps <= 0:
-        raise ValueError("seconds and fps must be > 0")
+def synthetic_scene(width: int = 160, height: int = 112, *, seed: int = 0,
+                    shapes: int = 3) -> Callable[[float], np.ndarray]:
+    """The scene :func:`write_synthetic_video` draws, as a function from time (s) to the RGB frame at that time
+    (uint8 [height, width, 3], a new array each call)."""
     rng = np.random.default_rng(seed)
     size = max(8, min(width, height) // 5)
     spec = np.stack(
@@ -61,6 +54,23 @@ def write_synthetic_video(
     yy, xx = np.mgrid[0:height, 0:width]
     background = np.stack([xx * 255 // max(width, 1), yy * 255 // max(height, 1), np.full_like(xx, 90)], -1)
     background = background.astype(np.uint8)
+    return lambda t: _frame(t, width, height, spec, background)
+
+
+def write_synthetic_video(
+    path: str | Path,
+    seconds: float,
+    *,
+    fps: int = 10,
+    width: int = 160,
+    height: int = 112,
+    seed: int = 0,
+    shapes: int = 3,
+) -> Path:
+    """Write an H.264 mp4 of ``seconds`` seconds; returns its path."""
+    if seconds <= 0 or fps <= 0:
+        raise ValueError("seconds and fps must be > 0")
+    scene = synthetic_scene(width, height, seed=seed, shapes=shapes)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w") as container:
@@ -69,7 +79,7 @@ def write_synthetic_video(
         # no macroblock-tree rate control: with it this libx264 encodes the same frames differently run to run
         stream.options = {"preset": "veryfast", "crf": "28", "x264-params": "no-mbtree=1"}
         for i in range(int(round(seconds * fps))):
-            frame = av.VideoFrame.from_ndarray(_frame(i / fps, width, height, spec, background), format="rgb24")
+            frame = av.VideoFrame.from_ndarray(scene(i / fps), format="rgb24")
             for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode():
