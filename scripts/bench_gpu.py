@@ -19,7 +19,8 @@ Per configuration (definitions; the first round of chunks, which sizes the cache
 is left out of every timing statistic and reported as ``first_round_s``):
 
 - ``ms_per_token_p50``/``_p99``: the engine's decoding time of a chunk / its tokens (``ChunkResult.decode_s /
-  new_tokens``), over every session's chunks;
+  new_tokens``), over every session's chunks (in a batched round the decoding is shared: the time of one step of
+  the whole batch; compare throughput across batches with ``tokens_per_s``);
 - ``chunk_latency_p50_s``/``_p99_s``: the wall time of one session's step, device synchronised (in a batched
   round, the round's time, since its sessions finish together); ``round_latency_*``: the wall time of stepping
   every session once, what the last stream of a round waits;
@@ -494,7 +495,6 @@ def plot(doc: dict[str, Any], path: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter, NullFormatter
 
     from streaming_vlm.eval import runner
 
@@ -523,9 +523,7 @@ def plot(doc: dict[str, Any], path: Path) -> Path:
                  title=f"throughput against batch ({m['forced_tokens_per_chunk']} tokens per chunk)")
     ax_batch.set_xscale("log", base=2)
     ax_batch.set_xticks(batches, [str(b) for b in batches])
-    ax_batch.set_yscale("log")
-    ax_batch.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
-    ax_batch.yaxis.set_minor_formatter(NullFormatter())
+    ax_batch.set_ylim(bottom=0)
     for ax in (ax_min, ax_batch):
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
