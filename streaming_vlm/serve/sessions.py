@@ -12,6 +12,13 @@ Contract
   Issues and the end of a feed are handled as the worker passes, without taking a turn. With ``N`` sessions whose
   steps take ``s`` seconds, each gets a step every ``N * s`` seconds at worst; when that is longer than a chunk,
   its feed skips chunks (the pacing policy of ``sources.LiveFeed``: lag stays under ``max_ready`` chunks).
+* **Batched turns.** When the session served is a ``StreamSession`` and its next chunk is not a question with options,
+  the worker also takes one ready chunk from each later session in the round-robin order that is the same (its
+  engine on the same model, no question with options next) and runs them all in one ``batch.step_many``: each
+  prefill alone, their decode steps in one forward per token, each session's result what its own ``step`` gives.
+  A batch is one turn of each of its sessions; the next turn starts after its last one. Events are the same as for
+  a chunk served alone (``latency_s``: the batch's wall time), but a model error in a batch ends every session of
+  the batch (their chunks were in flight together).
 * **Questions** queue on their session (at most ``Limits.max_pending_questions``) and join the next chunk the
   session delivers, one question per chunk, first asked first: free text is that chunk's generation (streamed as
   ``token`` events, with up to ``Limits.answer_tokens`` tokens instead of the chunk's ``max_new_tokens``), options
@@ -181,6 +188,11 @@ class Session:
         self.log.append("question", **event)
         return question
 
+    def peek_question(self) -> Question | None:
+        """The question the next chunk will answer, left in the queue."""
+        with self._lock:
+            return self._questions[0] if self._questions else None
+
     def next_question(self) -> Question | None:
         with self._lock:
             return self._questions.popleft() if self._questions else None
@@ -323,6 +335,7 @@ class SessionManager:
         self._worker: threading.Thread | None = None
         self._last_served = -1
         self.steps = 0
+        self.batches: collections.Counter[int] = collections.Counter()  # step_many calls by number of sessions
 
     # ---- lifecycle ------------------------------------------------------------------------------------------
 
@@ -535,55 +548,106 @@ class SessionManager:
             order = [s for s in live if s.ordinal > self._last_served] + [s for s in live
                                                                           if s.ordinal <= self._last_served]
             served = False
-            for session in order:
-                try:
-                    served = self._turn(session)
-                except Exception as exc:  # a bug here must not take the worker (and every session) down
-                    logger.exception("session %s failed", session.id)
-                    if not session.ended:
-                        self._end(session, f"internal error: {type(exc).__name__}: {_line(exc)}", True)
-                if served:
-                    self._last_served = session.ordinal
-                    break
+            for i, session in enumerate(order):
+                fed = self._guarded(session, self._poll, session)
+                if fed is None:
+                    continue
+                group = [(session, fed)]
+                if self._batchable(session):  # one ready chunk from each later session that can join it
+                    for other in order[i + 1:]:
+                        if self._batchable(other, session):
+                            more = self._guarded(other, self._poll, other)
+                            if more is not None:
+                                group.append((other, more))
+                self._guarded(session, self._serve, group)
+                self._last_served = group[-1][0].ordinal
+                served = True
+                break
             if not served:
                 self._wake.wait(0.05 if live else 1.0)
 
-    def _turn(self, session: Session) -> bool:
-        """Handle what ``session`` has ready; True when a chunk went through the model."""
+    def _guarded(self, session: Session, work: Callable[..., Any], *args: Any) -> Any:
+        """``work(*args)`` for ``session``; an exception (a bug here must not take the worker, and every session,
+        down) ends ``session`` and gives None."""
+        try:
+            return work(*args)
+        except Exception as exc:
+            logger.exception("session %s failed", session.id)
+            if not session.ended:
+                self._end(session, f"internal error: {type(exc).__name__}: {_line(exc)}", True)
+            return None
+
+    def _poll(self, session: Session) -> FeedChunk | None:
+        """Handle a stop request, idleness, issues and the end of ``session``'s feed; its next chunk if one is
+        ready (taken from the feed), else None."""
         if session.stop_reason is not None:
             self._end(session, session.stop_reason, False)
-            return False
+            return None
         if session.kind == "push" and time.monotonic() - session.last_frame_at > self.limits.push_idle_s:
             self._end(session, f"no frame for {self.limits.push_idle_s:g} s", False)
-            return False
+            return None
         while True:
             try:
                 event = session.feed.get(timeout=0)
             except Exception as exc:  # the feed is ours; never let it take the worker down
                 logger.exception("feed of session %s failed", session.id)
                 self._end(session, f"source failed: {type(exc).__name__}: {_line(exc)}", True)
-                return False
+                return None
             if event is None:
-                return False
+                return None
             if isinstance(event, FeedIssue):
                 session.log.append("issue", message=event.message)
                 continue
             if isinstance(event, FeedEnd):
                 self._end(session, event.reason, event.error)
-                return False
+                return None
+            return event
+
+    def _batchable(self, session: Session, lead: Session | None = None) -> bool:
+        """Whether ``session``'s next chunk can go through ``batch.step_many`` (with ``lead``'s): a ``StreamSession``
+        on ``lead``'s model, running, whose next question, if any, is free text."""
+        from streaming_vlm.engine import StreamSession
+
+        engine = session.engine
+        if not isinstance(engine, StreamSession) or session.ended or session.stop_reason is not None:
+            return False
+        if lead is not None and engine.model is not getattr(lead.engine, "model", None):
+            return False
+        question = session.peek_question()
+        return question is None or not question.request.options
+
+    def _serve(self, group: list[tuple[Session, FeedChunk]]) -> None:
+        """Run one chunk of each session of ``group`` through the model (together when two or more can be)."""
+        work = [(session, fed, session.next_question()) for session, fed in group]
+        alone = [w for w in work if w[2] is not None and w[2].request.options]  # asked with options just now
+        together = [w for w in work if w not in alone]
+        if len(together) < 2:
+            alone, together = work, []
+        if together:
             try:
-                self._step(session, event)
+                self._step_many(together)
+            except Exception as exc:  # a model error ends the sessions of the batch
+                logger.exception("model error in a batch of sessions %s", ", ".join(w[0].id for w in together))
+                for session, _, _ in together:
+                    if not session.ended:
+                        self._end(session, f"model error: {type(exc).__name__}: {_line(exc)}", True)
+                self._empty_cuda_cache()
+        for session, fed, question in alone:
+            try:
+                self._step(session, fed, question)
             except Exception as exc:  # a model error ends this session only
                 logger.exception("model error in session %s", session.id)
                 self._end(session, f"model error: {type(exc).__name__}: {_line(exc)}", True)
-                if getattr(self.device, "type", "cpu") == "cuda":  # e.g. out of memory: give back the cache
-                    import torch
+                self._empty_cuda_cache()
 
-                    torch.cuda.empty_cache()
-            return True
+    def _empty_cuda_cache(self) -> None:
+        if getattr(self.device, "type", "cpu") == "cuda":  # e.g. out of memory: give back the cache
+            import torch
 
-    def _step(self, session: Session, fed: FeedChunk) -> None:
-        chunk = fed.chunk
+            torch.cuda.empty_cache()
+
+    def _begin(self, session: Session, fed: FeedChunk) -> None:
+        """Bookkeeping of a chunk taken for the model: skipped chunks, lag."""
         if fed.skipped is not None:
             sk = fed.skipped
             session.skipped += sk.count
@@ -591,8 +655,36 @@ class SessionManager:
                                end=round(sk.end, 3))
         session.last_lag_s = fed.lag_s
         session.max_lag_s = fed.lag_s if session.max_lag_s is None else max(session.max_lag_s, fed.lag_s)
-        question = session.next_question()
+
+    def _step_many(self, work: list[tuple[Session, FeedChunk, Question | None]]) -> None:
+        """One chunk of each session in one ``batch.step_many``; the same events as :meth:`_step` gives each."""
+        from streaming_vlm.batch import step_many
+
+        for session, fed, _ in work:
+            self._begin(session, fed)
+        t0 = time.perf_counter()
+        streams = [None if q is None else _Answer(s, q, s.engine.layout, t0) for s, _, q in work]
+        limits = [None if q is None else q.request.max_tokens or self.limits.answer_tokens for _, _, q in work]
+        results = step_many([s.engine for s, _, _ in work],
+                            [(f.chunk.frames, f.chunk.start, f.chunk.end) for _, f, _ in work],
+                            questions=[None if q is None else q.request.text for _, _, q in work],
+                            on_token=streams, max_new_tokens=limits)
+        self.batches[len(work)] += 1
+        if self.limits.step_delay_s:
+            time.sleep(self.limits.step_delay_s)
+        for (session, fed, question), stream, result in zip(work, streams, results, strict=True):
+            first_token_at = None
+            if stream is not None:
+                stream.finish(result.text)
+                first_token_at = stream.first_token_at or time.perf_counter()
+            self._record(session, fed, question, result.text, result.new_tokens, t0, first_token_at, {})
+
+    def _step(self, session: Session, fed: FeedChunk, question: Question | None) -> None:
+        """One chunk of ``session`` alone (``question``: the one it answers, already taken from its queue)."""
+        chunk = fed.chunk
+        self._begin(session, fed)
         engine = session.engine
+        first_token_at = None
         t0 = time.perf_counter()
         extra: dict[str, Any] = {}
         if question is not None and question.request.options:
@@ -614,6 +706,12 @@ class SessionManager:
             text, new_tokens = result.text, result.new_tokens
         if self.limits.step_delay_s:
             time.sleep(self.limits.step_delay_s)
+        self._record(session, fed, question, text, new_tokens, t0, first_token_at, extra)
+
+    def _record(self, session: Session, fed: FeedChunk, question: Question | None, text: str, new_tokens: int,
+                t0: float, first_token_at: float | None, extra: dict[str, Any]) -> None:
+        """The events and transcript line of a chunk whose model work began at ``t0`` and has just ended."""
+        chunk, engine = fed.chunk, session.engine
         latency = time.perf_counter() - t0
         self.steps += 1
         session.chunks += 1
