@@ -15,18 +15,20 @@ How:
 1. each session's prefill runs alone (``begin_chunk``): prefills differ in length, vision blocks and positions;
 2. the sessions that decode in static steps open a run each; per token, the still-active ones forward together:
    input ids (B, 1) from each session's token buffer, position ids (3, B, 1) and masks (B, 1, 1, S) from each
-   cache's own ``static_step`` (S = the largest capacity; the slots past a smaller cache's capacity are masked),
-   and a ``BatchCache`` as ``past_key_values``, whose ``update`` writes row i into session i's buffers at its
-   device-side slot (the cache's own static update) and returns the sessions' buffers stacked, zero-padded to S.
+   cache's own ``static_step``, and a ``BatchCache`` as ``past_key_values``, whose ``update`` writes row i into
+   session i's buffers at its device-side slot (the cache's own static update) and returns the first S slots of the
+   sessions' buffers stacked. S is the longest cache after the step (a host count), rounded up to ``SLOT_ALIGN``;
+   a buffer shorter than S is zero-padded; every slot past a session's own length is masked.
    Each session selects from its logits row with its own sampler; one that stops (its stop token or its limit)
    leaves the batch;
 3. when all have stopped, the turns are closed, one forward per closing length (2 tokens after a stop, 3 when the
    limit cut the turn), and committed.
 
 A group of one session forwards through its own ``forward_static`` (a CUDA graph when graphs are on); batched steps
-run eagerly. The stacking copies every active session's K/V once per layer and token (about the bytes attention
-reads anyway), while the weights are read once for all sessions instead of once each. Sessions that do not decode
-in static steps (a cache of the protocol path) decode alone after their prefill.
+run eagerly (the set of sessions and S change from step to step). The stacking copies every active session's live
+K/V once per layer and token (about the bytes attention reads anyway), while the weights are read once for all
+sessions instead of once each. Sessions that do not decode in static steps (a cache of the protocol path) decode
+alone after their prefill.
 """
 
 from __future__ import annotations
@@ -40,17 +42,17 @@ from typing import Any, TypeVar
 import torch
 from transformers.cache_utils import Cache
 
-from streaming_vlm.cache import StreamingCache
+from streaming_vlm.cache import SLOT_ALIGN, StreamingCache
 from streaming_vlm.engine import ChunkResult, ChunkRun, StreamSession
 
 T = TypeVar("T")
 
 
-def _pad(x: torch.Tensor, width: int, dim: int) -> torch.Tensor:
-    """``x`` with zeros (False for a mask) appended along ``dim`` up to ``width``."""
+def _fit(x: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+    """``x`` cut or padded with zeros (False for a mask) to ``width`` along ``dim``."""
     short = width - x.shape[dim]
-    if short == 0:
-        return x
+    if short <= 0:
+        return x.narrow(dim, 0, width)
     shape = list(x.shape)
     shape[dim] = short
     return torch.cat([x, x.new_zeros(shape)], dim=dim)
@@ -60,8 +62,9 @@ class BatchCache(Cache):
     """Several sessions' caches as one batch for a forward of static steps: row i of the batch is ``caches[i]``.
 
     Every cache must have a static step open (``StreamingCache.static_step``) for the forward. ``update`` writes each
-    row's keys/values into its cache's buffers at that cache's slots and returns all buffers stacked (B, H, width, D),
-    each zero-padded to ``width`` slots (masked by the caller's mask). Holds no tokens of its own.
+    row's keys/values into its cache's buffers at that cache's slots and returns the first ``width`` slots of all
+    buffers stacked (B, H, width, D), a shorter buffer zero-padded (the caller masks every slot past a cache's
+    length; ``width`` must cover the longest). Holds no tokens of its own.
     """
 
     def __init__(self, caches: Sequence[StreamingCache], width: int):
@@ -72,8 +75,8 @@ class BatchCache(Cache):
         keys, values = [], []
         for i, cache in enumerate(self.caches):
             k, v = cache.layers[layer_idx].update(key_states[i : i + 1], value_states[i : i + 1])
-            keys.append(_pad(k, self.width, 2))
-            values.append(_pad(v, self.width, 2))
+            keys.append(_fit(k, self.width, 2))
+            values.append(_fit(v, self.width, 2))
         return torch.cat(keys), torch.cat(values)
 
 
@@ -84,14 +87,16 @@ def forward_together(sessions: Sequence[StreamSession], q: int, logits: bool) ->
         out = sessions[0].forward_static(q, logits)
         return None if out is None else out.unsqueeze(0)
     lead = sessions[0]
+    # slots read: the longest cache after this step, aligned (not the largest buffer: the rest is masked anyway)
+    width = -(-(max(s.cache.static_tokens for s in sessions) + q) // SLOT_ALIGN) * SLOT_ALIGN
     with ExitStack() as stack:
         steps = [stack.enter_context(s.cache.static_step(q)) for s in sessions]
-        width = max(mask.shape[-1] for _, mask in steps)
+        width = min(width, max(mask.shape[-1] for _, mask in steps))
         kwargs = dict(
             input_ids=torch.cat([s.token_ids[:, :q] for s in sessions]),  # (B, q)
             position_ids=torch.cat([pos for pos, _ in steps], dim=1),  # (3, B, q)
             past_key_values=BatchCache([s.cache for s in sessions], width),
-            attention_mask=lead.layer_masks(torch.cat([_pad(mask, width, 3) for _, mask in steps])),  # (B, 1, q, S)
+            attention_mask=lead.layer_masks(torch.cat([_fit(mask, width, 3) for _, mask in steps])),  # (B, 1, q, S)
             use_cache=True,
         )
         if logits:

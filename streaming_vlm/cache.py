@@ -341,6 +341,12 @@ class StreamingCache(Cache):
         self.device_length.add_(q)
         self.device_position.add_(q)
 
+    @property
+    def static_tokens(self) -> int:
+        """Host count of the tokens the buffers hold now: ``num_tokens`` plus those of the static run so far (an
+        eager caller's bound on the slots a step reads; batched steps read no further)."""
+        return self.num_tokens + (self._static_run or 0)
+
     def count_static(self, q: int) -> None:
         """Host count of a static step of ``q`` tokens that ran (eagerly or as a replayed graph)."""
         if self._static_run is None:

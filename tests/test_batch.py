@@ -23,7 +23,7 @@ from tests.conftest import SMALL_SPEC, random_frames
 
 PREVIOUS = "Earlier: the home side scored twice and the crowd is loud."
 WINDOWS = dict(vision_window=3, text_rounds=2, text_sink=4, text_window=6)
-OTHER_WINDOWS = dict(vision_window=4, text_rounds=3, text_sink=5, text_window=8)  # a cache of another capacity
+OTHER_WINDOWS = dict(vision_window=8, text_rounds=8, text_sink=5, text_window=8)  # a larger cache, more held
 
 
 def _session(tiny, sampling=None, seed=0, windows=WINDOWS, stop=(), model=None):
@@ -74,10 +74,11 @@ def _frequent_token(tiny) -> int:
 
 
 def test_greedy_batch_equals_each_session_alone(tiny):
-    """Three sessions at different stream lengths (0, 4 and 9 chunks in; one with other windows, so a cache of another
-    capacity), then 12 chunks through ``step_many``: every chunk identical to the twin stepped alone, through every
-    kind of eviction, turns ending by a stop token and by the limit, one session's cache grown mid-batch by a long
-    answer; the decode steps ran three, two and one sessions at a time."""
+    """Three sessions at different stream lengths (0, 4 and 9 chunks in; one with larger windows, holding more tokens
+    than the others' buffers have slots: they are padded), then 12 chunks through ``step_many``: every chunk
+    identical to the twin stepped alone, through every kind of eviction, turns ending by a stop token and by the
+    limit, one session's cache grown mid-batch by a long answer; the decode steps ran three, two and one sessions at
+    a time."""
     stop = _frequent_token(tiny)
     specs = [dict(), dict(windows=OTHER_WINDOWS), dict(sampling=SamplingConfig(temperature=0.0, max_new_tokens=4))]
     batched = [_session(tiny, stop=[stop], **spec) for spec in specs]
@@ -111,7 +112,7 @@ def test_greedy_batch_equals_each_session_alone(tiny):
                 cut += int((meta.kind == Kind.PREV_TEXT).sum()) == policy.text_sink + policy.text_window
             capacities.add(tuple(s.cache.capacity for s in batched))
     assert ends["stop"] >= 5 and ends["limit"] >= 5, ends
-    assert evicted_vision >= 30 and retired >= 30 and cut >= 30, (evicted_vision, retired, cut)
+    assert evicted_vision >= 25 and retired >= 25 and cut >= 25, (evicted_vision, retired, cut)
     assert all(len(set(c)) > 1 for c in capacities), capacities  # ragged caches: padding and masks exercised
     assert len(capacities) > 1  # session 1 grew for its long answer
     steps = Counter(b for b, t in shapes if t == 1)
