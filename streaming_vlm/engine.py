@@ -15,6 +15,9 @@ it) is one more static step without logits: it cannot join the next chunk's pref
 the eviction, which would change what the closing tokens attend to and the cache would not hold the stream layout
 after ``step``. Steps are captured as CUDA graphs once per shape and replayed (``graphs.py``; on by default on a
 CUDA device). The cache is sized once to the policy's worst case on the first chunk (:meth:`StreamSession._reserve`).
+``step`` is ``begin_chunk`` (prefill), ``decode_chunk``, ``end_chunk``; those and the static decode's per-token pieces
+(``begin_static_decode``, ``take_token``, ``load_close``, ``commit_turn``) let ``batch.step_many`` decode several
+sessions in one forward per token by this session's own rules.
 
 Modes, on one code path:
 
