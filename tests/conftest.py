@@ -25,3 +25,17 @@ def tiny(tiny_model_dir):
 
 def random_frames(seed: int, n: int = 2, h: int = FRAME_H, w: int = FRAME_W) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, h, w, 3), dtype=np.uint8)
+
+
+def logits_diff(x, y) -> float:
+    """Largest absolute difference of two logit vectors whose masked entries (-inf: forbidden or penalised tokens)
+    must sit at the same ids; the masked entries themselves are left out (their difference is NaN, which a
+    ``max`` would silently skip)."""
+    import torch
+
+    masked = torch.isneginf(x)
+    assert torch.equal(masked, torch.isneginf(y)), "masked (-inf) logits differ"
+    assert not torch.isnan(x).any() and not torch.isnan(y).any(), "NaN logits"
+    if bool(masked.all()):
+        return 0.0
+    return float((x[~masked] - y[~masked]).abs().max())
