@@ -621,15 +621,6 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _version(package: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return None
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     import tempfile
 
@@ -637,6 +628,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     import torch
 
+    from streaming_vlm.bench import package_version
     from streaming_vlm.models import ModelLoadError, resolve_device, resolve_dtype
     from streaming_vlm.settings import DEFAULTS
 
@@ -682,7 +674,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "max_pixels": args.max_pixels, "modes": args.modes, "batches": args.batch,
         "resolutions": {name: list(size) for name, size in args.resolutions},
         "sampling": dataclasses.asdict(sampling), "seed": args.seed, "targets": TARGETS,
-        "torch": torch.__version__, "transformers": _version("transformers"), "cuda": torch.version.cuda,
+        "torch": torch.__version__, "transformers": package_version("transformers"), "cuda": torch.version.cuda,
         "python": platform.python_version(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(), "load_before": load_before, "load_after": None, "wall_s": None,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -295,7 +295,8 @@ def resummarize(doc: dict[str, Any]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------------------
 
 
-def _version(package: str) -> str | None:
+def package_version(package: str) -> str | None:
+    """An installed distribution's version, or None when it is not installed."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
@@ -465,7 +466,7 @@ class Latency(harness.Benchmark):
                        "text_window": s.text_window, "reset_every": s.reset_every,
                        "temperature": sampling.temperature, "repetition_penalty": sampling.repetition_penalty},
             "seed": s.seed, "dtype": str(loaded.dtype).replace("torch.", ""), "device": str(loaded.device),
-            "torch": torch.__version__, "transformers": _version("transformers"),
+            "torch": torch.__version__, "transformers": package_version("transformers"),
             "python": platform.python_version(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
             "gpu": torch.cuda.get_device_name(loaded.device) if loaded.device.type == "cuda" else None,
