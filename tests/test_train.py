@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -693,8 +694,12 @@ def test_liger_falls_back_with_a_warning(caplog):
 # ------------------------------------------------------------------------------------------------------------
 
 
-def _torchrun(config: Path, cwd: Path, *extra: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+def _torchrun(config: Path, cwd: Path, *extra: str, env_extra: dict | None = None,
+              timeout: float = 600) -> subprocess.CompletedProcess:
+    # DeepSpeed builds its CPU communication op in every launch; a private build directory (shared by the launches
+    # of one test) keeps a lock that another, killed run left in ~/.cache from hanging this one
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+               TORCH_EXTENSIONS_DIR=str(cwd / "torch_extensions"), **(env_extra or {}))
     cmd = [
         sys.executable,
         "-m",
@@ -707,7 +712,7 @@ def _torchrun(config: Path, cwd: Path, *extra: str) -> subprocess.CompletedProce
         str(config),
         *extra,
     ]
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def _log_lines(proc: subprocess.CompletedProcess) -> list[str]:
@@ -779,3 +784,36 @@ def test_deepspeed_zero3_two_processes_train_save_and_resume(tiny_model_dir, dat
     assert (out / "checkpoint-3" / "trainer_state.json").is_file() and (out / "model.safetensors").is_file()
     assert "terminate called" not in second.stderr
     print("\n".join(_log_lines(second)))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="deepspeed is not installed (extra: train)")
+def test_a_build_lock_left_by_a_killed_build_is_a_one_line_error_not_a_silent_hang(tiny_model_dir, data_dir, tmp_path):
+    # torch waits for an op's build lock with no limit: before the fix this launch never returned
+    lock = tmp_path / "torch_extensions" / "deepspeed_shm_comm" / "lock"
+    lock.parent.mkdir(parents=True)
+    lock.write_bytes(b"")
+    out = tmp_path / "out"
+    config = tmp_path / "zero3_lock.yaml"
+    config.write_text(yaml.safe_dump({
+        "pretrained_model_name_or_path": str(tiny_model_dir),
+        "train_annotation_paths": ["train_with_seeks.jsonl"],
+        "dataset_path": str(data_dir),
+        "deepspeed": str(REPO / "configs" / "zero3.json"),
+        "output_dir": str(out),
+        "max_steps": 1,
+        "report_to": "none",
+    }))
+    started = time.monotonic()
+    proc = _torchrun(config, tmp_path, env_extra={"STREAMING_VLM_BUILD_LOCK_WAIT_S": "3"}, timeout=300)
+    took = time.monotonic() - started
+    assert proc.returncode != 0, (proc.stdout + proc.stderr)[-4000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("streaming-vlm train: error")]
+    assert len(errors) == 1, proc.stderr[-4000:]  # printed once (rank 0), every rank stopping with it
+    assert str(lock) in errors[0] and "killed" in errors[0] and "delete the file" in errors[0]
+    # no traceback from our code (torchrun adds its own ChildFailedError summary when a child exits 1)
+    assert not re.search(r'File ".*streaming_vlm', proc.stderr) and "BuildLockError" not in proc.stderr
+    assert f"waiting for {lock}" in proc.stderr
+    assert lock.is_file()  # never deleted for the user: a live build elsewhere may own it
+    assert not (out / "checkpoint-1").exists()
+    print(f"stopped in {took:.1f} s: {errors[0]}")

@@ -4,7 +4,8 @@ Arguments are those of :func:`streaming_vlm.train.args.parse_args` (``--config F
 overrides). Launch one process per GPU with ``torchrun`` (see ``scripts/sft_stage_1.sh``).
 
 Exit status: 0 trained; 2 a usage error (bad config, annotation files that cannot be opened); 1 bad data (more
-distinct bad lines than ``max_bad_sample_fraction`` allows, or ``max_attempts`` bad lines tried for one item).
+distinct bad lines than ``max_bad_sample_fraction`` allows, or ``max_attempts`` bad lines tried for one item), or
+a build lock that a killed build left behind (:mod:`streaming_vlm.train.build_lock`).
 These errors are one line on stderr, no traceback: ``streaming-vlm train: error: ...``. Under ``torchrun`` an error
 that every rank raises at the same point (config, setup, the bad-line stop, which all ranks count together) is printed
 by rank 0 alone and every rank exits with the status; an error of one rank (a run of bad lines in its shard) is
@@ -51,6 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from streaming_vlm.data.dataset import DataError
     from streaming_vlm.train.args import ConfigError, parse_args
+    from streaming_vlm.train.build_lock import BuildLockError
 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     try:
@@ -69,6 +71,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_training(model_args, data_args, training_args)
         except DataError as exc:
             report_error(exc, every_rank=exc.every_rank)
+            return exc.exit_status
+        except BuildLockError as exc:  # every rank waits for the same file, as long
+            report_error(exc, every_rank=True)
             return exc.exit_status
         if dist.is_available() and dist.is_initialized():
             dist.barrier()  # no rank tears down while another is still saving or communicating

@@ -62,6 +62,7 @@ from streaming_vlm.data.dataset import (
 from streaming_vlm.data.sample import IGNORE_INDEX, SampleBuilder, video_pixel_values
 from streaming_vlm.preprocess import VisionSpec
 from streaming_vlm.settings import CHECKPOINT_FILE
+from streaming_vlm.train.build_lock import wait_for_build_lock
 
 __all__ = [
     "StreamingSFTTrainer",
@@ -260,12 +261,20 @@ def attach_deepspeed_to_process_group(training_args) -> None:
     On GPUs accelerate initialises distributed through DeepSpeed and this is a no-op. On a CPU-only machine it
     creates a plain gloo group that DeepSpeed does not know about, so ZeRO-3's partitioned loading
     (``zero.Init`` inside ``from_pretrained``) would see a world of one process and reject the batch sizes.
+    Starting DeepSpeed's communication there builds its shared-memory op under torch's build lock; a lock left
+    by a killed build is waited for with a warning, then a one-line error (:mod:`streaming_vlm.train.build_lock`),
+    never forever.
     """
     import torch.distributed as dist
 
     if training_args.deepspeed and dist.is_available() and dist.is_initialized():
         import deepspeed
+        from deepspeed.accelerator import get_accelerator
 
+        if not deepspeed.comm.is_initialized():
+            builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+            if builder is not None and getattr(deepspeed.ops, "__compatible_ops__", {}).get(builder.NAME, False):
+                wait_for_build_lock(builder.NAME)
         deepspeed.init_distributed(dist_backend=dist.get_backend())
 
 
