@@ -30,6 +30,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from streaming_vlm.argtypes import env_seconds
+
 log = logging.getLogger(__name__)
 
 MODE_COLORS = {"streaming": "tab:blue", "full": "tab:red", "sliding": "tab:green", "recompute": "tab:orange"}
@@ -128,16 +130,7 @@ def barrier_timeout_s() -> float:
 
     Raises ValueError (one line) when the variable is set to anything but a positive number.
     """
-    text = os.environ.get(BARRIER_TIMEOUT_ENV, "").strip()
-    if not text:
-        return BARRIER_TIMEOUT_S
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{BARRIER_TIMEOUT_ENV} must be a positive number of seconds, got {text!r}")
-    return value
+    return env_seconds(BARRIER_TIMEOUT_ENV, BARRIER_TIMEOUT_S)
 
 
 def _barrier(world: int) -> None:

@@ -19,12 +19,13 @@ Nothing here runs at import time.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from streaming_vlm.argtypes import env_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -46,16 +47,10 @@ class BuildLockError(RuntimeError):
 def build_lock_wait_s() -> float:
     """``$STREAMING_VLM_BUILD_LOCK_WAIT_S`` (seconds), else :data:`BUILD_LOCK_WAIT_S`; anything but a positive
     number is a :class:`BuildLockError` with exit status 2."""
-    text = os.environ.get(BUILD_LOCK_WAIT_ENV, "").strip()
-    if not text:
-        return BUILD_LOCK_WAIT_S
     try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise BuildLockError(f"{BUILD_LOCK_WAIT_ENV} must be a positive number of seconds, got {text!r}", 2)
-    return value
+        return env_seconds(BUILD_LOCK_WAIT_ENV, BUILD_LOCK_WAIT_S)
+    except ValueError as exc:
+        raise BuildLockError(str(exc), 2) from None
 
 
 def extension_build_dir(name: str) -> Path:
