@@ -72,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except DataError as exc:
             report_error(exc, every_rank=exc.every_rank)
             return exc.exit_status
-        except BuildLockError as exc:  # every rank waits for the same file, as long
+        except BuildLockError as exc:  # every rank waits on the same file for the same time
             report_error(exc, every_rank=True)
             return exc.exit_status
         if dist.is_available() and dist.is_initialized():
