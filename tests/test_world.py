@@ -8,11 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from streaming_vlm.cli import main as cli_main
 from streaming_vlm.data.annotations import iter_records
 from streaming_vlm.data.validate import validate_file
-from streaming_vlm.data.windows import build_settings_path, window_bounds
+from streaming_vlm.data.windows import build_settings_path, window_bounds, windows_of
 from streaming_vlm.video import VideoReader
 from streaming_vlm.world import dataset
 from streaming_vlm.world.render import FLASH, RGB, pitch
@@ -186,26 +187,29 @@ def test_split_files_pass_the_sft_validator(tmp_path):
 def test_training_set_windows(tmp_path):
     spec = dataset.TrainingSetSpec(stage1_streams=2, stage1_long_streams=1, stage1_quiet_streams=1, stage2_streams=1,
                                    stage2_short_streams=2, stage2_quiet_streams=1, valid_streams=1, select_streams=1,
-                                   select_quiet_streams=1, minutes=1.0, long_minutes=1.5, short_minutes=0.5,
+                                   select_quiet_streams=1, stage1_reset_streams=1, stage2_reset_streams=1,
+                                   select_reset_streams=1, minutes=1.0, long_minutes=1.5, short_minutes=0.5,
                                    select_minutes=0.5)
     files = dataset.make_training_set(tmp_path, spec, progress=False)
-    assert set(files) == {"stage1", "stage2", "valid", "select"}
+    assert set(files) == {"stage1", "stage2", "valid", "select", "stage1_gaps", "stage2_gaps"}
     n = {}
     for name, path in files.items():
         report = validate_file(path, dataset_path=tmp_path)
         assert report.ok, report.lines()
         n[name] = report.records
         if name != "select":
-            assert (tmp_path / f"{name}_windows_seeks.jsonl").is_file()
+            assert path.with_name(path.stem + "_seeks.jsonl").is_file()
     worlds = {name: json.loads((tmp_path / f"{name}_streams_world.json").read_text()) for name in ("stage1", "stage2")}
-    # train seeds in a fixed order: stage 1 varied 0-1, stage 2 default 2, long 3, short 4-5, quiet 6 and 7
-    assert [w["seed"] for w in worlds["stage1"]] == [0, 1, 3, 6] and worlds["stage1"][2]["seconds"] == 90
-    assert [(w["seed"], w["seconds"]) for w in worlds["stage2"]] == [(2, 60), (4, 30), (5, 30), (7, 60)]
+    # train seeds in a fixed order: stage 1 varied 0-1, stage 2 default 2, long 3, short 4-5, quiet 6 and 7, quiet
+    # with frequent whistles 8 and 9 (parts added later take the next seeds: the older parts keep theirs)
+    assert [w["seed"] for w in worlds["stage1"]] == [0, 1, 3, 6, 8] and worlds["stage1"][2]["seconds"] == 90
+    assert [(w["seed"], w["seconds"]) for w in worlds["stage2"]] == [(2, 60), (4, 30), (5, 30), (7, 60), (9, 60)]
     # stage 1 varies around the default world; the quiet streams are sparse; every stream opens with the kick-off
-    assert len({w["config"]["density"] for w in worlds["stage1"]}) == 4
+    assert len({w["config"]["density"] for w in worlds["stage1"]}) == 5
     assert worlds["stage2"][0]["config"] == json.loads(json.dumps(WorldConfig().__dict__))
-    quiet = [worlds["stage1"][3]["config"]["density"], worlds["stage2"][3]["config"]["density"]]
-    assert all(0.04 <= d <= 0.15 for d in quiet)
+    quiet = [worlds[stage][i]["config"] for stage in ("stage1", "stage2") for i in (3, 4)]
+    assert all(0.04 <= c["density"] <= 0.15 for c in quiet)
+    assert [c["whistle_rate"] for c in quiet] == [WorldConfig().whistle_rate, 1 / 60] * 2
     assert all(w["config"]["kickoff"] for ws in worlds.values() for w in ws)
     # windows without words are left out, and only those (60-s streams: 0, 12, 24, 36; 90 s: 0 .. 60 and 66; the
     # stage-2 quiet stream's at 12 s has none)
@@ -216,7 +220,7 @@ def test_training_set_windows(tmp_path):
                     for a, _, _ in window_bounds(0.0, w["seconds"])
                     if any(a <= e.second < a + 24 for e in events(w["seed"], w["seconds"], WorldConfig(**w["config"])))]
         assert [(r.video, r.video_start) for r in windows[name]] == expected
-    assert (len(windows["stage1"]), len(windows["stage2"]), n["valid"]) == (2 * 4 + 7 + 4, 4 + 2 * 2 + 3, 4)
+    assert (len(windows["stage1"]), len(windows["stage2"]), n["valid"]) == (2 * 4 + 7 + 4 + 4, 4 + 2 * 2 + 3 + 4, 4)
     # the previous text starts with the commentary, no title: inference starts with an empty previous text
     later = [r for r in windows["stage2"] if r.video == "videos/train_2.mp4" and r.video_start == 36.0][0]
     earlier = [e for e in events(2, 36) if e.second < 36]
@@ -224,8 +228,47 @@ def test_training_set_windows(tmp_path):
     assert later.previous.startswith(" whistle! score zero")
     # the validation streams that choose the checkpoint: whole streams of the valid split, after the valid ones
     select = [r for _, r in iter_records(files["select"])]
-    assert [r.video for r in select] == ["videos/valid_1000001.mp4", "videos/valid_1000002.mp4"]
-    assert json.loads((tmp_path / "select_world.json").read_text())[1]["config"]["density"] == 0.1
+    assert [r.video for r in select] == [f"videos/valid_{1_000_001 + i}.mp4" for i in range(3)]
+    select_worlds = [w["config"] for w in json.loads((tmp_path / "select_world.json").read_text())]
+    assert select_worlds[1]["density"] == 0.1 and select_worlds[2]["whistle_rate"] == 1 / 60
+    # gap windows: 16 s ending with each call whose previous call is >= 10 s back, in every stream of the stage
+    for name in ("stage1", "stage2"):
+        gaps = [r for _, r in iter_records(files[f"{name}_gaps"])]
+        expected = []
+        for w in worlds[name]:
+            seconds = [e.second for e in events(w["seed"], w["seconds"], WorldConfig(**w["config"]))]
+            expected += [(f"videos/train_{w['seed']}.mp4", b + 1 - 16.0, b + 1.0)
+                         for a, b in itertools.pairwise(seconds) if b - a >= 10 and b >= 15]
+        assert [(r.video, r.video_start, r.video_end) for r in gaps] == expected
+        assert json.loads(build_settings_path(files[f"{name}_gaps"]).read_text())["window"] == 16
+    assert sum(len([r for _, r in iter_records(files[f"{s}_gaps"])]) for s in ("stage1", "stage2")) >= 4
+    # the demo recipe's stages train on exactly these files
+    for stage in ("stage1", "stage2"):
+        config = yaml.safe_load((Path(__file__).parents[1] / "configs" / f"demo_{stage}.yaml").read_text())
+        assert config["train_annotation_paths"] == [files[stage].name, files[f"{stage}_gaps"].name]
+        assert config["eval_annotation_paths"] == [files["valid"].name]
+
+
+def test_a_gap_window_ends_with_the_call_and_holds_the_last_score_in_its_previous_text_as_the_cache_does():
+    spec = dataset.reset_specs("train", 1, 10.0, first=500)[0]
+    assert spec.config.whistle_rate == 1 / 60 and 0.04 <= spec.config.density <= 0.15
+    evs = list(events(spec.seed, spec.seconds, spec.config))
+    recs = dataset.gap_records(spec, rounds=16, min_gap=10)
+    long_gaps = 0
+    for rec in recs:
+        i = next(i for i, e in enumerate(evs) if e.second + 1 == rec.video_end)
+        call, before = evs[i], evs[i - 1]
+        assert call.second - before.second >= 10 and rec.video_end - rec.video_start == 16
+        assert " ".join(w.text for w in rec.words if rec.video_start < w.end <= rec.video_end).endswith(call.text)
+        win, _, _ = next(windows_of(rec, window=16, stride=16))
+        assert (win.video_start, win.video_end) == (rec.video_start, rec.video_end)
+        if call.second - before.second >= 16:  # the last score has left the window's turns for its previous text
+            long_gaps += 1
+            assert win.previous.endswith(" " + before.text) and " ".join(w.text for w in win.words) == call.text
+    assert long_gaps >= 3 and len(recs) >= 10
+    # a whistle every minute on average: some of those long gaps follow a whistle, the score to carry is its zero
+    assert any(evs[i - 1].score == 0 and evs[i].kind != WHISTLE and evs[i].second + 1 in {r.video_end for r in recs}
+               for i in range(1, len(evs)))
 
 
 def test_synth_cli(tmp_path, capsys):

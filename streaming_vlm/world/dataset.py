@@ -140,6 +140,30 @@ def quiet_specs(split: str, streams: int, minutes: float, config: WorldConfig = 
     return out
 
 
+def reset_specs(split: str, streams: int, minutes: float, config: WorldConfig = DEFAULT_WORLD, first: int = 0,
+                whistle_rate: float = 1 / 60) -> list[StreamSpec]:
+    """Quiet streams (:func:`quiet_specs`) with a whistle every ``1 / whistle_rate`` seconds on average instead of
+    every 300: the score is often zero after a whistle when a quiet stretch begins, the case where a model that
+    half-learnt to read the last score falls back on the score before the whistle (``score eight`` where the
+    calls since the whistle said ``zero``)."""
+    return quiet_specs(split, streams, minutes, replace(config, whistle_rate=whistle_rate), first)
+
+
+def gap_records(spec: StreamSpec, rounds: int, min_gap: int) -> list[StreamRecord]:
+    """One record per call of ``spec`` whose previous call is at least ``min_gap`` seconds back: its video from
+    ``rounds`` seconds before the call's second to the end of that second, so that the call is the record's last
+    and (when the gap is at least ``rounds``) the score it must carry is only in the previous text, as in the
+    streaming cache, whose verbatim turns are the last ``rounds`` seconds. Calls in the first ``rounds - 1``
+    seconds are left out."""
+    whole = record(spec, titled=False)
+    out, last = [], None
+    for event in events(spec.seed, spec.seconds, spec.config):
+        if last is not None and event.second - last >= min_gap and event.second + 1 >= rounds:
+            out.append(replace(whole, video_start=float(event.second + 1 - rounds), video_end=float(event.second + 1)))
+        last = event.second
+    return out
+
+
 @dataclass(frozen=True)
 class TrainingSetSpec:
     """The demo model's data: stage 1 on varied and quiet streams, stage 2 (annealing) on default-world and quiet
@@ -148,7 +172,12 @@ class TrainingSetSpec:
     Stage 1 also holds a few long varied streams, so training windows carry the ``Time=`` stamps of a whole hour
     (a model that saw only the first minutes meets unseen stamps late in a long stream). Stage 2 also holds many
     one-minute streams: a stream's start is one window in thirty otherwise. Both stages hold quiet streams
-    (:func:`quiet_specs`), so the score is often read from the previous text after a long quiet stretch.
+    (:func:`quiet_specs`), so the score is often read from the previous text after a long quiet stretch, and
+    quiet streams with frequent whistles (:func:`reset_specs`), so that score is often the zero after a whistle.
+    Each stage also trains on *gap windows* (:func:`gap_records`): ``gap_window`` seconds ending with each call
+    whose previous call is ``gap_min`` or more seconds back, the free-running score's weak point (a model that
+    misreads one such score is wrong until the next whistle): with the defaults 1,437 of stage 1's 6,896 windows
+    and 397 of stage 2's 1,760.
     ``select`` (validation split, after the ``valid`` streams): default-world and quiet streams whose teacher-forced
     score accuracy chooses the checkpoint (``world/select.py``).
     """
@@ -162,6 +191,11 @@ class TrainingSetSpec:
     valid_streams: int = 2
     select_streams: int = 4
     select_quiet_streams: int = 2
+    stage1_reset_streams: int = 32
+    stage2_reset_streams: int = 8
+    select_reset_streams: int = 2
+    gap_window: int = 16
+    gap_min: int = 10
     minutes: float = 6.0
     long_minutes: float = 60.0
     short_minutes: float = 1.0
@@ -194,10 +228,14 @@ def training_specs(spec: TrainingSetSpec, config: WorldConfig = TRAINING_WORLD) 
                           take(spec.stage2_short_streams))
     stage1 += quiet_specs("train", spec.stage1_quiet_streams, spec.minutes, config, take(spec.stage1_quiet_streams))
     stage2 += quiet_specs("train", spec.stage2_quiet_streams, spec.minutes, config, take(spec.stage2_quiet_streams))
+    stage1 += reset_specs("train", spec.stage1_reset_streams, spec.minutes, config, take(spec.stage1_reset_streams))
+    stage2 += reset_specs("train", spec.stage2_reset_streams, spec.minutes, config, take(spec.stage2_reset_streams))
     valid = split_specs("valid", spec.valid_streams, spec.minutes, config)
     select = split_specs("valid", spec.select_streams, spec.select_minutes, config, first=spec.valid_streams)
     select += quiet_specs("valid", spec.select_quiet_streams, spec.select_minutes, config,
                           first=spec.valid_streams + spec.select_streams, low=0.1, high=0.1)
+    select += reset_specs("valid", spec.select_reset_streams, spec.select_minutes, config,
+                          first=spec.valid_streams + spec.select_streams + spec.select_quiet_streams)
     return {"stage1": stage1, "stage2": stage2, "valid": valid, "select": select}
 
 
@@ -206,7 +244,8 @@ def make_training_set(out_dir: str | Path, spec: TrainingSetSpec | None = None,
     """Write the streams and the stage files (:func:`training_specs`); returns the files by name.
 
     ``stage1_windows.jsonl``, ``stage2_windows.jsonl`` and ``valid_windows.jsonl`` (24-s windows every 12 s, those
-    with no words left out, previous text without a title), each with its ``*_seeks.jsonl`` index, paths relative
+    with no words left out, previous text without a title), ``stage1_gaps_windows.jsonl`` and
+    ``stage2_gaps_windows.jsonl`` (the stages' gap windows), each with its ``*_seeks.jsonl`` index, paths relative
     to ``out_dir`` (use it as ``$DATASET_PATH``); ``select`` is ``select.jsonl``, the whole validation streams for
     ``world/select.py``.
     """
@@ -220,6 +259,18 @@ def make_training_set(out_dir: str | Path, spec: TrainingSetSpec | None = None,
         build_windows(streams, windows, window=spec.window, stride=spec.stride, variant="overlap", resume=False,
                       drop_empty=True)
         files[name] = windows
+        if name == "valid":
+            continue
+        gaps = out / f"{name}_gaps.jsonl"
+        tmp = gaps.with_name(gaps.name + ".part")
+        with open(tmp, "w", encoding="utf-8") as f:
+            for stream in parts[name]:
+                for rec in gap_records(stream, spec.gap_window, spec.gap_min):
+                    f.write(json.dumps(record_to_json(rec), ensure_ascii=False) + "\n")
+        tmp.replace(gaps)
+        windows = out / f"{name}_gaps_windows.jsonl"
+        build_windows(gaps, windows, window=spec.gap_window, stride=spec.gap_window, variant="overlap", resume=False)
+        files[f"{name}_gaps"] = windows
     files["select"] = write_streams(out, parts["select"], "select.jsonl", progress)
     return files
 
