@@ -11,7 +11,7 @@ every 12 s) with their seek indexes, and the validation streams that choose the 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from streaming_vlm.data.annotations import StreamRecord, record_to_json
 from streaming_vlm.data.windows import build_windows
+from streaming_vlm.settings import DEFAULTS
 from streaming_vlm.world.render import write_video
 from streaming_vlm.world.script import DEFAULT_WORLD, WorldConfig, events, words
 
@@ -66,17 +67,23 @@ def write_stream(out_dir: str | Path, spec: StreamSpec, titled: bool = True) -> 
     return record(spec, titled)
 
 
+def write_records(path: Path, records: Iterable[StreamRecord]) -> Path:
+    """Write ``records`` to the annotation file ``path``, one per line, in order (whole or not at all)."""
+    tmp = path.with_name(path.name + ".part")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for rec in records:
+            f.write(json.dumps(record_to_json(rec), ensure_ascii=False) + "\n")
+    tmp.replace(path)
+    return path
+
+
 def write_streams(out_dir: str | Path, specs: list[StreamSpec], annotation: str, progress: bool = True,
                   titled: bool = True) -> Path:
     """Write every stream and one annotation file (``out_dir/annotation``, one record per stream, in order)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / annotation
-    tmp = path.with_name(path.name + ".part")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for spec in tqdm(specs, desc=f"writing {annotation}", unit="stream", disable=not progress):
-            f.write(json.dumps(record_to_json(write_stream(out, spec, titled)), ensure_ascii=False) + "\n")
-    tmp.replace(path)
+    path = write_records(out / annotation, (write_stream(out, spec, titled) for spec in tqdm(
+        specs, desc=f"writing {annotation}", unit="stream", disable=not progress)))
     (out / (Path(annotation).stem + "_world.json")).write_text(
         json.dumps([asdict(s) | {"video": s.video} for s in specs], indent=1) + "\n", encoding="utf-8")
     return path
@@ -194,7 +201,7 @@ class TrainingSetSpec:
     stage1_reset_streams: int = 32
     stage2_reset_streams: int = 8
     select_reset_streams: int = 2
-    gap_window: int = 16
+    gap_window: int = DEFAULTS.text_rounds  # 16: the verbatim turns of the cache
     gap_min: int = 10
     minutes: float = 6.0
     long_minutes: float = 60.0
@@ -261,13 +268,8 @@ def make_training_set(out_dir: str | Path, spec: TrainingSetSpec | None = None,
         files[name] = windows
         if name == "valid":
             continue
-        gaps = out / f"{name}_gaps.jsonl"
-        tmp = gaps.with_name(gaps.name + ".part")
-        with open(tmp, "w", encoding="utf-8") as f:
-            for stream in parts[name]:
-                for rec in gap_records(stream, spec.gap_window, spec.gap_min):
-                    f.write(json.dumps(record_to_json(rec), ensure_ascii=False) + "\n")
-        tmp.replace(gaps)
+        gaps = write_records(out / f"{name}_gaps.jsonl", (
+            rec for stream in parts[name] for rec in gap_records(stream, spec.gap_window, spec.gap_min)))
         windows = out / f"{name}_gaps_windows.jsonl"
         build_windows(gaps, windows, window=spec.gap_window, stride=spec.gap_window, variant="overlap", resume=False)
         files[f"{name}_gaps"] = windows
