@@ -217,6 +217,77 @@ def test_loss_is_the_token_mean_over_the_accumulation_window(tiny_model_dir, tmp
     assert "supervised_tokens" not in trainer.state.log_history[-1]
 
 
+def test_weighted_words_make_the_loss_a_weighted_mean_over_the_window(tiny_model_dir, tmp_path):
+    from transformers import Qwen2_5_VLForConditionalGeneration, TrainingArguments
+
+    from streaming_vlm.train.trainer import StreamingSFTTrainer
+
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    g = torch.Generator().manual_seed(1)
+    collate = StreamingCollator(pad_token_id=0)
+    batch_a = collate([_text_sample(g, 9, [1, 3, 4, 6]), _text_sample(g, 5, [2, 4])])
+    batch_b = collate([_text_sample(g, 12, [5, 6, 8, 9, 11])])
+    heavy = {int(batch_a["labels"][0, 3]), int(batch_b["labels"][0, 8])}  # two targets' token ids weigh 4
+    weights = torch.ones(model.config.get_text_config().vocab_size)
+    weights[sorted(heavy)] = 4.0
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", gradient_accumulation_steps=2)
+    trainer = StreamingSFTTrainer(model=model, args=args, token_weights=weights)
+
+    def hand(batch):  # (nll, weight) of every supervised target, read from the labels independently
+        nll = _hand_nll(model, batch)
+        targets = [int(t) for t in batch["labels"][:, 1:].reshape(-1) if t != IGNORE_INDEX]
+        return nll, [4.0 if t in heavy else 1.0 for t in targets]
+
+    batches, n = trainer.get_batch_samples(iter([batch_a, batch_b]), 2, torch.device("cpu"))
+    model.eval()
+    with torch.no_grad():
+        (nll_a, w_a), (nll_b, w_b) = hand(batch_a), hand(batch_b)
+        assert len(nll_a) == 6 and len(nll_b) == 5 and sum(w_a + w_b) >= 11 + 6  # the heavy tokens are targets
+        assert float(n) == pytest.approx(sum(w_a + w_b))
+        loss = trainer.compute_loss(model, batch_a, num_items_in_batch=n) + trainer.compute_loss(
+            model, batch_b, num_items_in_batch=n
+        )
+        nll, w = torch.stack(nll_a + nll_b), torch.tensor(w_a + w_b, dtype=torch.float64)
+        torch.testing.assert_close(loss.double(), (nll * w).sum() / w.sum(), rtol=1e-5, atol=1e-6)
+        # the weighted mean differs from the plain one (the test would not tell them apart otherwise)
+        assert abs(float(loss) - float(nll.mean())) > 1e-3
+        torch.testing.assert_close(  # evaluation: the micro-batch's own weighted mean
+            trainer.compute_loss(model, batch_a).double(),
+            (torch.stack(nll_a) * torch.tensor(w_a, dtype=torch.float64)).sum() / sum(w_a),
+            rtol=1e-5,
+            atol=1e-6,
+        )
+    trainer.log({"loss": 1.0})
+    assert trainer.state.log_history[-1]["supervised_tokens"] == 11  # tokens, not weights
+
+
+def test_word_token_weights_weigh_each_words_one_token(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    from streaming_vlm.data.dataset import DatasetSetupError
+    from streaming_vlm.train.trainer import word_token_weights
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    vocab = len(tokenizer) + 8
+    def one_token(word):
+        return len(tokenizer.encode(" " + word, add_special_tokens=False)) == 1
+
+    single = [w for w in ("the", "a", "and", "is", "of", "to", "in") if one_token(w)][:2]
+    assert len(single) == 2, "the tiny tokenizer should hold a few common words as one token"
+    weights = word_token_weights(tokenizer, single, 3.0, vocab)
+    ids = [tokenizer.encode(" " + w, add_special_tokens=False)[0] for w in single]
+    assert weights.shape == (vocab,) and weights[ids].tolist() == [3.0, 3.0]
+    assert float(weights.sum()) == vocab - 2 + 6.0
+    assert word_token_weights(tokenizer, single, 1.0, vocab) is None
+    assert word_token_weights(tokenizer, [], 3.0, vocab) is None
+    long_word = "antidisestablishmentarianism"
+    assert not one_token(long_word)
+    with pytest.raises(DatasetSetupError, match="antidisestablishmentarianism.* not one"):
+        word_token_weights(tokenizer, [long_word], 3.0, vocab)
+    with pytest.raises(DatasetSetupError, match="word_loss_weight must be > 0"):
+        word_token_weights(tokenizer, single, -1.0, vocab)
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Real training steps
 # ------------------------------------------------------------------------------------------------------------

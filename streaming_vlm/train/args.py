@@ -130,6 +130,15 @@ class DataArguments:
                           "window ~20,300). A longer record is a bad sample, rejected before its frames are decoded. "
                           "null: no cap."},
     )
+    weighted_words: list[str] | None = field(
+        default=None,
+        metadata={"help": "Words of the commentary whose token (each must be one token after a space) counts "
+                          "word_loss_weight times in the loss, e.g. the few words that carry a fact the model must "
+                          "keep; the loss stays a weighted mean over the window's supervised tokens."},
+    )
+    word_loss_weight: float = field(
+        default=1.0, metadata={"help": "Loss weight of the weighted_words' tokens (every other token: 1)."}
+    )
     max_bad_sample_fraction: float = field(
         default=0.05,
         metadata={"help": "Stop when the distinct lines that cannot be used (a line retried or upsampled counts once) "
@@ -151,6 +160,10 @@ class DataArguments:
             raise ConfigError(_in_training_names(str(exc))) from None
         for name in _SETTING_ARGUMENTS:  # as the settings hold them: 'unlimited' is None, an int fps a float
             setattr(self, name, getattr(sample, TRAINING_ALIASES.get(name, name)))
+        if isinstance(self.weighted_words, str):
+            self.weighted_words = [self.weighted_words]
+        if not self.word_loss_weight > 0:
+            raise ConfigError(f"word_loss_weight must be > 0, got {self.word_loss_weight}")
         if not 0.0 <= self.max_bad_sample_fraction <= 1.0:
             raise ConfigError(f"max_bad_sample_fraction must be in [0, 1], got {self.max_bad_sample_fraction}")
 

@@ -12,6 +12,9 @@ Contract
     because DDP/DeepSpeed average gradients over ranks. Summed over the window this is exactly the mean over
     its tokens, however they are split into micro-batches. Logits are computed only where the next token is
     supervised (``logits_to_keep``), which saves the (L, vocab) tensor for vision and prompt tokens.
+  - **Chosen words can weigh more** (``weighted_words``, ``word_loss_weight``): each supervised token is weighted
+    by its target's entry in ``token_weights`` (1 but for those words' tokens), and the "token count" above is the
+    sum of the weights, so the loss is the weighted mean over the window (exactly the token mean without them).
   - ``supervised_tokens`` (tokens behind each training log entry, all ranks) is added to the training logs.
   - **Pixels are made on the training device.** Batches carry resized uint8 ``video_frames`` (a quarter of the
     bytes of float pixels through the DataLoader workers); :meth:`~StreamingSFTTrainer._prepare_inputs` moves
@@ -42,7 +45,7 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +76,7 @@ __all__ = [
     "find_resume_checkpoint",
     "prepare_model",
     "run_training",
+    "word_token_weights",
 ]
 
 logger = logging.getLogger(__name__)
@@ -88,12 +92,15 @@ class StreamingSFTTrainer(Trainer):
     loss_is_scaled_for_ga = True
 
     def __init__(self, *args, vision_learning_rate: float | None = None, vision_spec: VisionSpec | None = None,
-                 bad_lines: Mapping[str, BadLineTracker] | None = None, **kwargs):
+                 bad_lines: Mapping[str, BadLineTracker] | None = None, token_weights: torch.Tensor | None = None,
+                 **kwargs):
         """``vision_spec``: patch geometry and mean/std of the model's vision tower, needed for batches that carry
         ``video_frames``. ``bad_lines``: the tracker of each split (``train``, ``eval``) that the batches' bad-line
-        records go to (``None``: they are dropped)."""
+        records go to (``None``: they are dropped). ``token_weights``: float ``(vocab,)``, the loss weight of each
+        target token (``None``: all 1; :func:`word_token_weights`)."""
         super().__init__(*args, **kwargs)
         self._supervised_since_log = 0
+        self.token_weights = None if token_weights is None else token_weights.detach().float().cpu()
         self.vision_learning_rate = vision_learning_rate
         self.vision_spec = vision_spec
         self.bad_lines = dict(bad_lines or {})
@@ -131,10 +138,23 @@ class StreamingSFTTrainer(Trainer):
         target.load_state_dict(source.state_dict(), strict=True)
         logger.info("loaded the weights of %s", resume_from_checkpoint)
 
-    def _window_token_count(self, batches: list[dict[str, Any]], device) -> torch.Tensor:
-        """Supervised prediction targets (labels shifted by one) in ``batches``, summed over ranks if asked."""
-        count = sum(int((b["labels"][..., 1:] != IGNORE_INDEX).sum()) for b in batches)
-        total = torch.tensor(count, dtype=torch.long, device=device)
+    def _target_weights(self, targets: torch.Tensor) -> torch.Tensor:
+        """Float loss weight of each target (0 where ``IGNORE_INDEX``)."""
+        supervised = targets != IGNORE_INDEX
+        if self.token_weights is None:
+            return supervised.float()
+        weights = self.token_weights.to(targets.device)[targets.clamp(min=0)]
+        return torch.where(supervised, weights, torch.zeros_like(weights))
+
+    def _window_token_count(self, batches: list[dict[str, Any]], device, weighted: bool = True) -> torch.Tensor:
+        """Supervised prediction targets (labels shifted by one) in ``batches``, summed over ranks if asked; when
+        ``weighted`` and ``token_weights`` is set, the sum of their weights instead."""
+        if weighted and self.token_weights is not None:
+            weight = sum(float(self._target_weights(b["labels"][..., 1:]).sum()) for b in batches)
+            total = torch.tensor(weight, dtype=torch.float32, device=device)
+        else:
+            count = sum(int((b["labels"][..., 1:] != IGNORE_INDEX).sum()) for b in batches)
+            total = torch.tensor(count, dtype=torch.long, device=device)
         if self.args.average_tokens_across_devices and self.args.world_size > 1:
             total = self.accelerator.gather(total).sum()
         return total
@@ -143,6 +163,9 @@ class StreamingSFTTrainer(Trainer):
         batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
         if num_items is None and batches and "labels" in batches[0]:
             num_items = self._window_token_count(batches, device)
+            if self.token_weights is not None:  # the log counts tokens, not weights
+                self._supervised_since_log += int(self._window_token_count(batches, device, weighted=False))
+                return batches, num_items
         if num_items is not None:
             self._supervised_since_log += int(num_items)
         return batches, num_items
@@ -174,7 +197,8 @@ class StreamingSFTTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """Token cross-entropy summed over this micro-batch, divided by ``num_items_in_batch`` (the window's
-        supervised tokens) when given, else by this micro-batch's own count (evaluation)."""
+        supervised tokens) when given, else by this micro-batch's own count (evaluation); with ``token_weights``
+        both the sum and the counts are weighted."""
         inputs = dict(inputs)
         labels = inputs.pop("labels")
         inputs.pop("skip_logits", None)  # Trainer's Liger eval flag: we always need logits
@@ -183,11 +207,14 @@ class StreamingSFTTrainer(Trainer):
         outputs = model(**inputs, logits_to_keep=keep, use_cache=False)
         logits = outputs.logits  # (B, len(keep), vocab)
         wanted = targets[:, keep]
-        loss_sum = F.cross_entropy(
-            logits.float().reshape(-1, logits.shape[-1]), wanted.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+        token_loss = F.cross_entropy(
+            logits.float().reshape(-1, logits.shape[-1]), wanted.reshape(-1), ignore_index=IGNORE_INDEX,
+            reduction="none",
         )
+        weights = self._target_weights(wanted.reshape(-1))
+        loss_sum = (token_loss * weights).sum()
         if num_items_in_batch is None:
-            loss = loss_sum / (wanted != IGNORE_INDEX).sum().clamp(min=1)
+            loss = loss_sum / weights.sum().clamp(min=1e-12)
         else:
             loss = loss_sum / num_items_in_batch
             if self.args.average_tokens_across_devices and self.args.world_size > 1:
@@ -362,6 +389,26 @@ def _copy_preprocessor_files(source: str, output_dir: str) -> None:
             shutil.copyfile(src, Path(output_dir) / name)
 
 
+def word_token_weights(tokenizer, words: Sequence[str], weight: float, vocab_size: int) -> torch.Tensor | None:
+    """Float ``(vocab_size,)`` loss weights: ``weight`` for the token of each of ``words`` as streamed commentary
+    holds it (after a space), 1 for every other token; ``None`` when there are no words or the weight is 1.
+    ``DatasetSetupError`` (a usage error) for a word that is not one token, which a weight per token cannot mean."""
+    if not words or weight == 1.0:
+        return None
+    if not weight > 0:
+        raise DatasetSetupError(f"word_loss_weight must be > 0, got {weight}", every_rank=True)
+    weights = torch.ones(vocab_size)
+    for word in words:
+        ids = tokenizer.encode(" " + word.strip(), add_special_tokens=False)
+        if len(ids) != 1 or not 0 <= ids[0] < vocab_size:
+            raise DatasetSetupError(
+                f"weighted_words: {word!r} is {len(ids)} tokens after a space, not one; weights are per token",
+                every_rank=True,
+            )
+        weights[ids[0]] = weight
+    return weights
+
+
 def build_trainer(model_args, data_args, training_args) -> StreamingSFTTrainer:
     """Model, datasets, collator and callbacks assembled into a :class:`StreamingSFTTrainer`."""
     if training_args.output_dir is None:
@@ -406,6 +453,8 @@ def build_trainer(model_args, data_args, training_args) -> StreamingSFTTrainer:
         vision_learning_rate=model_args.vision_learning_rate,
         vision_spec=spec,
         bad_lines=bad_lines,
+        token_weights=word_token_weights(tokenizer, data_args.weighted_words or [], data_args.word_loss_weight,
+                                         model.config.get_text_config().vocab_size),
     )
 
 
