@@ -18,6 +18,7 @@ from streaming_vlm.video import VideoReader
 from streaming_vlm.world import dataset
 from streaming_vlm.world.render import FLASH, RGB, pitch
 from streaming_vlm.world.script import (
+    DEFAULT_WORLD,
     GOAL,
     WHISTLE,
     Call,
@@ -191,7 +192,8 @@ def test_training_set_windows(tmp_path):
                                    select_reset_streams=1, minutes=1.0, long_minutes=1.5, short_minutes=0.5,
                                    select_minutes=0.5)
     files = dataset.make_training_set(tmp_path, spec, progress=False)
-    assert set(files) == {"stage1", "stage2", "valid", "select", "stage1_gaps", "stage2_gaps"}
+    assert set(files) == {"stage1", "stage2", "valid", "select", "stage1_gaps", "stage2_gaps", "stage1_goals",
+                          "stage2_goals"}
     n = {}
     for name, path in files.items():
         report = validate_file(path, dataset_path=tmp_path)
@@ -242,11 +244,45 @@ def test_training_set_windows(tmp_path):
         assert [(r.video, r.video_start, r.video_end) for r in gaps] == expected
         assert json.loads(build_settings_path(files[f"{name}_gaps"]).read_text())["window"] == 16
     assert sum(len([r for _, r in iter_records(files[f"{s}_gaps"])]) for s in ("stage1", "stage2")) >= 4
+    # goal windows: 16 s ending with each goal or black bar less than 16 s after a goal, no whistle between
+    for name in ("stage1", "stage2"):
+        goals = [r for _, r in iter_records(files[f"{name}_goals"])]
+        expected = []
+        for w in worlds[name]:
+            evs = list(events(w["seed"], w["seconds"], WorldConfig(**w["config"])))
+            for i, e in enumerate(evs):
+                if e.colour != "black" or e.second < 15:
+                    continue
+                before = [p for p in evs[:i] if e.second - p.second < 16]
+                goal_seconds = [p.second for p in before if p.label == "black ball"]
+                if goal_seconds and not any(p.label == WHISTLE and p.second > goal_seconds[-1] for p in before):
+                    expected.append((f"videos/train_{w['seed']}.mp4", e.second + 1 - 16.0, e.second + 1.0))
+        assert [(r.video, r.video_start, r.video_end) for r in goals] == expected
+        assert json.loads(build_settings_path(files[f"{name}_goals"]).read_text())["window"] == 16
+    assert sum(len([r for _, r in iter_records(files[f"{s}_goals"])]) for s in ("stage1", "stage2")) >= 2
     # the demo recipe's stages train on exactly these files
     for stage in ("stage1", "stage2"):
         config = yaml.safe_load((Path(__file__).parents[1] / "configs" / f"demo_{stage}.yaml").read_text())
-        assert config["train_annotation_paths"] == [files[stage].name, files[f"{stage}_gaps"].name]
+        assert config["train_annotation_paths"] == [files[stage].name, files[f"{stage}_gaps"].name,
+                                                    files[f"{stage}_goals"].name]
         assert config["eval_annotation_paths"] == [files["valid"].name]
+
+
+def test_the_demo_recipe_weighs_exactly_the_score_words_each_one_demo_token():
+    from transformers import AutoTokenizer
+
+    from streaming_vlm.train.trainer import word_token_weights
+
+    scores = [score_word(n) for n in range(DEFAULT_WORLD.max_score + 1)]  # every score a demo stream can hold
+    tokenizer = AutoTokenizer.from_pretrained(Path(__file__).parents[1] / "streaming_vlm" / "assets" / "demo_model")
+    for stage in ("stage1", "stage2"):
+        config = yaml.safe_load((Path(__file__).parents[1] / "configs" / f"demo_{stage}.yaml").read_text())
+        assert config["weighted_words"] == scores and config["word_loss_weight"] > 1
+        weights = word_token_weights(tokenizer, config["weighted_words"], config["word_loss_weight"], len(tokenizer))
+        heavy = (weights > 1).nonzero().squeeze(-1).tolist()
+        # the weighted tokens are exactly the ones a call's score is written with, and nothing else
+        said = {tokenizer.encode(f" black ball! score {w}", add_special_tokens=False)[-1] for w in scores}
+        assert sorted(heavy) == sorted(said) and len(said) == len(scores)
 
 
 def test_a_gap_window_ends_with_the_call_and_holds_the_last_score_in_its_previous_text_as_the_cache_does():

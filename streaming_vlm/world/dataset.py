@@ -22,7 +22,7 @@ from streaming_vlm.data.annotations import StreamRecord, record_to_json
 from streaming_vlm.data.windows import build_windows
 from streaming_vlm.settings import DEFAULTS
 from streaming_vlm.world.render import write_video
-from streaming_vlm.world.script import DEFAULT_WORLD, WorldConfig, events, words
+from streaming_vlm.world.script import DEFAULT_WORLD, GOAL, WHISTLE, WorldConfig, events, words
 
 SPLIT_BASE = {"train": 0, "valid": 1_000_000, "test": 2_000_000, "heldout": 3_000_000}
 """Seed of stream ``i`` of a split = base + i. The ranges never meet (a split holds < 1,000,000 streams)."""
@@ -171,6 +171,28 @@ def gap_records(spec: StreamSpec, rounds: int, min_gap: int) -> list[StreamRecor
     return out
 
 
+def goal_records(spec: StreamSpec, rounds: int) -> list[StreamRecord]:
+    """One record per goal or black bar of ``spec`` that comes less than ``rounds`` seconds after a goal (with no
+    whistle between): its video from ``rounds`` seconds before the call's second to the end of that second, as
+    :func:`gap_records` cuts them. Both goals then sit in the streaming cache's vision window and verbatim turns, and
+    the call must add one to the last score for a second goal, nothing for a black bar, whatever the earlier goal
+    already added: the free-running score's other weak point. Calls in the first ``rounds - 1`` seconds are left
+    out."""
+    whole = record(spec, titled=False)
+    out, last_goal = [], None
+    for event in events(spec.seed, spec.seconds, spec.config):
+        if event.kind == WHISTLE:
+            last_goal = None
+            continue
+        if event.colour != GOAL[0]:
+            continue
+        if last_goal is not None and event.second - last_goal < rounds and event.second + 1 >= rounds:
+            out.append(replace(whole, video_start=float(event.second + 1 - rounds), video_end=float(event.second + 1)))
+        if event.shape == GOAL[1]:
+            last_goal = event.second
+    return out
+
+
 @dataclass(frozen=True)
 class TrainingSetSpec:
     """The demo model's data: stage 1 on varied and quiet streams, stage 2 (annealing) on default-world and quiet
@@ -183,8 +205,9 @@ class TrainingSetSpec:
     quiet streams with frequent whistles (:func:`reset_specs`), so that score is often the zero after a whistle.
     Each stage also trains on *gap windows* (:func:`gap_records`): ``gap_window`` seconds ending with each call
     whose previous call is ``gap_min`` or more seconds back, the free-running score's weak point (a model that
-    misreads one such score is wrong until the next whistle): with the defaults 1,437 of stage 1's 6,896 windows
-    and 397 of stage 2's 1,760.
+    misreads one such score is wrong until the next whistle): with the defaults 1,437 of stage 1's 8,525 windows
+    and 397 of stage 2's 2,065; and on *goal windows* (:func:`goal_records`): as many seconds ending with each goal
+    or black bar less than that after a goal (1,629 and 305).
     ``select`` (validation split, after the ``valid`` streams): default-world and quiet streams whose teacher-forced
     score accuracy chooses the checkpoint (``world/select.py``).
     """
@@ -251,10 +274,10 @@ def make_training_set(out_dir: str | Path, spec: TrainingSetSpec | None = None,
     """Write the streams and the stage files (:func:`training_specs`); returns the files by name.
 
     ``stage1_windows.jsonl``, ``stage2_windows.jsonl`` and ``valid_windows.jsonl`` (24-s windows every 12 s, those
-    with no words left out, previous text without a title), ``stage1_gaps_windows.jsonl`` and
-    ``stage2_gaps_windows.jsonl`` (the stages' gap windows), each with its ``*_seeks.jsonl`` index, paths relative
-    to ``out_dir`` (use it as ``$DATASET_PATH``); ``select`` is ``select.jsonl``, the whole validation streams for
-    ``world/select.py``.
+    with no words left out, previous text without a title), ``stage{1,2}_gaps_windows.jsonl`` and
+    ``stage{1,2}_goals_windows.jsonl`` (the stages' gap and goal windows), each with its ``*_seeks.jsonl`` index,
+    paths relative to ``out_dir`` (use it as ``$DATASET_PATH``); ``select`` is ``select.jsonl``, the whole
+    validation streams for ``world/select.py``.
     """
     out = Path(out_dir)
     spec = spec or TrainingSetSpec()
@@ -268,11 +291,14 @@ def make_training_set(out_dir: str | Path, spec: TrainingSetSpec | None = None,
         files[name] = windows
         if name == "valid":
             continue
-        gaps = write_records(out / f"{name}_gaps.jsonl", (
-            rec for stream in parts[name] for rec in gap_records(stream, spec.gap_window, spec.gap_min)))
-        windows = out / f"{name}_gaps_windows.jsonl"
-        build_windows(gaps, windows, window=spec.gap_window, stride=spec.gap_window, variant="overlap", resume=False)
-        files[f"{name}_gaps"] = windows
+        cut = {"gaps": lambda stream: gap_records(stream, spec.gap_window, spec.gap_min),
+               "goals": lambda stream: goal_records(stream, spec.gap_window)}
+        for kind, records in cut.items():
+            part = write_records(out / f"{name}_{kind}.jsonl", (rec for s in parts[name] for rec in records(s)))
+            windows = out / f"{name}_{kind}_windows.jsonl"
+            build_windows(part, windows, window=spec.gap_window, stride=spec.gap_window, variant="overlap",
+                          resume=False)
+            files[f"{name}_{kind}"] = windows
     files["select"] = write_streams(out, parts["select"], "select.jsonl", progress)
     return files
 
