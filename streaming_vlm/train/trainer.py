@@ -162,11 +162,10 @@ class StreamingSFTTrainer(Trainer):
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
         if num_items is None and batches and "labels" in batches[0]:
-            num_items = self._window_token_count(batches, device)
-            if self.token_weights is not None:  # the log counts tokens, not weights
-                self._supervised_since_log += int(self._window_token_count(batches, device, weighted=False))
-                return batches, num_items
-        if num_items is not None:
+            tokens = self._window_token_count(batches, device, weighted=False)  # the log counts tokens, not weights
+            num_items = tokens if self.token_weights is None else self._window_token_count(batches, device)
+            self._supervised_since_log += int(tokens)
+        elif num_items is not None:
             self._supervised_since_log += int(num_items)
         return batches, num_items
 

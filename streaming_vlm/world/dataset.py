@@ -162,13 +162,12 @@ def gap_records(spec: StreamSpec, rounds: int, min_gap: int) -> list[StreamRecor
     and (when the gap is at least ``rounds``) the score it must carry is only in the previous text, as in the
     streaming cache, whose verbatim turns are the last ``rounds`` seconds. Calls in the first ``rounds - 1``
     seconds are left out."""
-    whole = record(spec, titled=False)
-    out, last = [], None
+    ends, last = [], None
     for event in events(spec.seed, spec.seconds, spec.config):
-        if last is not None and event.second - last >= min_gap and event.second + 1 >= rounds:
-            out.append(replace(whole, video_start=float(event.second + 1 - rounds), video_end=float(event.second + 1)))
+        if last is not None and event.second - last >= min_gap:
+            ends.append(event.second)
         last = event.second
-    return out
+    return _windows_ending_at(spec, ends, rounds)
 
 
 def goal_records(spec: StreamSpec, rounds: int) -> list[StreamRecord]:
@@ -178,19 +177,24 @@ def goal_records(spec: StreamSpec, rounds: int) -> list[StreamRecord]:
     the call must add one to the last score for a second goal, nothing for a black bar, whatever the earlier goal
     already added: the free-running score's other weak point. Calls in the first ``rounds - 1`` seconds are left
     out."""
-    whole = record(spec, titled=False)
-    out, last_goal = [], None
+    ends, last_goal = [], None
     for event in events(spec.seed, spec.seconds, spec.config):
         if event.kind == WHISTLE:
             last_goal = None
-            continue
-        if event.colour != GOAL[0]:
-            continue
-        if last_goal is not None and event.second - last_goal < rounds and event.second + 1 >= rounds:
-            out.append(replace(whole, video_start=float(event.second + 1 - rounds), video_end=float(event.second + 1)))
-        if event.shape == GOAL[1]:
-            last_goal = event.second
-    return out
+        elif event.colour == GOAL[0]:
+            if last_goal is not None and event.second - last_goal < rounds:
+                ends.append(event.second)
+            if event.shape == GOAL[1]:
+                last_goal = event.second
+    return _windows_ending_at(spec, ends, rounds)
+
+
+def _windows_ending_at(spec: StreamSpec, seconds: list[int], rounds: int) -> list[StreamRecord]:
+    """The stream's record cut to ``rounds`` seconds ending with each of ``seconds`` (those in the first
+    ``rounds - 1`` seconds left out)."""
+    whole = record(spec, titled=False)
+    return [replace(whole, video_start=float(t + 1 - rounds), video_end=float(t + 1)) for t in seconds
+            if t + 1 >= rounds]
 
 
 @dataclass(frozen=True)
