@@ -244,22 +244,31 @@ def test_training_set_windows(tmp_path):
         assert [(r.video, r.video_start, r.video_end) for r in gaps] == expected
         assert json.loads(build_settings_path(files[f"{name}_gaps"]).read_text())["window"] == 16
     assert sum(len([r for _, r in iter_records(files[f"{s}_gaps"])]) for s in ("stage1", "stage2")) >= 4
-    # goal windows: 16 s ending with each goal or black bar less than 16 s after a goal, no whistle between
+    # goal windows: 16 s ending with each goal or black bar less than 16 s after a goal, and with the last call less
+    # than 16 s after each goal (no whistle between)
+    tails = 0
     for name in ("stage1", "stage2"):
         goals = [r for _, r in iter_records(files[f"{name}_goals"])]
         expected = []
         for w in worlds[name]:
             evs = list(events(w["seed"], w["seconds"], WorldConfig(**w["config"])))
+            ends = set()
             for i, e in enumerate(evs):
-                if e.colour != "black" or e.second < 15:
-                    continue
                 before = [p for p in evs[:i] if e.second - p.second < 16]
                 goal_seconds = [p.second for p in before if p.label == "black ball"]
-                if goal_seconds and not any(p.label == WHISTLE and p.second > goal_seconds[-1] for p in before):
-                    expected.append((f"videos/train_{w['seed']}.mp4", e.second + 1 - 16.0, e.second + 1.0))
+                if (e.colour == "black" and goal_seconds
+                        and not any(p.label == WHISTLE and p.second > goal_seconds[-1] for p in before)):
+                    ends.add(e.second)
+                if e.label == "black ball":  # this goal's calls: those before the next whistle, < 16 s on
+                    after = list(itertools.takewhile(lambda p: p.label != WHISTLE, evs[i + 1:]))
+                    ends.update([p.second for p in after if p.second - e.second < 16][-1:])
+            colours = {e.second: e.colour for e in evs}
+            tails += sum(colours[t] != "black" for t in ends if t >= 15)
+            expected += [(f"videos/train_{w['seed']}.mp4", t + 1 - 16.0, t + 1.0) for t in sorted(ends) if t >= 15]
         assert [(r.video, r.video_start, r.video_end) for r in goals] == expected
         assert json.loads(build_settings_path(files[f"{name}_goals"]).read_text())["window"] == 16
     assert sum(len([r for _, r in iter_records(files[f"{s}_goals"])]) for s in ("stage1", "stage2")) >= 2
+    assert tails >= 1  # some end with a call that is not black (the goal's last call)
     # the demo recipe's stages train on exactly these files
     for stage in ("stage1", "stage2"):
         config = yaml.safe_load((Path(__file__).parents[1] / "configs" / f"demo_{stage}.yaml").read_text())

@@ -171,22 +171,25 @@ def gap_records(spec: StreamSpec, rounds: int, min_gap: int) -> list[StreamRecor
 
 
 def goal_records(spec: StreamSpec, rounds: int) -> list[StreamRecord]:
-    """One record per goal or black bar of ``spec`` that comes less than ``rounds`` seconds after a goal (with no
-    whistle between): its video from ``rounds`` seconds before the call's second to the end of that second, as
-    :func:`gap_records` cuts them. Both goals then sit in the streaming cache's vision window and verbatim turns, and
-    the call must add one to the last score for a second goal, nothing for a black bar, whatever the earlier goal
-    already added: the free-running score's other weak point. Calls in the first ``rounds - 1`` seconds are left
-    out."""
-    ends, last_goal = [], None
+    """Records of ``spec`` cut to ``rounds`` seconds (as :func:`gap_records` cuts them) ending with each goal or black
+    bar that comes less than ``rounds`` seconds after a goal, and with the last call less than ``rounds`` seconds
+    after each goal (no whistle between, each end once, in time order). A goal then sits in the streaming cache's
+    vision window and verbatim turns while the window's later calls are made: a second goal must add one to the last
+    score, a black bar or any other call nothing, whatever the earlier goal already added; the free-running score's
+    other weak point (an extra increment 12 s after a goal is as wrong as a missed one). Calls in the first
+    ``rounds - 1`` seconds are left out."""
+    ends, tails, goals = set(), {}, []  # tails: each goal's last call so far; goals: those since the last whistle
     for event in events(spec.seed, spec.seconds, spec.config):
         if event.kind == WHISTLE:
-            last_goal = None
-        elif event.colour == GOAL[0]:
-            if last_goal is not None and event.second - last_goal < rounds:
-                ends.append(event.second)
-            if event.shape == GOAL[1]:
-                last_goal = event.second
-    return _windows_ending_at(spec, ends, rounds)
+            goals = []
+            continue
+        goals = [g for g in goals if event.second - g < rounds]
+        if goals and event.colour == GOAL[0]:
+            ends.add(event.second)
+        tails.update((g, event.second) for g in goals)
+        if (event.colour, event.shape) == GOAL:
+            goals.append(event.second)
+    return _windows_ending_at(spec, sorted(ends | set(tails.values())), rounds)
 
 
 def _windows_ending_at(spec: StreamSpec, seconds: list[int], rounds: int) -> list[StreamRecord]:
@@ -209,9 +212,10 @@ class TrainingSetSpec:
     quiet streams with frequent whistles (:func:`reset_specs`), so that score is often the zero after a whistle.
     Each stage also trains on *gap windows* (:func:`gap_records`): ``gap_window`` seconds ending with each call
     whose previous call is ``gap_min`` or more seconds back, the free-running score's weak point (a model that
-    misreads one such score is wrong until the next whistle): with the defaults 1,437 of stage 1's 8,525 windows
-    and 397 of stage 2's 2,065; and on *goal windows* (:func:`goal_records`): as many seconds ending with each goal
-    or black bar less than that after a goal (1,629 and 305).
+    misreads one such score is wrong until the next whistle): with the defaults 1,437 of stage 1's 9,730 windows
+    and 397 of stage 2's 2,295; and on *goal windows* (:func:`goal_records`): as many seconds ending with each goal
+    or black bar less than that after a goal and with each goal's last call less than that after it (2,834 and
+    535).
     ``select`` (validation split, after the ``valid`` streams): default-world and quiet streams whose teacher-forced
     score accuracy chooses the checkpoint (``world/select.py``).
     """
