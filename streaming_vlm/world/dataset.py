@@ -290,6 +290,8 @@ def make_training_set(out_dir: str | Path, spec: TrainingSetSpec | None = None,
     out = Path(out_dir)
     spec = spec or TrainingSetSpec()
     parts = training_specs(spec, config)
+    cut = {"gaps": lambda stream: gap_records(stream, spec.gap_window, spec.gap_min),
+           "goals": lambda stream: goal_records(stream, spec.gap_window)}
     files = {}
     for name in ("stage1", "stage2", "valid"):
         streams = write_streams(out, parts[name], f"{name}_streams.jsonl", progress, titled=False)
@@ -299,8 +301,6 @@ def make_training_set(out_dir: str | Path, spec: TrainingSetSpec | None = None,
         files[name] = windows
         if name == "valid":
             continue
-        cut = {"gaps": lambda stream: gap_records(stream, spec.gap_window, spec.gap_min),
-               "goals": lambda stream: goal_records(stream, spec.gap_window)}
         for kind, records in cut.items():
             part = write_records(out / f"{name}_{kind}.jsonl", (rec for s in parts[name] for rec in records(s)))
             windows = out / f"{name}_{kind}_windows.jsonl"
