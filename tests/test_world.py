@@ -244,9 +244,9 @@ def test_training_set_windows(tmp_path):
         assert [(r.video, r.video_start, r.video_end) for r in gaps] == expected
         assert json.loads(build_settings_path(files[f"{name}_gaps"]).read_text())["window"] == 16
     assert sum(len([r for _, r in iter_records(files[f"{s}_gaps"])]) for s in ("stage1", "stage2")) >= 4
-    # goal windows: 16 s ending with each goal or black bar less than 16 s after a goal, and with the last call less
-    # than 16 s after each goal (no whistle between)
-    tails = 0
+    # goal windows: 16 s ending with each goal or black bar less than 16 s after a goal, with the last call less
+    # than 16 s after each goal, and with every call 10 to 23 s after the latest goal (no whistle between)
+    tails = late = 0
     for name in ("stage1", "stage2"):
         goals = [r for _, r in iter_records(files[f"{name}_goals"])]
         expected = []
@@ -262,13 +262,20 @@ def test_training_set_windows(tmp_path):
                 if e.label == "black ball":  # this goal's calls: those before the next whistle, < 16 s on
                     after = list(itertools.takewhile(lambda p: p.label != WHISTLE, evs[i + 1:]))
                     ends.update([p.second for p in after if p.second - e.second < 16][-1:])
+                # any call 10 to 23 s after the latest goal, no whistle between
+                latest = next((p for p in reversed(evs[:i]) if p.label in ("black ball", WHISTLE)), e)
+                if WHISTLE not in (e.label, latest.label) and 10 <= e.second - latest.second < 24:
+                    ends.add(e.second)
             colours = {e.second: e.colour for e in evs}
+            goal_at = [e.second for e in evs if e.label == "black ball"]
             tails += sum(colours[t] != "black" for t in ends if t >= 15)
+            late += sum(16 <= t - max(g for g in goal_at if g < t) < 24 for t in ends if t >= 15)
             expected += [(f"videos/train_{w['seed']}.mp4", t + 1 - 16.0, t + 1.0) for t in sorted(ends) if t >= 15]
         assert [(r.video, r.video_start, r.video_end) for r in goals] == expected
         assert json.loads(build_settings_path(files[f"{name}_goals"]).read_text())["window"] == 16
     assert sum(len([r for _, r in iter_records(files[f"{s}_goals"])]) for s in ("stage1", "stage2")) >= 2
-    assert tails >= 1  # some end with a call that is not black (the goal's last call)
+    assert tails >= 1  # some end with a call that is not black (a goal's last call, or one 10 to 23 s on)
+    assert late >= 1  # some end 16 to 23 s after a goal: only its call is left in the window, not its frames
     # the demo recipe's stages train on exactly these files
     for stage in ("stage1", "stage2"):
         config = yaml.safe_load((Path(__file__).parents[1] / "configs" / f"demo_{stage}.yaml").read_text())

@@ -170,25 +170,32 @@ def gap_records(spec: StreamSpec, rounds: int, min_gap: int) -> list[StreamRecor
     return _windows_ending_at(spec, ends, rounds)
 
 
-def goal_records(spec: StreamSpec, rounds: int) -> list[StreamRecord]:
+def goal_records(spec: StreamSpec, rounds: int, calls_after: tuple[int, int] = (10, 24)) -> list[StreamRecord]:
     """Records of ``spec`` cut to ``rounds`` seconds (as :func:`gap_records` cuts them) ending with each goal or black
-    bar that comes less than ``rounds`` seconds after a goal, and with the last call less than ``rounds`` seconds
-    after each goal (no whistle between, each end once, in time order). A goal then sits in the streaming cache's
-    vision window and verbatim turns while the window's later calls are made: a second goal must add one to the last
-    score, a black bar or any other call nothing, whatever the earlier goal already added; the free-running score's
-    other weak point (an extra increment 12 s after a goal is as wrong as a missed one). Calls in the first
-    ``rounds - 1`` seconds are left out."""
-    ends, tails, goals = set(), {}, []  # tails: each goal's last call so far; goals: those since the last whistle
+    bar that comes less than ``rounds`` seconds after a goal, with the last call less than ``rounds`` seconds after
+    each goal, and with every call ``calls_after[0]`` to less than ``calls_after[1]`` seconds after the latest goal
+    (no whistle between, each end once, in time order). A goal then sits in the streaming cache's vision window and
+    verbatim turns while the window's later calls are made: a second goal must add one to the last score, a black
+    bar or any other call nothing, whatever the earlier goal already added; the free-running score's other weak
+    point is an extra increment while the goal's frames leave the vision window (10 to 16 s after it) or just after
+    they have left it, when the goal is only in the verbatim turns. Calls in the first ``rounds - 1`` seconds are
+    left out."""
+    first, last = calls_after
+    # tails: each goal's last call so far; goals: those less than ``rounds`` s back; latest: since the last whistle
+    ends, tails, goals, latest = set(), {}, [], None
     for event in events(spec.seed, spec.seconds, spec.config):
         if event.kind == WHISTLE:
-            goals = []
+            goals, latest = [], None
             continue
+        if latest is not None and first <= event.second - latest < last:
+            ends.add(event.second)
         goals = [g for g in goals if event.second - g < rounds]
         if goals and event.colour == GOAL[0]:
             ends.add(event.second)
         tails.update((g, event.second) for g in goals)
         if (event.colour, event.shape) == GOAL:
             goals.append(event.second)
+            latest = event.second
     return _windows_ending_at(spec, sorted(ends | set(tails.values())), rounds)
 
 
@@ -214,8 +221,9 @@ class TrainingSetSpec:
     whose previous call is ``gap_min`` or more seconds back, the free-running score's weak point (a model that
     misreads one such score is wrong until the next whistle): with the defaults 1,437 of stage 1's 9,730 windows
     and 397 of stage 2's 2,295; and on *goal windows* (:func:`goal_records`): as many seconds ending with each goal
-    or black bar less than that after a goal and with each goal's last call less than that after it (2,834 and
-    535).
+    or black bar less than that after a goal, with each goal's last call less than that after it, and with every
+    call ``goal_calls_after`` (10 to 23) seconds after the latest goal (5,564 of stage 1's 12,460 windows and 1,005
+    of stage 2's 2,765).
     ``select`` (validation split, after the ``valid`` streams): default-world and quiet streams whose teacher-forced
     score accuracy chooses the checkpoint (``world/select.py``).
     """
@@ -234,6 +242,7 @@ class TrainingSetSpec:
     select_reset_streams: int = 2
     gap_window: int = DEFAULTS.text_rounds  # 16: the verbatim turns of the cache
     gap_min: int = 10
+    goal_calls_after: tuple[int, int] = (10, 24)
     minutes: float = 6.0
     long_minutes: float = 60.0
     short_minutes: float = 1.0
@@ -291,7 +300,7 @@ def make_training_set(out_dir: str | Path, spec: TrainingSetSpec | None = None,
     spec = spec or TrainingSetSpec()
     parts = training_specs(spec, config)
     cut = {"gaps": lambda stream: gap_records(stream, spec.gap_window, spec.gap_min),
-           "goals": lambda stream: goal_records(stream, spec.gap_window)}
+           "goals": lambda stream: goal_records(stream, spec.gap_window, spec.goal_calls_after)}
     files = {}
     for name in ("stage1", "stage2", "valid"):
         streams = write_streams(out, parts[name], f"{name}_streams.jsonl", progress, titled=False)
