@@ -170,7 +170,7 @@ def gap_records(spec: StreamSpec, rounds: int, min_gap: int) -> list[StreamRecor
     return _windows_ending_at(spec, ends, rounds)
 
 
-def goal_records(spec: StreamSpec, rounds: int, calls_after: tuple[int, int] = (10, 24)) -> list[StreamRecord]:
+def goal_records(spec: StreamSpec, rounds: int, calls_after: tuple[int, int]) -> list[StreamRecord]:
     """Records of ``spec`` cut to ``rounds`` seconds (as :func:`gap_records` cuts them) ending with each goal or black
     bar that comes less than ``rounds`` seconds after a goal, with the last call less than ``rounds`` seconds after
     each goal, and with every call ``calls_after[0]`` to less than ``calls_after[1]`` seconds after the latest goal
