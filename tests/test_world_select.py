@@ -1,8 +1,10 @@
-"""Choosing the demo checkpoint: validation windows, the teacher-forced score accuracy, the choice, the command."""
+"""Choosing the demo checkpoint: validation windows, the teacher-forced and the streamed score accuracy, the choice,
+the command."""
 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import replace
 
 import pytest
@@ -50,6 +52,18 @@ def test_choose_the_most_accurate_then_the_surest_then_the_later():
         select.choose([("e", select.Accuracy())])
 
 
+def test_choose_streamed_by_pooled_accuracy_then_worst_stream_then_the_later():
+    def st(pooled, worst):
+        return select.Streamed(pooled, worst, slips=0, event_f1=1.0)
+
+    assert select.choose([("a", st(0.99, 0.95)), ("b", st(0.98, 0.98))]) == "a"  # pooled first
+    assert select.choose([("a", st(0.99, 0.90)), ("b", st(0.99, 0.95)), ("c", st(0.99, 0.92))]) == "b"
+    assert select.choose([("a", st(1.0, 1.0)), ("b", st(1.0, 1.0))]) == "b"  # all equal: the later
+    assert select.choose([("a", st(0.5, 0.5)), ("none", st(None, None))]) == "a"  # no matched call: never chosen
+    with pytest.raises(ValueError, match="no checkpoint read a score word"):
+        select.choose([("none", st(None, None))])
+
+
 @pytest.fixture(scope="module")
 def valid_dir(tmp_path_factory):
     """One quiet 2-minute validation stream (so it has quiet stretches), written as make_training_set writes it."""
@@ -84,14 +98,44 @@ def test_validation_accuracy_reads_every_score_word_once(valid_dir, tmp_path):
     assert all(len(parse_commentary(e.text).calls) == 1 for e in evs)
 
 
+def test_streamed_accuracy_is_the_synth_evaluation_of_the_validation_streams(valid_dir, tmp_path, caplog):
+    from streaming_vlm.world.demo import build_demo_init
+
+    out, spec = valid_dir
+    with caplog.at_level(logging.INFO, logger="streaming_vlm"):
+        trained = select.streamed_accuracy(DEMO_MODEL, out, tmp_path / "trained", threads=1)
+    assert [r for r in caplog.records if r.getMessage().startswith("loading")]
+    report = json.loads((tmp_path / "trained" / "report.json").read_text())
+    # the validation stream (select.jsonl), streamed whole in streaming mode only
+    assert [(s["name"], s["duration_s"]) for s in report["streams"]] == [(f"{out.name}/v", 120.0)]  # videos/v.mp4
+    assert list(report["modes"]) == ["streaming"] and report["modes"]["streaming"]["coverage"] == 1.0
+    s = report["modes"]["streaming"]
+    assert trained == select.Streamed(s["fact_accuracy"], s["fact_accuracy_worst"]["fact_accuracy"],
+                                      s["score_slips"]["total"], s["event_f1"])
+    assert trained.score_accuracy >= 0.9 and trained.event_f1 >= 0.9
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="streaming_vlm"):  # resumed: every stream is done, no model loaded
+        assert select.streamed_accuracy(DEMO_MODEL, out, tmp_path / "trained", threads=1) == trained
+    assert not [r for r in caplog.records if r.getMessage().startswith("loading")]
+    untrained = select.streamed_accuracy(build_demo_init(tmp_path / "init"), out, tmp_path / "untrained", threads=1)
+    assert untrained.key is None or untrained.key < trained.key
+    assert select.choose([("trained", trained), ("untrained", untrained)]) == "trained"
+
+
 def test_command_prints_each_checkpoint_and_the_best_last(valid_dir, tmp_path, capsys):
     out, _ = valid_dir
-    report = tmp_path / "selection.json"
-    assert select.main([str(out), str(DEMO_MODEL), "--report", str(report)]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[-1] == str(DEMO_MODEL) and lines[0].startswith(f"{DEMO_MODEL}: {{")
-    saved = json.loads(report.read_text())
-    assert saved["best"] == str(DEMO_MODEL) and saved["checkpoints"][str(DEMO_MODEL)]["score_accuracy"] >= 0.9
+    for by, quantity in (("streamed", "score_accuracy"), ("teacher-forced", "score_accuracy")):
+        report = tmp_path / f"selection_{by}.json"
+        argv = [str(out), str(DEMO_MODEL), "--report", str(report), "--by", by, "--threads", "1"]
+        assert select.main(argv + ["--out", str(tmp_path / by)]) == 0
+        lines = capsys.readouterr().out.strip().splitlines()
+        assert lines[-1] == str(DEMO_MODEL) and lines[0].startswith(f"{DEMO_MODEL}: {{")
+        assert len(lines) == 2  # the evaluation's own table went to stderr
+        saved = json.loads(report.read_text())
+        assert saved["by"] == by and saved["best"] == str(DEMO_MODEL)
+        assert saved["checkpoints"][str(DEMO_MODEL)][quantity] >= 0.9
+    assert (tmp_path / "streamed" / f"00_{DEMO_MODEL.name}" / "report.json").is_file()
+    assert not (tmp_path / "teacher-forced").exists()
     assert select.main([str(tmp_path / "none"), str(DEMO_MODEL)]) == 2
     assert select.main([str(tmp_path), str(DEMO_MODEL)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
