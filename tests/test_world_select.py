@@ -138,6 +138,15 @@ def test_command_prints_each_checkpoint_and_the_best_last(valid_dir, tmp_path, c
     assert not (tmp_path / "teacher-forced").exists()
     assert select.main([str(tmp_path / "none"), str(DEMO_MODEL)]) == 2
     assert select.main([str(tmp_path), str(DEMO_MODEL)]) == 2
+    # outputs checked before any work: not an input, the right kind, in an existing folder
+    assert select.main([str(out), str(DEMO_MODEL), "--out", str(DEMO_MODEL)]) == 2
+    assert select.main([str(out), str(DEMO_MODEL), "--out", str(report)]) == 2
+    assert select.main([str(out), str(DEMO_MODEL), "--report", str(tmp_path)]) == 2
+    assert select.main([str(out), str(DEMO_MODEL), "--report", str(tmp_path / "no" / "r.json")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"streaming-vlm: error: {tmp_path / 'none'}: not a directory",
-                   f"streaming-vlm: error: {tmp_path / select.ANNOTATION}: not found"]
+    assert err[:2] == [f"streaming-vlm: error: {tmp_path / 'none'}: not a directory",
+                       f"streaming-vlm: error: {tmp_path / select.ANNOTATION}: not found"]
+    assert err[2:] == [f"streaming-vlm: error: {flag} {path}: must be {kind} in an existing folder, not an input"
+                       for flag, path, kind in (("--out", DEMO_MODEL, "a folder"), ("--out", report, "a folder"),
+                                                ("--report", tmp_path, "a file"),
+                                                ("--report", tmp_path / "no" / "r.json", "a file"))]

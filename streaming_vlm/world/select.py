@@ -42,6 +42,8 @@ import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from streaming_vlm.argtypes import positive_int
+
 ANNOTATION = "select.jsonl"
 """The validation streams' annotation file in ``VALID_DIR``."""
 BY = ("streamed", "teacher-forced")
@@ -247,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None,
                    help="--by streamed: folder of the per-chunk records, one folder per checkpoint, resumable "
                         "(default: a temporary folder)")
-    p.add_argument("--threads", type=int, default=None, help="--by streamed: CPU threads (default: torch's)")
+    p.add_argument("--threads", type=positive_int, default=None, help="--by streamed: CPU threads (default: torch's)")
     p.add_argument("--report", default=None, help="also write the accuracies and the choice to this JSON file")
     args = p.parse_args(argv)
     for path in [args.valid_dir, *args.checkpoints]:
@@ -257,6 +259,17 @@ def main(argv: list[str] | None = None) -> int:
     if not (Path(args.valid_dir) / ANNOTATION).is_file():
         print(f"streaming-vlm: error: {Path(args.valid_dir) / ANNOTATION}: not found", file=sys.stderr)
         return 2
+    inputs = {Path(p).resolve() for p in [args.valid_dir, *args.checkpoints]}
+    for flag, path, want_dir in (("--out", args.out, True), ("--report", args.report, False)):
+        if path is None:
+            continue
+        target = Path(path)
+        wrong = target.is_file() if want_dir else target.is_dir()
+        if wrong or target.resolve() in inputs or not target.resolve().parent.is_dir():
+            kind = "a folder" if want_dir else "a file"
+            print(f"streaming-vlm: error: {flag} {path}: must be {kind} in an existing folder, not an input",
+                  file=sys.stderr)
+            return 2
     results: list[tuple[str, Accuracy | Streamed]] = []
     with contextlib.ExitStack() as stack:
         out = args.out or stack.enter_context(tempfile.TemporaryDirectory(prefix="select-"))
