@@ -2,16 +2,22 @@
 # Train the demo model from scratch on the synthetic world and choose its checkpoint (about 40 min on 2 CPU cores):
 #   bash scripts/train_demo.sh            # then: streaming-vlm infer demo --model checkpoints/demo_best
 # Stage 1 (1,600 steps) and stage 2 (annealing, 400 steps, a checkpoint every 100) run the project's SFT trainer;
-# then `python -m streaming_vlm.world.select` streams the validation streams ($DATA/select.jsonl) with each stage-2
-# checkpoint, free-running as `streaming-vlm eval synth` does, and copies the one with the best running-score
-# accuracy (then the best worst stream, then the later) to $CKPT/demo_best ($CKPT/selection.json: every
-# checkpoint's numbers; $CKPT/selection/: the per-chunk records).
+# then `python -m streaming_vlm.world.select` reads the validation streams ($DATA/select.jsonl) teacher-forced with
+# each stage-2 checkpoint and copies the one with the best score accuracy to $CKPT/demo_best
+# ($CKPT/selection.json: every checkpoint's accuracy). SELECT_BY=streamed streams them free-running instead, as
+# `streaming-vlm eval synth` does (the records in $CKPT/selection/; slower, and no better measured: select.py).
 # Env (defaults): DATA (data/world), CKPT (checkpoints), SEED (0: the random init and the data order),
+# SELECT_BY (teacher-forced),
 # SHIP=1 copies the chosen checkpoint into the package (streaming_vlm/assets/demo_model, the default model of
 # `streaming-vlm infer`). Each step is skipped when its output exists (a finished stage: train_results.json); a
 # stage cut short resumes from its newest checkpoint. Extra arguments go to both stages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+SELECT_BY="${SELECT_BY:-teacher-forced}"
+case "$SELECT_BY" in
+  teacher-forced|streamed) ;;
+  *) echo "train_demo.sh: error: SELECT_BY=$SELECT_BY: use teacher-forced or streamed" >&2; exit 2 ;;
+esac
 source scripts/_env.sh  # the project's Python (PYTHON; CHECK_ENV=1 prints it)
 
 DATA="${DATA:-data/world}"
@@ -44,8 +50,8 @@ if [ ! -f "$CKPT/demo_best/model.safetensors" ]; then
     done
     CANDIDATES+=("$dir")
   done
-  "$PYTHON" -m streaming_vlm.world.select "$DATA" "${CANDIDATES[@]}" --out "$CKPT/selection" \
-    --report "$CKPT/selection.json" | tee "$CKPT/selection.log"
+  "$PYTHON" -m streaming_vlm.world.select "$DATA" "${CANDIDATES[@]}" --by "$SELECT_BY" \
+    --out "$CKPT/selection" --report "$CKPT/selection.json" | tee "$CKPT/selection.log"
   "$PYTHON" -m streaming_vlm.world.ship "$(tail -n 1 "$CKPT/selection.log")" "$CKPT/demo_best"
   echo "trained and chose a checkpoint in $((SECONDS / 60)) min $((SECONDS % 60)) s"
 fi

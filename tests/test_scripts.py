@@ -121,3 +121,13 @@ def test_the_real_check_accepts_this_interpreter(repo):
     python = executable(repo / ".venv" / "bin" / "python", f'exec "{sys.executable}" "$@"')
     proc = run(repo, "sft_stage_1.sh", CHECK_ENV="1", OMP_NUM_THREADS="1")
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, f"{python}\n", "")
+
+
+def test_train_demo_refuses_an_unknown_select_by_before_anything_runs(repo):
+    environment(repo / ".venv" / "bin")
+    proc = run(repo, "train_demo.sh", SELECT_BY="best")
+    assert (proc.returncode, proc.stdout) == (2, "")
+    assert proc.stderr == "train_demo.sh: error: SELECT_BY=best: use teacher-forced or streamed\n"
+    assert not (repo / "checkpoints").exists() and not (repo / "data").exists()
+    for by in ("teacher-forced", "streamed"):
+        assert run(repo, "train_demo.sh", SELECT_BY=by, CHECK_ENV="1").returncode == 0
