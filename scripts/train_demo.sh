@@ -5,7 +5,7 @@
 # then `python -m streaming_vlm.world.select` reads the validation streams ($DATA/select.jsonl) teacher-forced with
 # each stage-2 checkpoint and copies the one with the best score accuracy to $CKPT/demo_best
 # ($CKPT/selection.json: every checkpoint's accuracy). SELECT_BY=streamed streams them free-running instead, as
-# `streaming-vlm eval synth` does (the records in $CKPT/selection/; slower, and measured no better: see select.py).
+# `streaming-vlm eval synth` does (the records in $CKPT/selection/; slower, and not better as a rule: see select.py).
 # Env (defaults): DATA (data/world), CKPT (checkpoints), SEED (0: the random init and the data order),
 # SELECT_BY (teacher-forced),
 # SHIP=1 copies the chosen checkpoint into the package (streaming_vlm/assets/demo_model, the default model of

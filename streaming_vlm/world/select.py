@@ -30,9 +30,10 @@ never trained on, never held out). Two ways to read them:
 The chosen checkpoint has the highest quantity; among equals, the later one in the argument order (the one
 trained longer). Teacher forcing never sees a slip, the streamed reading does: on the 20 stage-2 checkpoints of
 five demo runs the teacher-forced accuracy spanned 0.978-0.997 and the streamed one 0.861-1.000. But 80 streamed
-minutes see too few slips to rank good checkpoints: where the two readings chose differently (two runs), the
-streamed choice was no better on the held-out streams (10-minute streams 0.982 vs 0.984 and 0.973 vs 0.974;
-60-minute streams 0.928 vs 0.970 and 0.966 vs 0.966), and it takes longer (four checkpoints, one thread beside
+minutes see too few slips to rank good checkpoints: where the two readings chose differently (three runs), the
+streamed choice was not better on the held-out streams as a rule (10-minute streams 0.982 vs 0.984, 0.998 vs
+0.997 and 0.973 vs 0.974, worst stream 0.829 vs 0.830, 0.969 vs 0.946 and 0.726 vs 0.726; 60-minute streams
+0.928 vs 0.970, 0.991 vs 0.991 and 0.966 vs 0.966), and it takes longer (four checkpoints, one thread beside
 another job: 6 min 47 s against about 5 min), so the default is teacher-forced.
 """
 
