@@ -224,8 +224,8 @@ class TrainingSetSpec:
     or black bar less than that after a goal, with each goal's last call less than that after it, and with every
     call ``goal_calls_after`` (10 to 23) seconds after the latest goal (5,564 of stage 1's 12,460 windows and 1,005
     of stage 2's 2,765).
-    ``select`` (validation split, after the ``valid`` streams): default-world and quiet streams whose streamed
-    running-score accuracy chooses the checkpoint (``world/select.py``).
+    ``select`` (validation split, after the ``valid`` streams): default-world and quiet streams whose score accuracy
+    (teacher-forced by default, or streamed) chooses the checkpoint (``world/select.py``).
     """
 
     stage1_streams: int = 48

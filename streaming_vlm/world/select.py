@@ -277,7 +277,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     results: list[tuple[str, Accuracy | Streamed]] = []
     with contextlib.ExitStack() as stack:
-        out = args.out or stack.enter_context(tempfile.TemporaryDirectory(prefix="select-"))
+        out = args.out
+        if args.by == "streamed" and out is None:  # teacher forcing writes no records
+            out = stack.enter_context(tempfile.TemporaryDirectory(prefix="select-"))
         for i, ckpt in enumerate(args.checkpoints):
             try:
                 if args.by == "streamed":
