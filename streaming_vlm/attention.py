@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention.bias import CausalBias, causal_lower_right
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.utils.import_utils import is_torch_greater_or_equal
@@ -49,15 +50,14 @@ def grouped_sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, ma
         if q == kv:
             is_causal = True
         elif query.device.type == "cuda":
-            from torch.nn.attention.bias import causal_lower_right
-
             mask = causal_lower_right(q, kv)
         else:
             mask = torch.ones(q, kv, dtype=torch.bool, device=query.device).tril(kv - q)
     if groups > 1 and not is_torch_greater_or_equal("2.5"):  # no enable_gqa before torch 2.5: repeat the heads
         key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
         groups = 1
-    tensor_mask = isinstance(mask, torch.Tensor)
+    # a CausalBias is a torch.Tensor subclass that SDPA dispatches on: it must reach SDPA as it is, never folded
+    tensor_mask = isinstance(mask, torch.Tensor) and not isinstance(mask, CausalBias)
     if groups == 1 or not pack or not tensor_mask or (mask.dim() == 4 and mask.shape[1] != 1):
         kwargs = {"enable_gqa": True} if groups > 1 else {}
         return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, is_causal=is_causal, scale=scale,

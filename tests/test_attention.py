@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.nn.attention.bias import causal_lower_right
 from transformers.cache_utils import DynamicCache
 
 from streaming_vlm.attention import NAME, grouped_sdpa, use_streaming_attention
@@ -31,6 +32,7 @@ CASES = {  # (queries, keys, mask kind)
     "decode step over a buffer": (1, 64, "slots"),
     "close over a buffer": (3, 64, "slots"),
     "additive mask": (5, 40, "additive"),
+    "lower-right bias": (7, 40, "bias"),  # what a CUDA device gets for a prefill after the cache (a Tensor subclass)
 }
 
 
@@ -52,6 +54,8 @@ def test_grouped_sdpa_equals_repeated_heads(case, heads, pack):
         expected_mask = mask[0, 0]
         key[:, :, 41 + q :] = 1e4  # free slots (finite: the cache zeroes its buffers) must not matter
         value[:, :, 41 + q :] = -1e4
+    elif kind == "bias":
+        mask, expected_mask = causal_lower_right(q, kv), lower_right(q, kv)
     else:
         mask = torch.zeros(1, 1, q, kv).masked_fill(~lower_right(q, kv), torch.finfo(torch.float32).min)
         expected_mask = mask[0, 0]
