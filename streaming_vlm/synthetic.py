@@ -11,7 +11,6 @@ from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 
 COLORS = {
@@ -70,6 +69,8 @@ def write_synthetic_video(
     """Write an H.264 mp4 of ``seconds`` seconds; returns its path."""
     if seconds <= 0 or fps <= 0:
         raise ValueError("seconds and fps must be > 0")
+    import av  # only writing needs it: the in-memory scene runs where PyAV is not installed (the GPU benchmark)
+
     scene = synthetic_scene(width, height, seed=seed, shapes=shapes)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
