@@ -36,6 +36,9 @@ is left out of every timing statistic and reported as ``first_round_s``):
 - ``targets``: the issue's GPU targets (7B on an H200: p50 decode <= 8 ms/token, p99 chunk latency <= 0.5 s at
   720p 2 fps with 20 tokens per chunk, the last minute within 10 % of the first) evaluated on this run.
 
+``--profile`` runs one more round per configuration under ``torch.profiler`` (left out of every statistic) and
+appends its operator table (by self time on the device, on a GPU) to the ``.profile.txt`` beside ``--out``.
+
 An out-of-memory error ends that configuration (recorded in ``oom``); the others still run. Writes ``--out`` (JSON)
 and a figure beside it (``.png``: ms/token by minute per configuration, throughput against batch), both rewritten
 after every configuration, so that an interrupted run keeps the configurations it finished.
@@ -337,34 +340,44 @@ def run_config(bench: Bench, resolution: str, size: tuple[int, int], mode: str, 
     sessions = [bench.session(mode, a.seed + i) for i in range(batch)]
     timer = VisionTimer(bench.model.model.visual, bench.device)
     rounds: list[dict[str, Any]] = []
-    oom, source_s = None, 0.0
+    oom, source_s, profile = None, 0.0, None
+
+    def step_round(k: int) -> tuple[list, list[float], float, float]:
+        """Feed chunk ``k`` to every session: (results, each session's latency, the round's seconds, the seconds
+        spent rendering its frames)."""
+        start = k * a.chunk_seconds
+        end = start + a.chunk_seconds
+        t = time.perf_counter()
+        n = geometry["frames_per_chunk"]
+        frames = np.stack([scene(start + (i + 0.5) * a.chunk_seconds / n) for i in range(n)])
+        rendered = time.perf_counter() - t
+        bench.sync()
+        t_round = time.perf_counter()
+        latencies = []
+        if batched:
+            results = bench.step_many(sessions, [(frames, start, end)] * batch)
+            bench.sync()
+            latencies = [time.perf_counter() - t_round] * batch
+        else:
+            results = []
+            for session in sessions:
+                t = time.perf_counter()
+                results.append(session.step(frames, start, end))
+                bench.sync()
+                latencies.append(time.perf_counter() - t)
+        return results, latencies, time.perf_counter() - t_round, rendered
+
     try:
         for k in range(n_chunks):
-            start = k * a.chunk_seconds
-            end = start + a.chunk_seconds
-            t = time.perf_counter()
-            n = geometry["frames_per_chunk"]
-            frames = np.stack([scene(start + (i + 0.5) * a.chunk_seconds / n) for i in range(n)])
-            source_s += time.perf_counter() - t
-            bench.sync()
-            t_round = time.perf_counter()
-            latencies = []
-            if batched:
-                results = bench.step_many(sessions, [(frames, start, end)] * batch)
-                bench.sync()
-                latencies = [time.perf_counter() - t_round] * batch
-            else:
-                results = []
-                for session in sessions:
-                    t = time.perf_counter()
-                    results.append(session.step(frames, start, end))
-                    bench.sync()
-                    latencies.append(time.perf_counter() - t)
-            round_s = time.perf_counter() - t_round
-            rounds.append({"index": k, "t": start, "round_s": round_s, "vision_s": timer.take(),
+            results, latencies, round_s, rendered = step_round(k)
+            source_s += rendered
+            rounds.append({"index": k, "t": k * a.chunk_seconds, "round_s": round_s, "vision_s": timer.take(),
                            "latency_s": latencies, "decode_s": [r.decode_s for r in results],
                            "new_tokens": [r.new_tokens for r in results],
                            "cache_tokens": [r.cache_tokens for r in results]})
+        if a.profile:  # one more round, under the profiler, left out of every statistic
+            profile = profile_round(lambda: step_round(n_chunks), bench.device)
+            timer.take()
     except oom_errors() as exc:
         oom = {"chunk_index": len(rounds), "at_s": len(rounds) * a.chunk_seconds, "error": oom_message(exc)}
     finally:
@@ -373,12 +386,34 @@ def run_config(bench: Bench, resolution: str, size: tuple[int, int], mode: str, 
               "captures": sum(s.graphs.captures for s in sessions)}
     measured = {"resolution": resolution, **geometry, "mode": mode, "batch": batch, "batched": batched,
                 "rounds": rounds, "source_s": source_s, "peak_memory_mb": memory.peak_mb(), "memory_kind": memory.kind,
-                "peak_rss_mb": peak_rss_mb(), "rss_end_mb": current_rss_mb(), "cuda_graphs": graphs, "oom": oom}
-    del sessions
+                "peak_rss_mb": peak_rss_mb(), "rss_end_mb": current_rss_mb(), "cuda_graphs": graphs, "oom": oom,
+                "profile": profile}
+    sessions.clear()  # the sessions and their caches go before the next configuration
     gc.collect()
     if bench.device.type == "cuda":
         torch.cuda.empty_cache()
     return measured
+
+
+def profile_round(step: Callable[[], Any], device) -> str:
+    """Run ``step`` under ``torch.profiler``; returns its operator table (the 40 operators with the most self time on
+    the device on a GPU, on the CPU elsewhere; kernels replayed from a CUDA graph count on the device)."""
+    import torch
+    from torch.autograd.profiler_util import FunctionEventAvg
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        step()
+        if cuda:
+            torch.cuda.synchronize(device)
+    key = "self_cpu_time_total"
+    if cuda:  # the instances' attribute, named cuda before torch's device-generic profiler
+        key = "self_device_time_total"
+        if not hasattr(FunctionEventAvg(), key):
+            key = "self_cuda_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=40)
 
 
 def chunk_count(args: argparse.Namespace) -> int:
@@ -616,6 +651,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
     p.add_argument("--dtype", default="auto", help="auto (bf16 for 7b and on CUDA, else fp32), bf16, fp16, fp32")
     p.add_argument("--seed", type=int, default=DEFAULTS.seed, help="weights, scene and sampling seed (default 0)")
+    p.add_argument("--profile", action="store_true",
+                   help="after each configuration, one more round under torch.profiler (left out of the statistics); "
+                   "its operator table goes to the .profile.txt beside --out")
     p.add_argument("--out", type=Path, default=REPO / "figures" / "bench_gpu.json",
                    help="results JSON; the figure is written beside it as .png (default figures/bench_gpu.json)")
     return p
@@ -682,12 +720,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     }  # fmt: skip
     doc = {"meta": meta, "runs": []}
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    profile_path = args.out.with_suffix(".profile.txt")
+    if args.profile:
+        profile_path.write_text(f"# {meta['command']}\n")
     for resolution, size in args.resolutions:
         for mode in args.modes:
             for batch in args.batch:
-                run = summarize(run_config(bench, resolution, size, mode, batch), args.max_new_tokens,
-                                args.chunk_seconds)
+                measured = run_config(bench, resolution, size, mode, batch)
+                profiled = measured.pop("profile")
+                run = summarize(measured, args.max_new_tokens, args.chunk_seconds)
                 doc["runs"].append(run)
+                if profiled is not None:
+                    with profile_path.open("a") as f:
+                        f.write(f"\n## {label(run)}: one round after the timed ones\n{profiled}\n")
                 print(f"{label(run)}: {run['ms_per_token_p50']} ms/token (p50), {run['chunk_latency_p99_s']} s "
                       f"chunk latency (p99)", file=sys.stderr, flush=True)
                 meta.update(cuda_graphs_effective="on" if any(r["cuda_graphs"]["on"] for r in doc["runs"]) else "off",
@@ -695,7 +740,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.out.write_text(json.dumps(doc, indent=1) + "\n")  # after every configuration: a crash keeps them
                 plot(doc, args.out.with_suffix(".png"))
     print(table(doc))
-    print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
+    print(f"wrote {args.out} and {args.out.with_suffix('.png')}" + (f" and {profile_path}" if args.profile else ""))
     return 0
 
 

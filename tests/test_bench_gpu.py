@@ -216,3 +216,21 @@ def test_usage_errors(argv, message, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert message in err[-1] and err[-1].startswith("bench_gpu.py: error:")
+
+
+def test_profile_writes_one_operator_table_per_configuration_outside_the_statistics(tmp_path):
+    """``--profile``: one more round per configuration under torch.profiler, its table in ``.profile.txt`` (the
+    model's own operators, each configuration's section), the JSON's counts those of the timed rounds alone."""
+    out = tmp_path / "bench_gpu.json"
+    argv = ["--shape", "tiny", "--device", "cpu", "--minutes", "0.05", "--resolutions", "56x84", "--batch", "1,2",
+            "--profile", "--out", str(out)]
+    assert bench_gpu.main(argv) == 0
+    text = out.with_suffix(".profile.txt").read_text()
+    assert text.startswith("# python scripts/bench_gpu.py ") and "--profile" in text.splitlines()[0]
+    sections = text.split("\n## ")[1:]
+    assert [s.split(":")[0] for s in sections] == ["56x84 streaming x1", "56x84 streaming x2 batched"]
+    for section in sections:
+        assert "Self CPU" in section and "aten::addmm" in section  # the model's linear layers ran under it
+    for run in json.loads(out.read_text())["runs"]:
+        assert (run["chunks"], run["timed_chunks"]) == (3, 2)
+        assert run["generated_tokens"] == 3 * run["batch"] * run["forced_tokens_per_chunk"]
