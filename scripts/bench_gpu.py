@@ -377,7 +377,6 @@ def run_config(bench: Bench, resolution: str, size: tuple[int, int], mode: str, 
                            "cache_tokens": [r.cache_tokens for r in results]})
         if a.profile:  # one more round, under the profiler, left out of every statistic
             profile = profile_round(lambda: step_round(n_chunks), bench.device)
-            timer.take()
     except oom_errors() as exc:
         oom = {"chunk_index": len(rounds), "at_s": len(rounds) * a.chunk_seconds, "error": oom_message(exc)}
     finally:
