@@ -261,6 +261,51 @@ def test_weighted_words_make_the_loss_a_weighted_mean_over_the_window(tiny_model
     assert trainer.state.log_history[-1]["supervised_tokens"] == 11  # tokens, not weights
 
 
+def test_right_padded_batches_drop_the_mask_under_sdpa_with_the_same_loss_and_gradients(tiny_model_dir, tmp_path):
+    from transformers import Qwen2_5_VLForConditionalGeneration, TrainingArguments
+
+    from streaming_vlm.train.trainer import StreamingSFTTrainer
+
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_model_dir, dtype=torch.float32,
+                                                               attn_implementation="sdpa")
+    trainer = StreamingSFTTrainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), report_to="none"))
+    g = torch.Generator().manual_seed(2)
+    # rows of 31, 9 and 20 tokens: 22 and 11 pads after the shorter rows' last real token
+    batch = StreamingCollator(pad_token_id=0)(
+        [_text_sample(g, 31, [3, 8, 17, 30]), _text_sample(g, 9, [2, 5, 8]), _text_sample(g, 20, [4, 19])]
+    )
+    seen: list[dict] = []
+    model.register_forward_pre_hook(lambda _m, _a, kw: seen.append(dict(kw)), with_kwargs=True)
+
+    def grads(loss):
+        model.zero_grad()
+        loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    fast = trainer.compute_loss(model, batch)
+    assert "attention_mask" not in seen[-1]  # the causal rule alone (SDPA's causal kernel)
+    fast_grads = grads(fast)
+    # the reference: the same token mean from the full logits computed with the padding mask
+    nll = _hand_nll(model, batch)
+    assert seen[-1]["attention_mask"] is batch["attention_mask"]
+    reference = torch.stack(nll).mean()
+    torch.testing.assert_close(fast.double(), reference, rtol=1e-6, atol=1e-7)
+    ref_grads = grads(reference.float())
+    assert fast_grads.keys() == ref_grads.keys() and len(fast_grads) > 10
+    for name, grad in fast_grads.items():
+        torch.testing.assert_close(grad, ref_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+    # a mask that is not right padding (a pad before a real token) goes to the model as it is
+    odd = dict(batch, attention_mask=batch["attention_mask"].clone())
+    odd["attention_mask"][0, 2] = 0
+    trainer.compute_loss(model, odd)
+    assert seen[-1]["attention_mask"] is odd["attention_mask"]
+    # under eager attention the mask is kept whatever its shape
+    model.config._attn_implementation = "eager"
+    trainer.compute_loss(model, batch)
+    assert seen[-1]["attention_mask"] is batch["attention_mask"]
+
+
 def test_word_token_weights_weigh_each_words_one_token(tiny_model_dir):
     from transformers import AutoTokenizer
 

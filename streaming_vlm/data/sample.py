@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 from streaming_vlm.data.annotations import AnnotationError, StreamRecord
+from streaming_vlm.data.frames import FrameCache
 from streaming_vlm.data.windows import commentary
 from streaming_vlm.layout import Kind, StreamLayout, TokenMeta
 from streaming_vlm.policy import CachePolicy
@@ -188,10 +189,12 @@ class SampleBuilder:
             replaced by the config's per-sample budget.
         config: ``SampleConfig``; its chunks must hold an even whole number of frames (``SettingsError``).
         tokens_per_second: the model's ``vision_config.tokens_per_second`` (2 for Qwen2.5-VL).
+        frame_cache: whole decoded videos kept in memory (``data/frames.py``); ``None``: every sample decodes its
+            own window. The samples are the same either way.
     """
 
     def __init__(self, tokenizer, vision_spec: VisionSpec | None = None, config: SampleConfig | None = None,
-                 tokens_per_second: float = 2):
+                 tokens_per_second: float = 2, frame_cache: FrameCache | None = None):
         self.config = config or SampleConfig()
         self.config.check_chunks()  # Qwen2.5-VL encodes frames in pairs
         self.spec = vision_spec or VisionSpec()
@@ -199,6 +202,7 @@ class SampleBuilder:
         self.layout = StreamLayout(tokenizer, self.config.system_prompt, time_interval=time_interval)
         self.policy = CachePolicy(None, None, self.config.text_sink, self.config.text_window)
         self.frames_per_chunk = round(self.config.fps * self.config.chunk_seconds)
+        self.frame_cache = frame_cache
 
     # ---- planning (no video needed) ------------------------------------------------------------------------
 
@@ -289,11 +293,15 @@ class SampleBuilder:
             meta, labels = self.tokens(record, plans, [(grid[0], grid[1] // m, grid[2] // m)] * len(plans))
             self.check_length(record, meta)
             size = (grid[1] * self.spec.patch_size, grid[2] * self.spec.patch_size)
+            if self.frame_cache is not None:
+                decoded = self.frame_cache.chunk_frames(reader, len(plans))
+            else:
+                decoded = (chunk.frames for chunk in reader.chunks())
             frames = []
-            for _plan, chunk in zip(plans, reader.chunks(), strict=False):  # plans first: no chunk decoded past them
-                resized = pre.resize(chunk.frames)  # uint8 [frames per chunk, H', W', 3], on the CPU
+            for _plan, raw in zip(plans, decoded, strict=False):  # plans first: no chunk decoded past them
+                resized = pre.resize(raw)  # uint8 [frames per chunk, H', W', 3], on the CPU
                 if tuple(resized.shape[1:3]) != size:
-                    raise VideoError(f"{video_path}: frames of {chunk.frames.shape[2]}x{chunk.frames.shape[1]} "
+                    raise VideoError(f"{video_path}: frames of {raw.shape[2]}x{raw.shape[1]} "
                                      f"where the probe found {reader.info.width}x{reader.info.height}")
                 frames.append(resized)
         if len(frames) != len(plans):

@@ -139,6 +139,13 @@ class DataArguments:
     word_loss_weight: float = field(
         default=1.0, metadata={"help": "Loss weight of the weighted_words' tokens (every other token: 1)."}
     )
+    frame_cache_mb: int = field(
+        default=0,
+        metadata={"help": "Keep whole decoded videos (RGB at fps, before resizing) in memory up to this many MB per "
+                          "process, so that a video's windows decode it once instead of once each; the samples are "
+                          "the same. For datasets whose decoded frames fit (the demo's: ~1.3 GB); a larger video is "
+                          "decoded window by window. 0: off."},
+    )
     max_bad_sample_fraction: float = field(
         default=0.05,
         metadata={"help": "Stop when the distinct lines that cannot be used (a line retried or upsampled counts once) "
@@ -166,6 +173,8 @@ class DataArguments:
             raise ConfigError(f"word_loss_weight must be > 0, got {self.word_loss_weight}")
         if not 0.0 <= self.max_bad_sample_fraction <= 1.0:
             raise ConfigError(f"max_bad_sample_fraction must be in [0, 1], got {self.max_bad_sample_fraction}")
+        if self.frame_cache_mb < 0:
+            raise ConfigError(f"frame_cache_mb must be >= 0 (0: off), got {self.frame_cache_mb}")
 
     def sample_config(self) -> SampleConfig:
         """The :class:`SampleConfig` these arguments describe (``SettingsError`` for a bad value)."""
