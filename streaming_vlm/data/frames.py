@@ -6,12 +6,13 @@ Contract
   :class:`~streaming_vlm.video.VideoReader` decodes them (RGB ``uint8`` at the sampling ``fps``, before any
   resize), keyed by the file (path, size and modification time), ``fps`` and ``chunk_seconds``, and within a
   video by each chunk's start time.
-* :meth:`FrameCache.chunk_frames` gives the frames of a reader's first ``n`` chunks. When the video is not held
-  yet and its decoded frames fit the budget, one sequential pass from time 0 decodes all of it and keeps it;
+* :meth:`FrameCache.chunk_frames` gives the frames of a reader's first ``n`` chunks, or ``None``. When the video
+  is not held yet and its decoded frames fit the budget, one sequential pass from time 0 decodes all of it and keeps it;
   the least recently used videos are dropped to make room. The window's chunks are then looked up by their
   start times, which must equal (as floats) the start times of the whole pass's chunks: windows that start on a
   multiple of ``chunk_seconds``, as every window the project writes does. Otherwise (a window at 12.5 s with
-  1-s chunks), and for a video larger than the whole budget, the reader decodes the window as without a cache.
+  1-s chunks), and for a video larger than the whole budget, it returns ``None`` and the caller's reader decodes
+  the window as without a cache.
 * **The frames are those of the window's own pass.** The frame used for a sampling time is the last frame
   shown at that time (``video.py``), which does not depend on where a pass starts: the same time in the whole
   pass and in the window's pass picks the same frame, so a sample built from the cache equals the sample built
@@ -70,11 +71,11 @@ class FrameCache:
         """Videos held."""
         return len(self._videos)
 
-    def chunk_frames(self, reader: VideoReader, n: int) -> list[np.ndarray]:
-        """The frames (``uint8 [frames per chunk, H, W, 3]``) of ``reader``'s chunks ``0 .. n-1``, or of as many as
-        the video holds when it ends earlier; from memory when possible, else decoded by ``reader``."""
-        key = self._key(reader)
-        held = self._held(key, reader)
+    def chunk_frames(self, reader: VideoReader, n: int) -> list[np.ndarray] | None:
+        """The frames (``uint8 [frames per chunk, H, W, 3]``) of ``reader``'s chunks ``0 .. n-1`` that start before
+        its end, from memory (decoding and keeping the whole video first if it fits); ``None`` when the cache cannot
+        serve them, and the caller decodes the window with ``reader``."""
+        held = self._held(self._key(reader), reader)
         if held is not None:
             starts = [reader.start + k * reader.chunk_seconds for k in range(n)]
             starts = [s for s in starts if s < reader.end]
@@ -82,12 +83,7 @@ class FrameCache:
                 self.stats.hits += 1
                 return [held[s] for s in starts]
         self.stats.bypasses += 1
-        frames = []
-        for chunk in reader.chunks():
-            if len(frames) == n:
-                break
-            frames.append(chunk.frames)
-        return frames
+        return None
 
     def _key(self, reader: VideoReader) -> tuple:
         path = os.path.realpath(reader.path)

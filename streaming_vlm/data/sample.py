@@ -293,9 +293,8 @@ class SampleBuilder:
             meta, labels = self.tokens(record, plans, [(grid[0], grid[1] // m, grid[2] // m)] * len(plans))
             self.check_length(record, meta)
             size = (grid[1] * self.spec.patch_size, grid[2] * self.spec.patch_size)
-            if self.frame_cache is not None:
-                decoded = self.frame_cache.chunk_frames(reader, len(plans))
-            else:
+            decoded = self.frame_cache.chunk_frames(reader, len(plans)) if self.frame_cache is not None else None
+            if decoded is None:
                 decoded = (chunk.frames for chunk in reader.chunks())
             frames = []
             for _plan, raw in zip(plans, decoded, strict=False):  # plans first: no chunk decoded past them

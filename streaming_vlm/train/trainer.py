@@ -15,7 +15,7 @@ Contract
   - **No padding mask under SDPA when the batch is right-padded** (the collator's layout): a real token attends
     only to tokens before it, all real, so the causal rule alone gives every real token the same attention, and
     pads carry no labels. Without the mask SDPA runs its causal kernel, which skips the blocks above the diagonal
-    (stage 1 of the demo: 17 % less time per forward and backward). ``tests/test_trainer.py`` checks that the loss
+    (stage 1 of the demo: 17 % less time per forward and backward). ``tests/test_train.py`` checks that the loss
     and every gradient equal those with the mask.
   - **Chosen words can weigh more** (``weighted_words``, ``word_loss_weight``): each supervised token is weighted
     by its target's entry in ``token_weights`` (1 but for those words' tokens), and the "token count" above is the
