@@ -21,6 +21,7 @@ SCRIPTS = {
     "sft_stage_1.sh": {},
     "sft_stage_2.sh": {},
     "train_demo.sh": {},
+    "train_demo_seeds.sh": {},
     "eval_synth.sh": {},
     "eval_efficiency.sh": {"VIDEO": "scripts/_env.sh"},  # any existing file
     "eval_Inf-Stream-Eval.sh": {"EVAL_DATASET_PATH": "/nonexistent"},
@@ -131,3 +132,12 @@ def test_train_demo_refuses_an_unknown_select_by_before_anything_runs(repo):
     assert not (repo / "checkpoints").exists() and not (repo / "data").exists()
     for by in ("teacher-forced", "streamed"):
         assert run(repo, "train_demo.sh", SELECT_BY=by, CHECK_ENV="1").returncode == 0
+
+
+def test_train_demo_seeds_refuses_a_bad_seed_before_anything_runs(repo):
+    environment(repo / ".venv" / "bin")
+    proc = run(repo, "train_demo_seeds.sh", SEEDS="2 x3")
+    assert (proc.returncode, proc.stdout) == (2, "")
+    assert proc.stderr == "train_demo_seeds.sh: error: SEEDS: 'x3' is not a seed\n"
+    assert run(repo, "train_demo_seeds.sh", SEEDS=" ").stderr == "train_demo_seeds.sh: error: SEEDS is empty\n"
+    assert not (repo / "checkpoints").exists() and not (repo / "data").exists()
