@@ -20,22 +20,20 @@ from typing import Any
 
 from streaming_vlm.eval.runner import format_table
 from streaming_vlm.eval.synth import LONG_STREAM_S
+from streaming_vlm.world.score import Tally, rounded
 
 COLUMNS = ("run", "F1 short", "F1 long", "score short", "worst short", "score long", "worst long",
            "last/first", "slips", "targets")
 
 
-def _pooled_score(per_stream: dict[str, dict[str, Any]], names: Sequence[str]) -> float | None:
-    """Running-score accuracy pooled over ``names``' matched calls (None when none has a scored call)."""
-    scored = [per_stream[n] for n in names if per_stream[n]["fact_accuracy"] is not None]
-    matched = sum(s["matched"] for s in scored)
-    return round(sum(s["fact_accuracy"] * s["matched"] for s in scored) / matched, 4) if matched else None
-
-
-def _pooled_f1(per_stream: dict[str, dict[str, Any]], names: Sequence[str]) -> float | None:
-    """Event F1 pooled over ``names`` (micro: matched calls over predicted and true calls)."""
-    calls = sum(per_stream[n]["gt_calls"] + per_stream[n]["pred_calls"] for n in names)
-    return round(2 * sum(per_stream[n]["matched"] for n in names) / calls, 4) if calls else None
+def _pooled(per_stream: dict[str, dict[str, Any]], names: Sequence[str]) -> Tally | None:
+    """The scoring's own counts summed over ``names`` (None for no stream): event calls and matches as reported; the
+    right scores back from each stream's rounded accuracy times its matched calls (exact below 5,000 calls)."""
+    if not names:
+        return None
+    return Tally.pool(Tally(gt_calls=v["gt_calls"], pred_calls=v["pred_calls"], matched_gt=v["matched"],
+                            matched_pred=v["matched"], fact_correct=round((v["fact_accuracy"] or 0.0) * v["matched"]))
+                      for v in (per_stream[n] for n in names))
 
 
 def seed_row(report: dict[str, Any]) -> dict[str, Any]:
@@ -48,9 +46,12 @@ def seed_row(report: dict[str, Any]) -> dict[str, Any]:
                          if per_stream[n]["fact_accuracy"] is not None), default=None)
              for group, names in (("short", short), ("long", long))}
     verdicts = [t["pass"] for t in report["targets"].values()]
-    return {"run": report["model"], "F1 short": _pooled_f1(per_stream, short), "F1 long": _pooled_f1(per_stream, long),
-            "score short": _pooled_score(per_stream, short), "worst short": worst["short"],
-            "score long": _pooled_score(per_stream, long), "worst long": worst["long"],
+    pooled = {group: _pooled(per_stream, names) for group, names in (("short", short), ("long", long))}
+    f1 = {group: None if t is None else rounded(t.f1) for group, t in pooled.items()}
+    score = {group: None if t is None else rounded(t.fact_accuracy) for group, t in pooled.items()}
+    return {"run": report["model"], "F1 short": f1["short"], "F1 long": f1["long"],
+            "score short": score["short"], "worst short": worst["short"],
+            "score long": score["long"], "worst long": worst["long"],
             "last/first": s["last_vs_first_10_min"], "slips": s["score_slips"]["total"],
             "targets": "pass" if all(v is True for v in verdicts) else
             "fail" if any(v is False for v in verdicts) else "not measured"}
