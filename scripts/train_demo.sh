@@ -11,7 +11,8 @@
 # SELECT_BY (teacher-forced),
 # SHIP=1 copies the chosen checkpoint into the package (streaming_vlm/assets/demo_model, the default model of
 # `streaming-vlm infer`). Each step is skipped when its output exists (a finished stage: train_results.json); a
-# stage cut short resumes from its newest checkpoint. Extra arguments go to both stages.
+# stage cut short resumes from its newest checkpoint. Extra arguments go to both stages; STAGE1_ARGS and
+# STAGE2_ARGS (split at spaces) to one stage only, after them: STAGE1_ARGS="--max_steps 3600" (as in the README).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SELECT_BY="${SELECT_BY:-teacher-forced}"
@@ -24,6 +25,8 @@ source scripts/_env.sh  # the project's Python (PYTHON; CHECK_ENV=1 prints it)
 DATA="${DATA:-data/world}"
 CKPT="${CKPT:-checkpoints}"
 SEED="${SEED:-0}"
+read -ra STAGE1_EXTRA <<< "${STAGE1_ARGS:-}"
+read -ra STAGE2_EXTRA <<< "${STAGE2_ARGS:-}"
 export DATASET_PATH="$DATA"
 export TOKENIZERS_PARALLELISM=false
 
@@ -37,9 +40,11 @@ DEVICE=()
 
 SECONDS=0
 [ -f "$CKPT/demo_stage1/train_results.json" ] || "$PYTHON" -m streaming_vlm.train --config configs/demo_stage1.yaml \
-  "${DEVICE[@]}" --seed "$SEED" --pretrained_model_name_or_path "$CKPT/demo_init" --output_dir "$CKPT/demo_stage1" "$@"
+  "${DEVICE[@]}" --seed "$SEED" --pretrained_model_name_or_path "$CKPT/demo_init" --output_dir "$CKPT/demo_stage1" \
+  "$@" "${STAGE1_EXTRA[@]}"
 [ -f "$CKPT/demo_stage2/train_results.json" ] || "$PYTHON" -m streaming_vlm.train --config configs/demo_stage2.yaml \
-  "${DEVICE[@]}" --seed "$SEED" --pretrained_model_name_or_path "$CKPT/demo_stage1" --output_dir "$CKPT/demo_stage2" "$@"
+  "${DEVICE[@]}" --seed "$SEED" --pretrained_model_name_or_path "$CKPT/demo_stage1" --output_dir "$CKPT/demo_stage2" \
+  "$@" "${STAGE2_EXTRA[@]}"
 echo "trained both stages in $((SECONDS / 60)) min $((SECONDS % 60)) s"
 
 if [ ! -f "$CKPT/demo_best/model.safetensors" ]; then

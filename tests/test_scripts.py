@@ -134,6 +134,27 @@ def test_train_demo_refuses_an_unknown_select_by_before_anything_runs(repo):
         assert run(repo, "train_demo.sh", SELECT_BY=by, CHECK_ENV="1").returncode == 0
 
 
+def test_train_demo_gives_each_stage_its_own_extra_arguments(repo):
+    """STAGE1_ARGS reach stage 1 only and STAGE2_ARGS stage 2 only, after the arguments both stages get (so they
+    win); the stages run as the script names them."""
+    bin_dir = repo / ".venv" / "bin"
+    executable(bin_dir / "python", 'echo "$*" >> "$(dirname "$0")/calls"; echo "$(dirname "$0")"')
+    for made in ("data/world/select.jsonl", "checkpoints/demo_init/model.safetensors",
+                 "checkpoints/demo_best/model.safetensors"):  # skip the training set, the init and the choice
+        (repo / made).parent.mkdir(parents=True, exist_ok=True)
+        (repo / made).write_text("")
+    proc = run(repo, "train_demo.sh", "--logging_steps", "5", STAGE1_ARGS="--max_steps 3600  --learning_rate 2e-3",
+               STAGE2_ARGS="--warmup_ratio 0.1")
+    assert proc.returncode == 0, proc.stderr
+    stages = [line.split() for line in (bin_dir / "calls").read_text().splitlines() if "streaming_vlm.train" in line]
+    assert [call[call.index("--config") + 1] for call in stages] == ["configs/demo_stage1.yaml",
+                                                                      "configs/demo_stage2.yaml"]
+    one, two = stages
+    assert one[one.index("--output_dir") + 2:] == ["--logging_steps", "5", "--max_steps", "3600", "--learning_rate",
+                                                   "2e-3"]
+    assert two[two.index("--output_dir") + 2:] == ["--logging_steps", "5", "--warmup_ratio", "0.1"]
+
+
 def test_train_demo_seeds_refuses_a_bad_seed_before_anything_runs(repo):
     environment(repo / ".venv" / "bin")
     proc = run(repo, "train_demo_seeds.sh", SEEDS="2 x3")
