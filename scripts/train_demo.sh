@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Train the demo model from scratch on the synthetic world and choose its checkpoint (34 min on 2 CPU cores: the
-# training set 4 min, both stages and the choice 30 min, measured alone with seed 5):
+# Train the demo model from scratch on the synthetic world and choose its checkpoint (34-41 min on 2 CPU cores: the
+# training set 4 min, both stages and the choice 30 min with seed 5, 37 min with seed 7, each measured alone):
 #   bash scripts/train_demo.sh            # then: streaming-vlm infer demo --model checkpoints/demo_best
 # Stage 1 (3,000 steps) and stage 2 (annealing, 400 steps, a checkpoint every 100) run the project's SFT trainer;
 # then `python -m streaming_vlm.world.select` reads the validation streams ($DATA/select.jsonl) teacher-forced with
