@@ -294,11 +294,7 @@ def test_the_demo_recipe_weighs_the_score_words_then_also_every_call_word_each_o
     scores = [score_word(n) for n in range(DEFAULT_WORLD.max_score + 1)]  # every score a demo stream can hold
     tokenizer = AutoTokenizer.from_pretrained(Path(__file__).parents[1] / "streaming_vlm" / "assets" / "demo_model")
     calls = [f"{c} {s}!" for c in COLOURS for s in SHAPES] + [f"{WHISTLE}!"]  # every event a call can name
-
-    def last_token(text):
-        return tokenizer.encode(text, add_special_tokens=False)[-1]
-
-    said = {last_token(f" black ball! score {w}") for w in scores}
+    said = {tokenizer.encode(f" black ball! score {w}", add_special_tokens=False)[-1] for w in scores}
     # every token of a call's name but its "!", in the context a stream holds it (after the previous call)
     named = {t for call in calls for t in tokenizer.encode(f" score two {call}", add_special_tokens=False)[2:-1]}
     assert len(said) == len(scores) and len(named) == len(COLOURS) + len(SHAPES) + 1 and not said & named
