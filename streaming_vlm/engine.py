@@ -1,8 +1,8 @@
 """The streaming engine: one ``StreamSession`` per video stream, fed chunk by chunk.
 
-A session holds all per-stream state (cache, round counter, sampler, pixels kept for the recompute
-baseline) and nothing about where frames come from: callers hand it each chunk's frames (a file reader, a
-camera, a server). Per chunk it preprocesses the frames on the model's device, prefills the new tokens with
+A session holds all per-stream state (cache, round counter, sampler, the frames kept for recomputing) and
+nothing about where frames come from: callers hand it each chunk's frames (a file reader, a camera, a server).
+Per chunk it preprocesses the frames on the model's device, prefills the new tokens with
 explicit positions (the vision tower runs on this chunk only), decodes up to ``max_new_tokens`` until
 ``<|im_end|>``, and closes the assistant turn, so that after ``step`` the cache holds exactly the stream
 layout of ``layout.py``. Logits are computed only where a token is sampled.
@@ -26,6 +26,12 @@ Modes, on one code path:
 - ``sliding``: no eviction, but the context restarts from scratch every ``reset_every`` seconds;
 - ``recompute``: keeps the same tokens as ``streaming`` but re-prefills them from scratch every chunk
   (re-encoding the kept frames), with no KV reuse.
+
+``refresh_every`` N > 0 (``streaming`` mode only) re-prefills the kept tokens from scratch, as ``recompute`` does, on
+every N-th chunk and reuses K/V in between. A kept token's deeper-layer K/V were computed while tokens since evicted
+were visible, and its previous-text tokens while they were verbatim turns, unlike a training sample's from-scratch
+forward of the same tokens; a refresh makes every layer equal that forward again (``tests/test_alignment.py``), at the
+cost of one prefill of the kept context every N chunks. The frames of the vision window are kept for it.
 """
 
 from __future__ import annotations
@@ -72,6 +78,8 @@ class StreamConfig:
     text_window: int | None = DEFAULTS.text_window
     reset_every: float = DEFAULTS.reset_every
     """Seconds between context restarts in ``sliding`` mode."""
+    refresh_every: int = DEFAULTS.refresh_every
+    """Re-prefill the kept tokens from scratch every this many chunks in ``streaming`` mode; 0 = never."""
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     seed: int = DEFAULTS.seed
 
@@ -82,6 +90,8 @@ class StreamConfig:
             raise ValueError("chunk_seconds and fps must be > 0")
         if self.reset_every <= 0:
             raise ValueError(f"reset_every must be > 0, got {self.reset_every}")
+        if self.refresh_every < 0:
+            raise ValueError(f"refresh_every must be >= 0, got {self.refresh_every}")
         self.policy()  # validates the window options
 
     def policy(self) -> CachePolicy:
@@ -201,7 +211,8 @@ class StreamSession:
         self._sized = False  # the cache was sized to the policy's worst case
         self.round = 0
         self._context_start: float | None = None
-        self._pixels: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # recompute mode: round -> pixels, grid
+        self._pixels: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # recompute, refresh: round -> pixels, grid
+        self._refreshes = self.config.mode == "streaming" and self.config.refresh_every > 0
         self.peak_cache_tokens = 0
 
     # ---- public API -----------------------------------------------------------------------------------------
@@ -296,7 +307,7 @@ class StreamSession:
             self._pixels.clear()
             self._context_start = start
             parts += [self.layout.system(), self.previous_text_meta(cfg.previous_text)]
-        elif cfg.mode == "recompute":
+        elif cfg.mode == "recompute" or self._refreshes and r % cfg.refresh_every == 0:
             kept = self._kept_meta_for_recompute(r)
             self.cache.reset()
             parts.append(kept)
@@ -305,9 +316,11 @@ class StreamSession:
             grid_list = [self._pixels[q][1] for q in rounds] + grid_list
         else:
             self.cache.apply_policy(r)
+            if self._refreshes:
+                self._drop_evicted_pixels()
         text = self.layout.user_text(cfg.query if fresh else None, question)
         parts += [self.layout.user_turn(r, start, end, llm_grid, text), self.layout.assistant_head(r)]
-        if cfg.mode == "recompute":
+        if cfg.mode == "recompute" or self._refreshes:
             self._pixels[r] = (pixels, grid)
         return TokenMeta.cat(parts), torch.cat(pixel_list), torch.cat(grid_list)
 
@@ -562,8 +575,13 @@ class StreamSession:
         plan = self.cache.policy.plan(meta, now)
         if plan is not None:
             meta = plan[1]
+        self._drop_evicted_pixels(meta)
+        return meta
+
+    def _drop_evicted_pixels(self, meta: TokenMeta | None = None) -> None:
+        """Forget the frames of rounds whose vision tokens ``meta`` (default: the cache's) no longer holds."""
+        meta = self.cache.meta if meta is None else meta
         kept_rounds = set(meta.round[meta.kind == Kind.VISION].tolist())
         for q in list(self._pixels):
             if q not in kept_rounds:
                 del self._pixels[q]
-        return meta

@@ -120,6 +120,9 @@ class StreamSettings:
     text_window: int | None = _setting(512, "last previous-text tokens kept (or 'unlimited')", "window",
                                        checkpoint=True)
     reset_every: float = _setting(100.0, "seconds between context restarts in sliding mode", "float")
+    refresh_every: int = _setting(
+        0, "re-prefill the kept context from scratch every this many chunks in streaming mode, so that its deeper "
+        "layers match a training sample's (0 = never)", "int", checkpoint=True)
     max_new_tokens: int = _setting(20, "tokens generated per chunk at most", "int", checkpoint=True)
     temperature: float = _setting(0.9, "sampling temperature; 0 = greedy", "float", checkpoint=True)
     top_p: float | None = _setting(None, "nucleus sampling (default: the checkpoint's generation config)", "float?",
@@ -147,6 +150,8 @@ class StreamSettings:
                 raise SettingsError(f"{name} must be >= {least} or None (unlimited), got {value}")
         if self.reset_every <= 0:
             raise SettingsError(f"reset_every must be > 0, got {self.reset_every}")
+        if self.refresh_every < 0:
+            raise SettingsError(f"refresh_every must be >= 0, got {self.refresh_every}")
         if self.temperature < 0:
             raise SettingsError(f"temperature must be >= 0, got {self.temperature}")
         if self.top_p is not None and not 0 < self.top_p <= 1:
@@ -236,6 +241,7 @@ class StreamSettings:
             mode=mode, query=s.query, previous_text=previous_text, system_prompt=s.system_prompt,
             chunk_seconds=s.chunk_seconds, fps=s.fps, vision_window=s.vision_window, text_rounds=s.text_rounds,
             text_sink=s.text_sink, text_window=s.text_window, reset_every=s.reset_every,
+            refresh_every=s.refresh_every,
             sampling=s.sampling(generation_defaults), seed=s.seed,
         )  # fmt: skip
 

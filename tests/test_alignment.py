@@ -7,7 +7,8 @@ the cache must equal the training sample of the window ``[k - V + 1, k + 1)`` th
 (``data/windows.py`` then ``SampleBuilder``): same token ids, kinds, rounds and positions; layer-0 keys and
 values equal to a from-scratch stock forward of the sample (the deeper layers of a streaming cache legitimately
 differ: they were computed while now-evicted tokens were visible); and ``recompute`` mode, which re-prefills the
-kept tokens from scratch, equal to that forward in every layer and in its next-token logits.
+kept tokens from scratch, equal to that forward in every layer and in its next-token logits. ``refresh_every``
+re-prefills every N-th chunk: equal to that forward in every layer after those chunks, and only in layer 0 between.
 """
 
 from __future__ import annotations
@@ -69,9 +70,10 @@ def scratch_forward(model, ids: torch.Tensor, positions: torch.Tensor, pixels: t
     return out.logits[0, -1], cache
 
 
-def session(tiny, mode: str, previous: str, query: str = CFG.query) -> StreamSession:
+def session(tiny, mode: str, previous: str, query: str = CFG.query, refresh_every: int = 0) -> StreamSession:
     config = StreamConfig(mode=mode, previous_text=previous, query=query, vision_window=V, text_rounds=V,
-                          text_sink=S, text_window=W, sampling=SamplingConfig(temperature=0, max_new_tokens=1))
+                          text_sink=S, text_window=W, refresh_every=refresh_every,
+                          sampling=SamplingConfig(temperature=0, max_new_tokens=1))
     return StreamSession(tiny.model, tiny.tokenizer, config, vision_spec=SMALL_SPEC, keep_logits=True)
 
 
@@ -187,3 +189,48 @@ def test_stream_start_mid_video_is_the_documented_residual(tiny, video):
     assert torch.equal(streamed[""], sample.input_ids)
     query_ids = builder.layout.encode(CFG.query)
     assert len(streamed[CFG.query]) == len(sample.input_ids) + len(query_ids)
+
+
+def _layers_equal(cache, ref) -> bool:
+    return all(torch.allclose(mine.keys, theirs.keys, atol=1e-5, rtol=1e-5)
+               and torch.allclose(mine.values, theirs.values, atol=1e-5, rtol=1e-5)
+               for mine, theirs in zip(cache.layers, ref.layers, strict=True))
+
+
+def test_refresh_equals_the_sample_every_nth_chunk(tiny, video):
+    """``refresh_every=3``: after chunks 3, 6, 9, ... every layer of the cache equals the from-scratch forward of the
+    window's sample (as ``recompute`` does every chunk); after the others the deeper layers differ from it, as the
+    plain streaming cache's do after every chunk once something was evicted; both always hold the sample's tokens
+    and positions, and the refreshing session keeps no frames outside its vision window."""
+    n = 3
+    stream = stream_record(**STREAMS["previous text"])
+    builder = SampleBuilder(tiny.tokenizer, SMALL_SPEC, CFG)
+    plans = builder.plan(stream)
+    windows = {w.video_start: w for w, *_ in windows_of(stream, window=V, stride=1)}
+    first_previous = previous_text(stream, [])
+    plain, refreshing = session(tiny, "streaming", first_previous), session(tiny, "streaming", first_previous,
+                                                                             refresh_every=n)
+    pixels, grids = [], []
+    equal_after = {True: [], False: []}  # refresh chunk? -> chunks whose deeper layers equal the sample's forward
+    with VideoReader(video, fps=CFG.fps, chunk_seconds=CFG.chunk_seconds, duration=SECONDS) as reader:
+        for k, (chunk, plan) in enumerate(zip(reader.chunks(), plans, strict=True)):
+            pv, grid = plain.preprocessor(chunk.frames)
+            pixels.append(pv)
+            grids.append(grid)
+            for s in (plain, refreshing):
+                s.step(chunk.frames, chunk.start, chunk.end, force_text=plan.assistant_text, question=plan.question)
+            assert len(refreshing._pixels) <= V
+            if k < V:  # nothing evicted yet: every layer equal in both
+                continue
+            a = k - V + 1
+            sample = builder.build(windows[float(a)], video)
+            _, ref = scratch_forward(tiny.model, sample.input_ids, sample.position_ids, torch.cat(pixels[a:]),
+                                     torch.cat(grids[a:]))
+            for s in (plain, refreshing):
+                assert torch.equal(s.cache.meta.ids, sample.input_ids)
+                assert torch.equal(s.cache.positions, sample.position_ids)
+                torch.testing.assert_close(s.cache.layers[0].keys, ref.layers[0].keys, atol=1e-5, rtol=1e-5)
+            assert not _layers_equal(plain.cache, ref), f"plain streaming equals the sample after chunk {k}"
+            equal_after[k % n == 0].append(_layers_equal(refreshing.cache, ref))
+    assert len(equal_after[True]) >= 6 and all(equal_after[True])
+    assert len(equal_after[False]) >= 12 and not any(equal_after[False])

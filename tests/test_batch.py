@@ -26,9 +26,9 @@ WINDOWS = dict(vision_window=3, text_rounds=2, text_sink=4, text_window=6)
 OTHER_WINDOWS = dict(vision_window=8, text_rounds=8, text_sink=5, text_window=8)  # a larger cache, more held
 
 
-def _session(tiny, sampling=None, seed=0, windows=WINDOWS, stop=(), model=None):
+def _session(tiny, sampling=None, seed=0, windows=WINDOWS, stop=(), model=None, refresh_every=0):
     config = StreamConfig(sampling=sampling or SamplingConfig(temperature=0.0, max_new_tokens=3),
-                          previous_text=PREVIOUS, seed=seed, **windows)
+                          previous_text=PREVIOUS, seed=seed, refresh_every=refresh_every, **windows)
     session = StreamSession(model or tiny.model, tiny.tokenizer, config, vision_spec=SMALL_SPEC, keep_logits=True,
                             cuda_graphs=False)
     session.layout.stop_ids.update(stop)
@@ -117,6 +117,25 @@ def test_greedy_batch_equals_each_session_alone(tiny):
     assert len(capacities) > 1  # session 1 grew for its long answer
     steps = Counter(b for b, t in shapes if t == 1)
     assert steps[3] >= 5 and steps[2] >= 3, steps
+
+
+def test_refreshing_sessions_batch_as_they_step_alone(tiny):
+    """A session that re-prefills its kept context every 2nd or 3rd chunk (``refresh_every``) decodes in a batch with
+    one that never does, chunk for chunk as its twin stepped alone; its prefills are the whole kept context on those
+    chunks only."""
+    specs = [dict(refresh_every=2), dict(refresh_every=3, windows=OTHER_WINDOWS), dict()]
+    batched = [_session(tiny, **spec) for spec in specs]
+    alone = [_session(tiny, **spec) for spec in specs]
+    prefills = [[], [], []]
+    for k in range(10):
+        chunks = [(random_frames(700 * i + k), k, k + 1) for i in range(3)]
+        results = step_many(batched, chunks)
+        for i in range(3):
+            _assert_same(batched[i], alone[i], results[i], alone[i].step(*chunks[i]), f"chunk {k}, session {i}")
+            prefills[i].append(results[i].prefill_tokens)
+    plain = max(prefills[2][1:])  # after the first chunk (system prompt and previous text)
+    for i, n in ((0, 2), (1, 3)):  # refresh chunks re-prefill more than any plain chunk
+        assert all((p > plain) == (k % n == 0) for k, p in enumerate(prefills[i]) if k), prefills[i]
 
 
 def test_sampled_batch_equals_each_session_alone(tiny):

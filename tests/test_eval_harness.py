@@ -207,6 +207,17 @@ def test_resume_with_other_settings_is_refused_in_one_line(tmp_path, loads, caps
     assert (tmp_path / "out" / "toy.jsonl").read_text() == before  # nothing run, nothing written
 
 
+def test_resume_records_older_than_a_setting_hold_its_default(tmp_path):
+    """A settings file written before ``refresh_every`` existed resumes when it is 0 now, and is refused otherwise."""
+    path = tmp_path / "out" / "settings.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps({"model": "m", "seed": 3}), encoding="utf-8")
+    harness.check_resume(path, {"model": "m", "seed": 3, "refresh_every": 0})
+    with pytest.raises(harness.ResumeError, match=r"\(refresh_every\); before: refresh_every=0; now: refresh_every=8"):
+        harness.check_resume(path, {"model": "m", "seed": 3, "refresh_every": 8})
+    harness.check_resume(path, {"model": "m", "seed": 3})  # a benchmark that does not record it
+
+
 @pytest.mark.parametrize("case, argv, message", [
     ("benchmark error", ["--fail", "data"], "bad data on two lines"),
     ("settings", ["--min-pixels", "5000", "--max-pixels", "4000"], "--min-pixels (5000) is larger than --max-pixels"),

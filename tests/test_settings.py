@@ -39,11 +39,12 @@ TODAYS_DEFAULTS = {
     "fps": 2.0, "chunk_seconds": 1.0, "min_pixels": 78400, "max_pixels": 602112, "total_pixels": 19267584,
     "max_frames": 480, "query": "Commentate on this match", "system_prompt": "You are a helpful assistant.",
     "vision_window": 16, "text_rounds": 16, "text_sink": 512, "text_window": 512, "reset_every": 100.0,
-    "max_new_tokens": 20, "temperature": 0.9, "top_p": None, "top_k": None, "repetition_penalty": 1.05, "seed": 0,
+    "refresh_every": 0, "max_new_tokens": 20, "temperature": 0.9, "top_p": None, "top_k": None,
+    "repetition_penalty": 1.05, "seed": 0,
 }  # fmt: skip
 TODAYS_CHECKPOINT_KEYS = {
     "min_pixels", "max_pixels", "fps", "query", "system_prompt", "vision_window", "text_rounds", "text_sink",
-    "text_window", "max_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty",
+    "text_window", "refresh_every", "max_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty",
 }  # fmt: skip
 WINDOWS = ("vision_window", "text_rounds", "text_sink", "text_window")
 
@@ -118,7 +119,8 @@ def test_builders_give_exactly_todays_default_engine_objects():
     spec = VisionSpec(patch_size=14, temporal_patch_size=2, merge_size=2, min_pixels=78400, max_pixels=602112)
     stream = StreamConfig(mode="streaming", query="Commentate on this match", previous_text="before",
                           system_prompt="You are a helpful assistant.", chunk_seconds=1.0, fps=2.0, vision_window=16,
-                          text_rounds=16, text_sink=512, text_window=512, reset_every=100.0, sampling=sampling, seed=0)
+                          text_rounds=16, text_sink=512, text_window=512, reset_every=100.0, refresh_every=0,
+                          sampling=sampling, seed=0)
     assert DEFAULTS.cache_policy() == policy == CachePolicy()
     assert DEFAULTS.sampling() == sampling == SamplingConfig()
     assert DEFAULTS.vision_spec() == spec == VisionSpec()
@@ -128,10 +130,12 @@ def test_builders_give_exactly_todays_default_engine_objects():
 def test_builders_carry_every_setting():
     s = StreamSettings(fps=4.0, chunk_seconds=0.5, min_pixels=784, max_pixels=3136, query="q", system_prompt="sys",
                        vision_window=None, text_rounds=3, text_sink=0, text_window=7, reset_every=9.0,
-                       max_new_tokens=5, temperature=0.0, top_p=0.5, top_k=3, repetition_penalty=1.2, seed=11)
+                       refresh_every=4, max_new_tokens=5, temperature=0.0, top_p=0.5, top_k=3, repetition_penalty=1.2,
+                       seed=11)
     config = s.stream_config("sliding", previous_text="earlier")
     assert (config.mode, config.previous_text, config.query, config.system_prompt) == ("sliding", "earlier", "q", "sys")
-    assert (config.fps, config.chunk_seconds, config.reset_every, config.seed) == (4.0, 0.5, 9.0, 11)
+    assert (config.fps, config.chunk_seconds, config.reset_every, config.refresh_every, config.seed) == (
+        4.0, 0.5, 9.0, 4, 11)
     assert (config.vision_window, config.text_rounds, config.text_sink, config.text_window) == (None, 3, 0, 7)
     assert config.sampling == SamplingConfig(temperature=0.0, top_p=0.5, top_k=3, repetition_penalty=1.2,
                                              max_new_tokens=5)
@@ -224,6 +228,7 @@ def test_values_are_normalised_or_refused_in_one_line():
     ("text_sink", -1, lambda v: CachePolicy(text_sink=v)),
     ("text_window", -2, lambda v: CachePolicy(text_window=v)),
     ("reset_every", 0.0, lambda v: StreamConfig(reset_every=v)),
+    ("refresh_every", -1, lambda v: StreamConfig(refresh_every=v)),
     ("temperature", -1.0, lambda v: SamplingConfig(temperature=v)),
     ("top_p", 2.0, lambda v: SamplingConfig(top_p=v)),
     ("top_p", 0.0, lambda v: SamplingConfig(top_p=v)),
@@ -250,13 +255,13 @@ def test_flags_round_trip_through_given_and_resolve():
     argv = ["--fps", "4", "--chunk-seconds", "0.5", "--min-pixels", "784", "--max-pixels", "3136", "--total-pixels",
             "9000", "--max-frames", "8", "--query", "q", "--system-prompt", "s", "--vision-window", "unlimited",
             "--text-rounds", "0", "--text-sink", "3", "--text-window", "NONE", "--reset-every", "9",
-            "--max-new-tokens", "5", "--temperature", "0", "--top-p", "0.5", "--top-k", "7",
+            "--refresh-every", "8", "--max-new-tokens", "5", "--temperature", "0", "--top-p", "0.5", "--top-k", "7",
             "--repetition-penalty", "1", "--seed", "12"]  # fmt: skip
     got = given(parser.parse_args(argv))
     expected = {"fps": 4.0, "chunk_seconds": 0.5, "min_pixels": 784, "max_pixels": 3136, "total_pixels": 9000,
                 "max_frames": 8, "query": "q", "system_prompt": "s", "vision_window": None, "text_rounds": 0,
-                "text_sink": 3, "text_window": None, "reset_every": 9.0, "max_new_tokens": 5, "temperature": 0.0,
-                "top_p": 0.5, "top_k": 7, "repetition_penalty": 1.0, "seed": 12}  # fmt: skip
+                "text_sink": 3, "text_window": None, "reset_every": 9.0, "refresh_every": 8, "max_new_tokens": 5,
+                "temperature": 0.0, "top_p": 0.5, "top_k": 7, "repetition_penalty": 1.0, "seed": 12}  # fmt: skip
     assert got == expected and set(got) == set(SETTING_NAMES)
     with pytest.raises(SettingsError, match="text_rounds must be >= 1"):  # 0 parses; the policy refuses it
         resolve(got)

@@ -269,6 +269,10 @@ def settings_record(settings: StreamSettings, sources: Mapping[str, str], unused
 # ------------------------------------------------------------------------------------------------------------
 
 
+SETTINGS_ADDED_LATER = {"refresh_every": 0}
+"""Settings newer than some saved resume records, with the value the records were made with (the default)."""
+
+
 def check_resume(path: str | os.PathLike[str], record: Mapping[str, Any], out_flag: str = "--out", *,
                  rank: int = 0) -> None:
     """Refuse to mix records made with other settings: compare ``record`` with the one saved at ``path``.
@@ -286,6 +290,8 @@ def check_resume(path: str | os.PathLike[str], record: Mapping[str, Any], out_fl
         except (OSError, ValueError) as exc:
             raise ResumeError(f"{path}: cannot read: {' '.join(str(exc).split())}") from None
         saved = saved if isinstance(saved, dict) else {}
+        # a file older than a setting was made with that setting's default
+        saved = {k: v for k, v in SETTINGS_ADDED_LATER.items() if k in current and k not in saved} | saved
         diff = [k for k in dict.fromkeys([*current, *saved]) if saved.get(k) != current.get(k)]
         if diff:
 
