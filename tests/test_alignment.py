@@ -220,7 +220,7 @@ def test_refresh_equals_the_sample_every_nth_chunk(tiny, video):
             for s in (plain, refreshing):
                 s.step(chunk.frames, chunk.start, chunk.end, force_text=plan.assistant_text, question=plan.question)
             assert len(refreshing._pixels) <= V
-            if k < V:  # nothing evicted yet: every layer equal in both
+            if k < V:  # nothing evicted yet
                 continue
             a = k - V + 1
             sample = builder.build(windows[float(a)], video)
