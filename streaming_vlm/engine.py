@@ -212,7 +212,8 @@ class StreamSession:
         self.round = 0
         self._context_start: float | None = None
         self._pixels: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # recompute, refresh: round -> pixels, grid
-        self._refreshes = self.config.mode == "streaming" and self.config.refresh_every > 0
+        # chunks between re-prefills of the kept tokens: recompute is a refresh on every chunk; 0 = never
+        self._refresh_period = {"recompute": 1, "streaming": self.config.refresh_every}.get(self.config.mode, 0)
         self.peak_cache_tokens = 0
 
     # ---- public API -----------------------------------------------------------------------------------------
@@ -307,7 +308,7 @@ class StreamSession:
             self._pixels.clear()
             self._context_start = start
             parts += [self.layout.system(), self.previous_text_meta(cfg.previous_text)]
-        elif cfg.mode == "recompute" or self._refreshes and r % cfg.refresh_every == 0:
+        elif self._refresh_period and r % self._refresh_period == 0:
             kept = self._kept_meta_for_recompute(r)
             self.cache.reset()
             parts.append(kept)
@@ -316,11 +317,11 @@ class StreamSession:
             grid_list = [self._pixels[q][1] for q in rounds] + grid_list
         else:
             self.cache.apply_policy(r)
-            if self._refreshes:
+            if self._refresh_period:
                 self._drop_evicted_pixels()
         text = self.layout.user_text(cfg.query if fresh else None, question)
         parts += [self.layout.user_turn(r, start, end, llm_grid, text), self.layout.assistant_head(r)]
-        if cfg.mode == "recompute" or self._refreshes:
+        if self._refresh_period:
             self._pixels[r] = (pixels, grid)
         return TokenMeta.cat(parts), torch.cat(pixel_list), torch.cat(grid_list)
 
