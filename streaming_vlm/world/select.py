@@ -141,30 +141,32 @@ def streamed_accuracy(model_dir: str | Path, valid_dir: str | Path, out_dir: str
                     s["event_f1"])
 
 
-def windows(record, window: float, rounds: int, text_sink: int | None, text_window: int | None):
-    """``(kind, window record)`` of one stream: the tiles, then the quiet-stretch windows (see the module doc).
-    The title is left out of the previous text, as inference starts with an empty one."""
+def cut(record, a: float, b: float, text_sink: int | None, text_window: int | None):
+    """``record`` from ``a`` to ``b`` s as a window, laid out as the streaming cache holds it: the earlier commentary
+    as previous text (cut to the sink and window), the words ending in ``(a, b]`` as its turns, no title
+    (inference starts with an empty previous text)."""
     from streaming_vlm.data.annotations import StreamRecord
     from streaming_vlm.data.windows import cut_previous_text
 
+    previous, _ = cut_previous_text(record, [w for w in record.words if w.end <= a], text_sink, text_window)
+    return StreamRecord(record.video, a, b, previous=previous, words=[w for w in record.words if a < w.end <= b],
+                        source=record.source)
+
+
+def windows(record, window: float, rounds: int, text_sink: int | None, text_window: int | None):
+    """``(kind, window record)`` of one stream: the tiles, then the quiet-stretch windows (see the module doc)."""
     record = replace(record, title="")
-
-    def clip(a: float, b: float) -> StreamRecord:
-        previous, _ = cut_previous_text(record, [w for w in record.words if w.end <= a], text_sink, text_window)
-        return StreamRecord(record.video, a, b, previous=previous, words=[w for w in record.words if a < w.end <= b],
-                            source=record.source)
-
     out = []
     a = record.video_start
     while a + window <= record.video_end + 1e-9:
-        tile = clip(a, a + window)
+        tile = cut(record, a, a + window, text_sink, text_window)
         if tile.words:  # a window without calls has no score word (and no sample)
             out.append(("tiles", tile))
         a += window
     call_seconds = sorted({int(w.end - 1e-6) for w in record.words})
     for before, s in zip(call_seconds, call_seconds[1:], strict=False):
         if s - before >= rounds and s + 1 - rounds >= record.video_start:
-            out.append(("quiet", clip(s + 1 - rounds, s + 1)))
+            out.append(("quiet", cut(record, s + 1 - rounds, s + 1, text_sink, text_window)))
     return out
 
 
@@ -176,26 +178,66 @@ def score_positions(sample, score_id: int) -> list[int]:
     return [p for p in range(1, len(ids)) if labels[p] != IGNORE_INDEX and int(ids[p - 1]) == score_id]
 
 
+class TeacherForced:
+    """A checkpoint that reads windows teacher-forced: each window built as a training sample (the project's layout,
+    the checkpoint's stream settings from ``streaming_vlm.json``), the logits before each score word."""
+
+    def __init__(self, model_dir: str | Path, frame_cache_mb: int = 0):
+        from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+
+        from streaming_vlm.data.collator import StreamingCollator
+        from streaming_vlm.data.frames import FrameCache
+        from streaming_vlm.data.sample import SampleBuilder
+        from streaming_vlm.preprocess import VisionSpec
+
+        self.settings = self.stream_settings(model_dir)
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir).eval()
+        self.spec = VisionSpec.from_pretrained(model_dir)
+        self.builder = SampleBuilder(self.tokenizer, self.spec, self.settings,
+                                     tokens_per_second=self.model.config.vision_config.tokens_per_second,
+                                     frame_cache=FrameCache(frame_cache_mb * 2**20) if frame_cache_mb else None)
+        self.collate = StreamingCollator(self.tokenizer.pad_token_id)
+        self.score_id = self.tokenizer.convert_tokens_to_ids("Ġscore")
+
+    @staticmethod
+    def stream_settings(model_dir: str | Path):
+        """The checkpoint's sample settings (its ``streaming_vlm.json`` over the defaults)."""
+        from streaming_vlm.data.sample import SampleConfig
+        from streaming_vlm.settings import from_checkpoint, resolve
+
+        return resolve({}, checkpoint=from_checkpoint(model_dir), cls=SampleConfig)[0]
+
+    def score_logits(self, group: list[tuple[object, Path]]) -> list[tuple[object, object]]:
+        """For each ``(window record, video file)`` of ``group`` (one batch): the logits (float32) predicting each of
+        its score words, one row per word in order, and those words' token ids."""
+        import torch
+
+        from streaming_vlm.data.sample import video_pixel_values
+
+        samples = [self.builder.build(w, video) for w, video in group]
+        batch = self.collate(samples)
+        batch["pixel_values_videos"] = video_pixel_values(batch.pop("video_frames"), batch["video_grid_thw"],
+                                                          self.spec)
+        batch.pop("labels")
+        with torch.inference_mode():
+            logits = self.model(**batch).logits.float()
+        out = []
+        for b, sample in enumerate(samples):
+            positions = score_positions(sample, self.score_id)
+            out.append((logits[b, [p - 1 for p in positions]], sample.input_ids[positions]))
+        return out
+
+
 def validation_accuracy(model_dir: str | Path, valid_dir: str | Path, batch_size: int = 8,
                         window: float = 24.0) -> Accuracy:
     """Teacher-forced score accuracy of the checkpoint ``model_dir`` on ``valid_dir``'s streams (module doc)."""
     import torch
-    from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 
     from streaming_vlm.data.annotations import StreamRecord, iter_records
-    from streaming_vlm.data.collator import StreamingCollator
-    from streaming_vlm.data.sample import SampleBuilder, SampleConfig, video_pixel_values
-    from streaming_vlm.preprocess import VisionSpec
-    from streaming_vlm.settings import from_checkpoint, resolve
 
-    settings, _ = resolve({}, checkpoint=from_checkpoint(model_dir), cls=SampleConfig)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir).eval()
-    spec = VisionSpec.from_pretrained(model_dir)
-    builder = SampleBuilder(tokenizer, spec, settings,
-                            tokens_per_second=model.config.vision_config.tokens_per_second)
-    collate = StreamingCollator(tokenizer.pad_token_id)
-    score_id = tokenizer.convert_tokens_to_ids("Ġscore")
+    reader = TeacherForced(model_dir)
+    settings = reader.settings
     valid = Path(valid_dir)
     items = []
     for _, rec in iter_records(valid / ANNOTATION):
@@ -204,28 +246,20 @@ def validation_accuracy(model_dir: str | Path, valid_dir: str | Path, batch_size
         items += [(kind, w, valid / rec.video) for kind, w in
                   windows(rec, window, settings.text_rounds, settings.text_sink, settings.text_window)]
     acc = Accuracy()
-    with torch.inference_mode():
-        for i in range(0, len(items), batch_size):
-            group = items[i:i + batch_size]
-            samples = [builder.build(w, video) for _, w, video in group]
-            batch = collate(samples)
-            batch["pixel_values_videos"] = video_pixel_values(batch.pop("video_frames"), batch["video_grid_thw"], spec)
-            batch.pop("labels")
-            logits = model(**batch).logits.float()
-            for b, ((kind, _, _), sample) in enumerate(zip(group, samples, strict=True)):
-                positions = score_positions(sample, score_id)
-                if kind == "quiet":  # only its last second is the cache's state after the quiet stretch
-                    positions = positions[-1:]
-                rows = logits[b, [p - 1 for p in positions]]
-                truth = sample.input_ids[positions]
-                right = int((rows.argmax(-1) == truth).sum())
-                acc.nll += float(torch.nn.functional.cross_entropy(rows, truth, reduction="sum")) if positions else 0.0
-                if kind == "quiet":
-                    acc.quiet += len(positions)
-                    acc.quiet_right += right
-                else:
-                    acc.tiles += len(positions)
-                    acc.tiles_right += right
+    for i in range(0, len(items), batch_size):
+        group = items[i:i + batch_size]
+        for (kind, _, _), (rows, truth) in zip(group, reader.score_logits([(w, v) for _, w, v in group]),
+                                               strict=True):
+            if kind == "quiet":  # only its last second is the cache's state after the quiet stretch
+                rows, truth = rows[-1:], truth[-1:]
+            right = int((rows.argmax(-1) == truth).sum())
+            acc.nll += float(torch.nn.functional.cross_entropy(rows, truth, reduction="sum")) if len(truth) else 0.0
+            if kind == "quiet":
+                acc.quiet += len(truth)
+                acc.quiet_right += right
+            else:
+                acc.tiles += len(truth)
+                acc.tiles_right += right
     return acc
 
 
