@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -192,16 +193,16 @@ def test_training_set_windows(tmp_path):
                                    stage2_short_streams=2, stage2_quiet_streams=1, valid_streams=1, select_streams=1,
                                    select_quiet_streams=1, stage1_reset_streams=1, stage2_reset_streams=1,
                                    select_reset_streams=1, minutes=1.0, long_minutes=1.5, short_minutes=0.5,
-                                   select_minutes=0.5)
+                                   select_minutes=0.5, pool_streams=1, pool_whistle_streams=1, pool_first=20)
     files = dataset.make_training_set(tmp_path, spec, progress=False)
     assert set(files) == {"stage1", "stage2", "valid", "select", "stage1_gaps", "stage2_gaps", "stage1_goals",
-                          "stage2_goals"}
+                          "stage2_goals", "pool"}
     n = {}
     for name, path in files.items():
         report = validate_file(path, dataset_path=tmp_path)
         assert report.ok, report.lines()
         n[name] = report.records
-        if name != "select":
+        if name not in ("select", "pool"):  # whole streams, not windows
             assert path.with_name(path.stem + "_seeks.jsonl").is_file()
     worlds = {name: json.loads((tmp_path / f"{name}_streams_world.json").read_text()) for name in ("stage1", "stage2")}
     # train seeds in a fixed order: stage 1 varied 0-1, stage 2 default 2, long 3, short 4-5, quiet 6 and 7, quiet
@@ -235,6 +236,15 @@ def test_training_set_windows(tmp_path):
     assert [r.video for r in select] == [f"videos/valid_{1_000_001 + i}.mp4" for i in range(3)]
     select_worlds = [w["config"] for w in json.loads((tmp_path / "select_world.json").read_text())]
     assert select_worlds[1]["density"] == 0.1 and select_worlds[2]["whistle_rate"] == 1 / 60
+    # the repair stage's pool: whole default-world train streams from pool_first on (no stage takes them), the
+    # second with a whistle every 100 s on average, no title
+    pool = [r for _, r in iter_records(files["pool"])]
+    assert [r.video for r in pool] == ["videos/train_20.mp4", "videos/train_21.mp4"] and not any(r.title for r in pool)
+    pool_worlds = [w["config"] for w in json.loads((tmp_path / "pool_world.json").read_text())]
+    assert pool_worlds == [json.loads(json.dumps(WorldConfig().__dict__)),
+                           json.loads(json.dumps(replace(WorldConfig(), whistle_rate=1 / 100).__dict__))]
+    with pytest.raises(ValueError, match="pool_first must be >= 10"):
+        dataset.training_specs(replace(spec, pool_first=9))
     # gap windows: 16 s ending with each call whose previous call is >= 10 s back, in every stream of the stage
     for name in ("stage1", "stage2"):
         gaps = [r for _, r in iter_records(files[f"{name}_gaps"])]
@@ -284,6 +294,10 @@ def test_training_set_windows(tmp_path):
         assert config["train_annotation_paths"] == [files[stage].name, files[f"{stage}_gaps"].name,
                                                     files[f"{stage}_goals"].name]
         assert config["eval_annotation_paths"] == [files["valid"].name]
+    # the repair stage trains on stage 2's windows (train_demo.sh adds the hard calls' windows after them)
+    repair = yaml.safe_load((Path(__file__).parents[1] / "configs" / "demo_repair.yaml").read_text())
+    assert repair["train_annotation_paths"] == [files["stage2"].name, files["stage2_gaps"].name,
+                                                files["stage2_goals"].name]
 
 
 def test_the_demo_recipe_weighs_the_score_words_then_also_every_call_word_each_one_demo_token():

@@ -226,6 +226,9 @@ class TrainingSetSpec:
     of stage 2's 2,765).
     ``select`` (validation split, after the ``valid`` streams): default-world and quiet streams whose score accuracy
     (teacher-forced by default, or streamed) chooses the checkpoint (``world/select.py``).
+    ``pool`` (train split, indexes from ``pool_first``, which no stage takes): default-world streams, then as many
+    with a whistle every ``1 / pool_whistle_rate`` s on average, whose calls the chosen model reads for the repair
+    stage (``world/repair.py``).
     """
 
     stage1_streams: int = 48
@@ -240,6 +243,10 @@ class TrainingSetSpec:
     stage1_reset_streams: int = 32
     stage2_reset_streams: int = 8
     select_reset_streams: int = 2
+    pool_streams: int = 32
+    pool_whistle_streams: int = 32
+    pool_whistle_rate: float = 1 / 100
+    pool_first: int = 300
     gap_window: int = DEFAULTS.text_rounds  # 16: the verbatim turns of the cache
     gap_min: int = 10
     goal_calls_after: tuple[int, int] = (10, 24)
@@ -257,9 +264,10 @@ stage 1. Training windows carry no title in their previous text: inference start
 
 
 def training_specs(spec: TrainingSetSpec, config: WorldConfig = TRAINING_WORLD) -> dict[str, list[StreamSpec]]:
-    """The streams of each part of the training set: ``stage1``, ``stage2``, ``valid`` and ``select``. Training
-    seeds are the ``train`` split's ``0, 1, ...`` in a fixed order (parts added later take the next seeds, so the
-    older parts keep theirs); ``valid`` and ``select`` come from the ``valid`` split."""
+    """The streams of each part of the training set: ``stage1``, ``stage2``, ``valid``, ``select`` and ``pool``.
+    Training seeds are the ``train`` split's ``0, 1, ...`` in a fixed order (parts added later take the next seeds,
+    so the older parts keep theirs); ``valid`` and ``select`` come from the ``valid`` split; ``pool`` from the
+    ``train`` split's ``pool_first, ...``, past every stage's."""
     taken = 0
 
     def take(n: int) -> int:
@@ -283,7 +291,12 @@ def training_specs(spec: TrainingSetSpec, config: WorldConfig = TRAINING_WORLD) 
                           first=spec.valid_streams + spec.select_streams, low=0.1, high=0.1)
     select += reset_specs("valid", spec.select_reset_streams, spec.select_minutes, config,
                           first=spec.valid_streams + spec.select_streams + spec.select_quiet_streams)
-    return {"stage1": stage1, "stage2": stage2, "valid": valid, "select": select}
+    if taken > spec.pool_first:
+        raise ValueError(f"the training streams take train indexes up to {taken - 1}: pool_first must be >= {taken}")
+    pool = split_specs("train", spec.pool_streams, spec.minutes, config, spec.pool_first)
+    pool += split_specs("train", spec.pool_whistle_streams, spec.minutes,
+                        replace(config, whistle_rate=spec.pool_whistle_rate), spec.pool_first + spec.pool_streams)
+    return {"stage1": stage1, "stage2": stage2, "valid": valid, "select": select, "pool": pool}
 
 
 def make_training_set(out_dir: str | Path, spec: TrainingSetSpec | None = None,
@@ -294,7 +307,8 @@ def make_training_set(out_dir: str | Path, spec: TrainingSetSpec | None = None,
     with no words left out, previous text without a title), ``stage{1,2}_gaps_windows.jsonl`` and
     ``stage{1,2}_goals_windows.jsonl`` (the stages' gap and goal windows), each with its ``*_seeks.jsonl`` index,
     paths relative to ``out_dir`` (use it as ``$DATASET_PATH``); ``select`` is ``select.jsonl``, the whole
-    validation streams for ``world/select.py``.
+    validation streams for ``world/select.py``; ``pool`` is ``pool.jsonl``, the whole pool streams for
+    ``world/repair.py``.
     """
     out = Path(out_dir)
     spec = spec or TrainingSetSpec()
@@ -317,6 +331,7 @@ def make_training_set(out_dir: str | Path, spec: TrainingSetSpec | None = None,
                           resume=False)
             files[f"{name}_{kind}"] = windows
     files["select"] = write_streams(out, parts["select"], "select.jsonl", progress)
+    files["pool"] = write_streams(out, parts["pool"], "pool.jsonl", progress, titled=False)
     return files
 
 
