@@ -4,14 +4,18 @@
 #   bash scripts/train_demo.sh            # then: streaming-vlm infer demo --model checkpoints/demo_best
 # Stage 1 (3,000 steps) and stage 2 (annealing, 400 steps, a checkpoint every 100) run the project's SFT trainer;
 # then `python -m streaming_vlm.world.select` reads the validation streams ($DATA/select.jsonl) teacher-forced with
-# each stage-2 checkpoint and copies the one with the best score accuracy to $CKPT/demo_best
+# each stage-2 checkpoint and copies the one with the best score accuracy to $CKPT/demo_chosen
 # ($CKPT/selection.json: every checkpoint's accuracy). SELECT_BY=streamed streams them free-running instead, as
 # `streaming-vlm eval synth` does (the records in $CKPT/selection/; slower, and not better as a rule: see select.py).
+# The repair stage: `python -m streaming_vlm.world.repair` reads every call of the pool streams ($DATA/pool.jsonl)
+# with the chosen model, teacher-forced in the window the streaming cache holds then, and writes the windows of the
+# calls it gets wrong to $CKPT/repair_windows.jsonl; configs/demo_repair.yaml trains 100 steps from the chosen
+# model on stage 2's windows plus those, REPAIR_REPEAT times; its result is the demo model, $CKPT/demo_best.
 # Env (defaults): DATA (data/world), CKPT (checkpoints), SEED (0: the random init and the data order),
-# SELECT_BY (teacher-forced),
-# SHIP=1 copies the chosen checkpoint into the package (streaming_vlm/assets/demo_model, the default model of
+# SELECT_BY (teacher-forced), REPAIR_REPEAT (20),
+# SHIP=1 copies the demo model into the package (streaming_vlm/assets/demo_model, the default model of
 # `streaming-vlm infer`). Each step is skipped when its output exists (a finished stage: train_results.json); a
-# stage cut short resumes from its newest checkpoint. Extra arguments go to both stages; STAGE1_ARGS and
+# stage cut short resumes from its newest checkpoint. Extra arguments go to every stage; STAGE1_ARGS and
 # STAGE2_ARGS (split at spaces) to one stage only, after them: STAGE1_ARGS="--max_steps 3600" (as in the README).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +23,10 @@ SELECT_BY="${SELECT_BY:-teacher-forced}"
 case "$SELECT_BY" in
   teacher-forced|streamed) ;;
   *) echo "train_demo.sh: error: SELECT_BY=$SELECT_BY: use teacher-forced or streamed" >&2; exit 2 ;;
+esac
+REPAIR_REPEAT="${REPAIR_REPEAT:-20}"
+case "$REPAIR_REPEAT" in
+  *[!0-9]*) echo "train_demo.sh: error: REPAIR_REPEAT=$REPAIR_REPEAT: use a whole number >= 0" >&2; exit 2 ;;
 esac
 source scripts/_env.sh  # the project's Python (PYTHON; CHECK_ENV=1 prints it)
 
@@ -30,7 +38,9 @@ read -ra STAGE2_EXTRA <<< "${STAGE2_ARGS:-}"
 export DATASET_PATH="$DATA"
 export TOKENIZERS_PARALLELISM=false
 
-[ -f "$DATA/select.jsonl" ] || "$PYTHON" -m streaming_vlm synth "$DATA" --training-set --minutes 6
+# (a training set written before the repair stage lacks its pool: written again, the same files plus the pool)
+[ -f "$DATA/select.jsonl" ] && [ -f "$DATA/pool.jsonl" ] || "$PYTHON" -m streaming_vlm synth "$DATA" --training-set \
+  --minutes 6
 [ -f "$CKPT/demo_init/model.safetensors" ] || "$PYTHON" -c \
   "from streaming_vlm.world.demo import build_demo_init; build_demo_init('$CKPT/demo_init', seed=$SEED)"
 
@@ -47,7 +57,7 @@ SECONDS=0
   "$@" "${STAGE2_EXTRA[@]}"
 echo "trained both stages in $((SECONDS / 60)) min $((SECONDS % 60)) s"
 
-if [ ! -f "$CKPT/demo_best/model.safetensors" ]; then
+if [ ! -f "$CKPT/demo_chosen/model.safetensors" ]; then
   CANDIDATES=()
   for dir in $(ls -d "$CKPT"/demo_stage2/checkpoint-* | sort -t- -k2 -n); do
     # intermediate checkpoints lack the stream settings and preprocessor config the final save copies
@@ -58,9 +68,23 @@ if [ ! -f "$CKPT/demo_best/model.safetensors" ]; then
   done
   "$PYTHON" -m streaming_vlm.world.select "$DATA" "${CANDIDATES[@]}" --by "$SELECT_BY" \
     --out "$CKPT/selection" --report "$CKPT/selection.json" | tee "$CKPT/selection.log"
-  "$PYTHON" -m streaming_vlm.world.ship "$(tail -n 1 "$CKPT/selection.log")" "$CKPT/demo_best"
+  "$PYTHON" -m streaming_vlm.world.ship "$(tail -n 1 "$CKPT/selection.log")" "$CKPT/demo_chosen"
   echo "trained and chose a checkpoint in $((SECONDS / 60)) min $((SECONDS % 60)) s"
 fi
+
+# the repair stage: the windows of the calls the chosen model gets wrong in the pool streams, REPAIR_REPEAT times,
+# after stage 2's (the config's list), 100 steps from the chosen model
+if [ ! -f "$CKPT/demo_repair/train_results.json" ]; then
+  "$PYTHON" -m streaming_vlm.world.repair "$DATA" "$CKPT/demo_chosen" --out "$CKPT/repair_windows.jsonl"
+  mapfile -t REPAIR_PATHS < <("$PYTHON" -c "import sys, yaml; print(*yaml.safe_load(open(sys.argv[1]))\
+['train_annotation_paths'], sep='\n')" configs/demo_repair.yaml)
+  for _ in $(seq "$REPAIR_REPEAT"); do REPAIR_PATHS+=("$(cd "$CKPT" && pwd)/repair_windows.jsonl"); done
+  "$PYTHON" -m streaming_vlm.train --config configs/demo_repair.yaml "${DEVICE[@]}" --seed "$SEED" \
+    --pretrained_model_name_or_path "$CKPT/demo_chosen" --output_dir "$CKPT/demo_repair" \
+    --train_annotation_paths "${REPAIR_PATHS[@]}" "$@"
+  echo "trained, chose and repaired in $((SECONDS / 60)) min $((SECONDS % 60)) s"
+fi
+[ -f "$CKPT/demo_best/model.safetensors" ] || "$PYTHON" -m streaming_vlm.world.ship "$CKPT/demo_repair" "$CKPT/demo_best"
 
 if [ "${SHIP:-0}" = 1 ]; then
   "$PYTHON" -m streaming_vlm.world.ship "$CKPT/demo_best" streaming_vlm/assets/demo_model

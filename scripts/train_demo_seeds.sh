@@ -6,7 +6,7 @@
 # resumes), then `streaming-vlm eval synth` over $HELDOUT/heldout_10min and heldout_60min in one report
 # ($ROOT/seed<N>/heldout.json; per-chunk records in $ROOT/seed<N>/heldout/, resumable), then
 # `python -m streaming_vlm.world.seeds` prints the table from every seed's report.
-# Extra arguments go to both training stages of every seed. Env (defaults): SEEDS (2 3 4), DATA (data/world: the
+# Extra arguments go to every training stage of every seed. Env (defaults): SEEDS (2 3 4), DATA (data/world: the
 #   training set, written when missing), HELDOUT (data/synth_eval: the held-out set scripts/eval_synth.sh writes,
 #   written here the same way when missing), ROOT (checkpoints/seeds).
 set -euo pipefail

@@ -132,27 +132,51 @@ def test_train_demo_refuses_an_unknown_select_by_before_anything_runs(repo):
     assert not (repo / "checkpoints").exists() and not (repo / "data").exists()
     for by in ("teacher-forced", "streamed"):
         assert run(repo, "train_demo.sh", SELECT_BY=by, CHECK_ENV="1").returncode == 0
+    for repeat in ("x", "-1", "2.5"):
+        proc = run(repo, "train_demo.sh", REPAIR_REPEAT=repeat)
+        assert (proc.returncode, proc.stdout) == (2, "")
+        assert proc.stderr == f"train_demo.sh: error: REPAIR_REPEAT={repeat}: use a whole number >= 0\n"
+    assert not (repo / "checkpoints").exists() and not (repo / "data").exists()
 
 
 def test_train_demo_gives_each_stage_its_own_extra_arguments(repo):
-    """STAGE1_ARGS reach stage 1 only and STAGE2_ARGS stage 2 only, after the arguments both stages get (so they
-    win); the stages run as the script names them."""
+    """STAGE1_ARGS reach stage 1 only and STAGE2_ARGS stage 2 only, after the arguments every stage gets (so they
+    win); the stages run as the script names them; the repair stage reads the chosen model's hard calls and trains
+    on its config's windows plus those, REPAIR_REPEAT times, from the chosen model; its result is the demo model."""
     bin_dir = repo / ".venv" / "bin"
     executable(bin_dir / "python", 'echo "$*" >> "$(dirname "$0")/calls"; echo "$(dirname "$0")"')
-    for made in ("data/world/select.jsonl", "checkpoints/demo_init/model.safetensors",
-                 "checkpoints/demo_best/model.safetensors"):  # skip the training set, the init and the choice
+    for made in ("data/world/select.jsonl", "data/world/pool.jsonl", "checkpoints/demo_init/model.safetensors",
+                 "checkpoints/demo_chosen/model.safetensors"):  # skip the training set, the init and the choice
         (repo / made).parent.mkdir(parents=True, exist_ok=True)
         (repo / made).write_text("")
     proc = run(repo, "train_demo.sh", "--logging_steps", "5", STAGE1_ARGS="--max_steps 3600  --learning_rate 2e-3",
-               STAGE2_ARGS="--warmup_ratio 0.1")
+               STAGE2_ARGS="--warmup_ratio 0.1", REPAIR_REPEAT="3")
     assert proc.returncode == 0, proc.stderr
-    stages = [line.split() for line in (bin_dir / "calls").read_text().splitlines() if "streaming_vlm.train" in line]
+    calls = [line.split() for line in (bin_dir / "calls").read_text().splitlines()]
+    stages = [call for call in calls if "streaming_vlm.train" in call]
     assert [call[call.index("--config") + 1] for call in stages] == ["configs/demo_stage1.yaml",
-                                                                      "configs/demo_stage2.yaml"]
-    one, two = stages
+                                                                      "configs/demo_stage2.yaml",
+                                                                      "configs/demo_repair.yaml"]
+    one, two, three = stages
     assert one[one.index("--output_dir") + 2:] == ["--logging_steps", "5", "--max_steps", "3600", "--learning_rate",
                                                    "2e-3"]
     assert two[two.index("--output_dir") + 2:] == ["--logging_steps", "5", "--warmup_ratio", "0.1"]
+    assert three[three.index("--pretrained_model_name_or_path") + 1] == "checkpoints/demo_chosen"
+    assert three[three.index("--output_dir") + 1] == "checkpoints/demo_repair"
+    paths = three[three.index("--train_annotation_paths") + 1:three.index("--logging_steps")]
+    # the stand-in prints one line for the config's list; then the hard calls' windows, 3 times, by absolute path
+    assert paths[1:] == [str(repo / "checkpoints" / "repair_windows.jsonl")] * 3 and three[-2:] == ["--logging_steps",
+                                                                                                   "5"]
+    assert ["-m", "streaming_vlm.world.repair", "data/world", "checkpoints/demo_chosen", "--out",
+            "checkpoints/repair_windows.jsonl"] in calls
+    assert calls[-1] == ["-m", "streaming_vlm.world.ship", "checkpoints/demo_repair", "checkpoints/demo_best"]
+    assert not any("synth" in call for call in calls)
+    # a training set written before the repair stage (no pool) is written again
+    (repo / "data/world/pool.jsonl").unlink()
+    (bin_dir / "calls").unlink()
+    assert run(repo, "train_demo.sh").returncode == 0
+    synth = "-m streaming_vlm synth data/world --training-set --minutes 6"
+    assert (bin_dir / "calls").read_text().splitlines()[1] == synth
 
 
 def test_train_demo_seeds_refuses_a_bad_seed_before_anything_runs(repo):
