@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Train the demo model from scratch on the synthetic world and choose its checkpoint (34-41 min on 2 CPU cores: the
-# training set 4 min, both stages and the choice 30 min with seed 5, 37 min with seed 7, each measured alone):
+# Train the demo model from scratch on the synthetic world, choose its checkpoint and repair it (on 2 CPU cores: the
+# training set 4 min, both stages and the choice 30 min with seed 5, 37 min with seed 7, each measured alone; the
+# repair stage adds reading the pool's 6,618 calls and 100 steps, not yet timed alone: 11-22 min at one thread beside
+# 2-4 other jobs):
 #   bash scripts/train_demo.sh            # then: streaming-vlm infer demo --model checkpoints/demo_best
 # Stage 1 (3,000 steps) and stage 2 (annealing, 400 steps, a checkpoint every 100) run the project's SFT trainer;
 # then `python -m streaming_vlm.world.select` reads the validation streams ($DATA/select.jsonl) teacher-forced with
