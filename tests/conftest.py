@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from streaming_vlm.models import build_tiny_model, load_model
 from streaming_vlm.preprocess import VisionSpec
@@ -21,6 +22,16 @@ def tiny_model_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny(tiny_model_dir):
     return load_model(str(tiny_model_dir), device="cpu", dtype="fp32")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """The tiny model gains nothing from threads, and on a busy machine their spinning costs 100x (a module's tests
+    use it with ``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def random_frames(seed: int, n: int = 2, h: int = FRAME_H, w: int = FRAME_W) -> np.ndarray:

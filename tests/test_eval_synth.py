@@ -10,7 +10,6 @@ import math
 from pathlib import Path
 
 import pytest
-import torch
 
 from streaming_vlm.data.annotations import StreamRecord, Word
 from streaming_vlm.engine import StreamSession
@@ -20,6 +19,8 @@ from streaming_vlm.world import score
 from streaming_vlm.world.dataset import split_specs, write_streams
 from streaming_vlm.world.score import TimedCall, chunk_texts, match_calls, per_minute, score_stream
 from streaming_vlm.world.script import GOAL, events, score_word
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _chunks(texts, start=0.0, **extra):
@@ -303,14 +304,6 @@ MODE_KEYS = {
 }  # fmt: skip
 CHUNK_KEYS = {"t", "text", "latency_s", "cache_tokens", "new_tokens", "rss_mb"}
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny model gains nothing from threads, and on a busy machine their spinning costs 100x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -17,13 +17,8 @@ from streaming_vlm.infer import DEMO_MODEL
 from streaming_vlm.world import dataset, repair
 from streaming_vlm.world.script import DEFAULT_WORLD, events
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

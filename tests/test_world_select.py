@@ -8,12 +8,13 @@ import logging
 from dataclasses import replace
 
 import pytest
-import torch
 
 from streaming_vlm.data.annotations import StreamRecord, Word
 from streaming_vlm.infer import DEMO_MODEL
 from streaming_vlm.world import dataset, select
 from streaming_vlm.world.script import DEFAULT_WORLD, events, parse_commentary
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _record(calls: dict[int, str], seconds: int) -> StreamRecord:
@@ -72,13 +73,6 @@ def valid_dir(tmp_path_factory):
     dataset.write_streams(out, [spec], select.ANNOTATION, progress=False)
     return out, spec
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_validation_accuracy_reads_every_score_word_once(valid_dir, tmp_path):

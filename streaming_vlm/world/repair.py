@@ -67,18 +67,13 @@ def call_windows(record, rounds: int, text_sink: int | None, text_window: int | 
 def read_calls(model_dir: str | Path, data_dir: str | Path, annotation: str = POOL, batch_size: int = 16,
                progress: bool = True) -> list[CallReading]:
     """Every call of ``data_dir/annotation``'s streams read by the checkpoint ``model_dir`` (module doc)."""
-    from streaming_vlm.data.annotations import StreamRecord, iter_records
-    from streaming_vlm.world.select import TeacherForced
+    from streaming_vlm.world.select import TeacherForced, stream_records
 
     reader = TeacherForced(model_dir, frame_cache_mb=1024)  # each stream decoded once for all its windows
     settings = reader.settings
     data = Path(data_dir)
-    items = []
-    for _, rec in iter_records(data / annotation):
-        if not isinstance(rec, StreamRecord):
-            raise ValueError(str(rec))
-        items += [(rec.video, t, w) for t, w in
-                  call_windows(rec, settings.text_rounds, settings.text_sink, settings.text_window)]
+    items = [(rec.video, t, w) for rec in stream_records(data / annotation)
+             for t, w in call_windows(rec, settings.text_rounds, settings.text_sink, settings.text_window)]
     out = []
     decode = reader.tokenizer.decode
     for i in tqdm(range(0, len(items), batch_size), desc="reading the pool's calls", unit="batch",
@@ -96,11 +91,11 @@ def write_hard_windows(data_dir: str | Path, readings: list[CallReading], out: s
                        threshold: float = THRESHOLD, annotation: str = POOL) -> int:
     """Write the ``rounds``-second window of each hard call of ``readings`` to the window file ``out`` (with its seek
     index; the cut records beside it as ``<out>_calls.jsonl``); returns how many."""
-    from streaming_vlm.data.annotations import StreamRecord, iter_records
     from streaming_vlm.data.windows import build_windows
     from streaming_vlm.world.dataset import write_records
+    from streaming_vlm.world.select import stream_records
 
-    records = {rec.video: rec for _, rec in iter_records(Path(data_dir) / annotation) if isinstance(rec, StreamRecord)}
+    records = {rec.video: rec for rec in stream_records(Path(data_dir) / annotation)}
     hard = [r for r in readings if r.hard(threshold)]
     cuts = [replace(records[r.video], title="", video_start=float(r.t + 1 - rounds), video_end=float(r.t + 1))
             for r in hard]

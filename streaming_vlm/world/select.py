@@ -178,6 +178,16 @@ def score_positions(sample, score_id: int) -> list[int]:
     return [p for p in range(1, len(ids)) if labels[p] != IGNORE_INDEX and int(ids[p - 1]) == score_id]
 
 
+def stream_records(path: Path):
+    """The stream records of the annotation file ``path`` (:class:`ValueError` on a line that is not one)."""
+    from streaming_vlm.data.annotations import StreamRecord, iter_records
+
+    for _, rec in iter_records(path):
+        if not isinstance(rec, StreamRecord):
+            raise ValueError(str(rec))
+        yield rec
+
+
 class TeacherForced:
     """A checkpoint that reads windows teacher-forced: each window built as a training sample (the project's layout,
     the checkpoint's stream settings from ``streaming_vlm.json``), the logits before each score word."""
@@ -234,17 +244,11 @@ def validation_accuracy(model_dir: str | Path, valid_dir: str | Path, batch_size
     """Teacher-forced score accuracy of the checkpoint ``model_dir`` on ``valid_dir``'s streams (module doc)."""
     import torch
 
-    from streaming_vlm.data.annotations import StreamRecord, iter_records
-
     reader = TeacherForced(model_dir)
     settings = reader.settings
     valid = Path(valid_dir)
-    items = []
-    for _, rec in iter_records(valid / ANNOTATION):
-        if not isinstance(rec, StreamRecord):
-            raise ValueError(str(rec))
-        items += [(kind, w, valid / rec.video) for kind, w in
-                  windows(rec, window, settings.text_rounds, settings.text_sink, settings.text_window)]
+    items = [(kind, w, valid / rec.video) for rec in stream_records(valid / ANNOTATION)
+             for kind, w in windows(rec, window, settings.text_rounds, settings.text_sink, settings.text_window)]
     acc = Accuracy()
     for i in range(0, len(items), batch_size):
         group = items[i:i + batch_size]
