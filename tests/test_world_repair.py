@@ -107,6 +107,9 @@ def test_hard_windows_end_with_each_hard_call(pool_dir, tmp_path):
         assert " ".join(w.text for w in win.words).endswith(next(e.text for e in evs if e.second == t))
         assert not win.title
     assert path.with_name("hard_windows_seeks.jsonl").is_file()
+    # none hard: an empty window file, which training reads as no samples
+    assert repair.write_hard_windows(out, readings[:1], tmp_path / "none.jsonl", rounds=16) == 0
+    assert (tmp_path / "none.jsonl").read_text() == "" and (tmp_path / "none_seeks.jsonl").is_file()
 
 
 def test_repair_command_checks_its_paths_before_reading(pool_dir, tmp_path, capsys):
@@ -120,6 +123,10 @@ def test_repair_command_checks_its_paths_before_reading(pool_dir, tmp_path, caps
         assert repair.main(argv) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
+    # a folder that is not a checkpoint: one line, nothing written
+    assert repair.main([str(out), str(tmp_path), "--out", str(tmp_path / "o.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("streaming-vlm: error: ") and err.count("\n") == 1, err
     assert not (tmp_path / "o.jsonl").exists()
     before = (out / repair.POOL).read_bytes()
     assert repair.main([str(out), str(DEMO_MODEL), "--out", str(tmp_path / "o.jsonl")]) == 0

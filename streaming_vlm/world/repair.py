@@ -134,8 +134,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from streaming_vlm.world.select import TeacherForced
 
-    readings = read_calls(ckpt, data, batch_size=args.batch_size)
-    rounds = TeacherForced.stream_settings(ckpt).text_rounds
+    try:
+        readings = read_calls(ckpt, data, batch_size=args.batch_size)
+        rounds = TeacherForced.stream_settings(ckpt).text_rounds
+    except (OSError, ValueError) as exc:  # not a checkpoint, a bad line or video: nothing written yet
+        print(f"streaming-vlm: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
     n = write_hard_windows(data, readings, out, rounds, args.threshold)
     print(f"{n} hard call(s) of {len(readings)} ({ckpt}): {out}")
     return 0
