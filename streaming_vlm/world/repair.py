@@ -56,11 +56,10 @@ def call_windows(record, rounds: int, text_sink: int | None, text_window: int | 
     """``(second, window)`` per call of ``record`` (one per second with words), each window the ``rounds`` seconds
     ending with it, laid out as the streaming cache holds them then; calls in the first ``rounds - 1`` seconds
     are left out (the cache holds less than a window there)."""
-    from streaming_vlm.world.select import cut
+    from streaming_vlm.world.select import call_seconds, cut
 
     record = replace(record, title="")
-    seconds = sorted({int(w.end - 1e-6) for w in record.words})
-    return [(t, cut(record, float(t + 1 - rounds), float(t + 1), text_sink, text_window)) for t in seconds
+    return [(t, cut(record, float(t + 1 - rounds), float(t + 1), text_sink, text_window)) for t in call_seconds(record)
             if t + 1 - rounds >= record.video_start]
 
 

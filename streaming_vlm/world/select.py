@@ -153,6 +153,11 @@ def cut(record, a: float, b: float, text_sink: int | None, text_window: int | No
                         source=record.source)
 
 
+def call_seconds(record) -> list[int]:
+    """The seconds of ``record`` that hold a call (a word ends in them), in order."""
+    return sorted({int(w.end - 1e-6) for w in record.words})
+
+
 def windows(record, window: float, rounds: int, text_sink: int | None, text_window: int | None):
     """``(kind, window record)`` of one stream: the tiles, then the quiet-stretch windows (see the module doc)."""
     record = replace(record, title="")
@@ -163,8 +168,8 @@ def windows(record, window: float, rounds: int, text_sink: int | None, text_wind
         if tile.words:  # a window without calls has no score word (and no sample)
             out.append(("tiles", tile))
         a += window
-    call_seconds = sorted({int(w.end - 1e-6) for w in record.words})
-    for before, s in zip(call_seconds, call_seconds[1:], strict=False):
+    seconds = call_seconds(record)
+    for before, s in zip(seconds, seconds[1:], strict=False):
         if s - before >= rounds and s + 1 - rounds >= record.video_start:
             out.append(("quiet", cut(record, s + 1 - rounds, s + 1, text_sink, text_window)))
     return out
