@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
-# Train the demo model from scratch on the synthetic world, choose its checkpoint and repair it (on 2 CPU cores: the
-# training set 4 min, both stages and the choice 30 min with seed 5, 37 min with seed 7, each measured alone; the
-# repair stage adds reading the pool's 6,618 calls and 100 steps, not yet timed alone: 11-22 min at one thread beside
-# 2-4 other jobs):
+# Train the demo model from scratch on the synthetic world, choose its checkpoint and repair it (on 2 CPU cores,
+# alone, seed 11: 49 min 10 s in all: the training set and initial model 4 min 52 s, stage 1 30 min 31 s, stage 2
+# 4 min, the choice 1 min 48 s, the repair stage about 7 min 45 s, of which reading the pool's 6,618 calls 6.5 min):
 #   bash scripts/train_demo.sh            # then: streaming-vlm infer demo --model checkpoints/demo_best
 # Stage 1 (3,000 steps) and stage 2 (annealing, 400 steps, a checkpoint every 100) run the project's SFT trainer;
 # then `python -m streaming_vlm.world.select` reads the validation streams ($DATA/select.jsonl) teacher-forced with
