@@ -305,7 +305,6 @@ MODE_KEYS = {
 CHUNK_KEYS = {"t", "text", "latency_s", "cache_tokens", "new_tokens", "rss_mb"}
 
 
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("synth") / "heldout"

@@ -74,7 +74,6 @@ def valid_dir(tmp_path_factory):
     return out, spec
 
 
-
 def test_validation_accuracy_reads_every_score_word_once(valid_dir, tmp_path):
     from streaming_vlm.world.demo import build_demo_init
 

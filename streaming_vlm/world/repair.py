@@ -134,8 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     from streaming_vlm.world.select import TeacherForced
 
     try:
-        readings = read_calls(ckpt, data, batch_size=args.batch_size)
         rounds = TeacherForced.stream_settings(ckpt).text_rounds
+        readings = read_calls(ckpt, data, batch_size=args.batch_size)
     except (OSError, ValueError) as exc:  # not a checkpoint, a bad line or video: nothing written yet
         print(f"streaming-vlm: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
