@@ -149,6 +149,21 @@ def test_videos_are_written_byte_for_byte_the_same_every_time(tmp_path):
     assert len(worlds) == 1 and len(synthetic) == 1
 
 
+def test_videos_written_by_several_processes_are_the_files_one_process_writes(tmp_path):
+    specs = [dataset.StreamSpec(9, 6, WorldConfig(), "a"), dataset.StreamSpec(10, 12, WorldConfig(), "b"),
+             dataset.StreamSpec(11, 3, replace(WorldConfig(), density=0.5), "c")]
+    for spec in specs:
+        dataset.write_stream(tmp_path / "one", spec)
+    dataset.write_stream(tmp_path / "two", specs[1])  # there already: left as it is
+    stamp = (tmp_path / "two" / specs[1].video).stat().st_mtime_ns
+    assert dataset.render_videos(tmp_path / "two", specs + specs[:1], workers=2, progress=False) == 2
+    assert (tmp_path / "two" / specs[1].video).stat().st_mtime_ns == stamp
+    for spec in specs:
+        assert (tmp_path / "two" / spec.video).read_bytes() == (tmp_path / "one" / spec.video).read_bytes()
+    assert not list((tmp_path / "two").rglob("*.part"))
+    assert dataset.render_videos(tmp_path / "two", specs, workers=2, progress=False) == 0
+
+
 def test_splits_never_share_seeds():
     assert set(dataset.SPLIT_BASE) == {"train", "valid", "test", "heldout"}
     ranges = sorted((dataset.split_seed(s, 0), dataset.split_seed(s, 999_999)) for s in dataset.SPLIT_BASE)

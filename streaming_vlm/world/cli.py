@@ -37,6 +37,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--kickoff", action=argparse.BooleanOptionalAction, default=None,
                    help="open each stream with a whistle at second 0; --no-kickoff starts it mid-match, the score "
                         "zero but unannounced (default: on)")
+    p.add_argument("--workers", type=positive_int, default=None,
+                   help="processes that write the videos (default: one per CPU core)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=main)
     return p
@@ -52,12 +54,14 @@ def main(args: argparse.Namespace) -> int:
         config = replace(dataset.TRAINING_WORLD if args.training_set else WorldConfig(), **changes)
         if args.training_set:
             spec = replace(dataset.TrainingSetSpec(), minutes=args.minutes)
-            files = dataset.make_training_set(args.out_dir, spec, config, progress=not args.quiet)
+            files = dataset.make_training_set(args.out_dir, spec, config, progress=not args.quiet,
+                                              workers=args.workers)
             print("wrote " + ", ".join(str(f) for f in files.values()))
             return 0
         if args.split:
             specs = dataset.split_specs(args.split, args.streams, args.minutes, config, first=args.first)
-            path = dataset.write_streams(args.out_dir, specs, f"{args.split}.jsonl", progress=not args.quiet)
+            path = dataset.write_streams(args.out_dir, specs, f"{args.split}.jsonl", progress=not args.quiet,
+                                         workers=args.workers)
         else:
             seed = 0 if args.seed is None else args.seed
             specs = [dataset.StreamSpec(seed, int(round(args.minutes * 60)), config, f"stream_{seed}")]

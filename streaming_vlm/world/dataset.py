@@ -10,8 +10,12 @@ every 12 s) with their seek indexes, and the validation streams that choose the 
 
 from __future__ import annotations
 
+import bisect
 import json
+import multiprocessing
+import os
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -67,6 +71,32 @@ def write_stream(out_dir: str | Path, spec: StreamSpec, titled: bool = True) -> 
     return record(spec, titled)
 
 
+def _render(out_dir: Path, spec: StreamSpec) -> None:
+    write_video(out_dir / spec.video, events(spec.seed, spec.seconds, spec.config), spec.seconds, spec.config)
+
+
+def render_videos(out_dir: str | Path, specs: list[StreamSpec], workers: int | None = None,
+                  progress: bool = True) -> int:
+    """Write the videos of ``specs`` that ``out_dir`` lacks, in ``workers`` processes (default: one per CPU core;
+    1: in this one), the longest first; returns how many were written. A video is the same file whichever process
+    writes it (the encoder is deterministic), and each appears whole or not at all (written beside, then renamed)."""
+    out = Path(out_dir)
+    todo = sorted({spec.video: spec for spec in specs if not (out / spec.video).exists()}.values(),
+                  key=lambda spec: -spec.seconds)
+    workers = min(workers or os.cpu_count() or 1, len(todo))
+    if workers <= 1:
+        for spec in tqdm(todo, desc="writing videos", unit="video", disable=not progress or not todo):
+            _render(out, spec)
+        return len(todo)
+    # spawn: the parent may hold OpenMP threads (torch) that a forked child must not inherit
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        jobs = [pool.submit(_render, out, spec) for spec in todo]
+        for job in tqdm(as_completed(jobs), total=len(jobs), desc=f"writing videos ({workers} processes)",
+                        unit="video", disable=not progress):
+            job.result()
+    return len(todo)
+
+
 def write_records(path: Path, records: Iterable[StreamRecord]) -> Path:
     """Write ``records`` to the annotation file ``path``, one per line, in order (whole or not at all)."""
     tmp = path.with_name(path.name + ".part")
@@ -78,10 +108,13 @@ def write_records(path: Path, records: Iterable[StreamRecord]) -> Path:
 
 
 def write_streams(out_dir: str | Path, specs: list[StreamSpec], annotation: str, progress: bool = True,
-                  titled: bool = True) -> Path:
-    """Write every stream and one annotation file (``out_dir/annotation``, one record per stream, in order)."""
+                  titled: bool = True, workers: int | None = 1) -> Path:
+    """Write every stream and one annotation file (``out_dir/annotation``, one record per stream, in order); the
+    videos in ``workers`` processes (:func:`render_videos`; ``None``: one per core)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if workers != 1:
+        render_videos(out, specs, workers, progress)
     path = write_records(out / annotation, (write_stream(out, spec, titled) for spec in tqdm(
         specs, desc=f"writing {annotation}", unit="stream", disable=not progress)))
     (out / (Path(annotation).stem + "_world.json")).write_text(
@@ -201,10 +234,13 @@ def goal_records(spec: StreamSpec, rounds: int, calls_after: tuple[int, int]) ->
 
 def _windows_ending_at(spec: StreamSpec, seconds: list[int], rounds: int) -> list[StreamRecord]:
     """The stream's record cut to ``rounds`` seconds ending with each of ``seconds`` (those in the first
-    ``rounds - 1`` seconds left out)."""
+    ``rounds - 1`` seconds left out), without the words after its end (no window of it reads them: the file is
+    half the size, and the windows built from it the same)."""
     whole = record(spec, titled=False)
-    return [replace(whole, video_start=float(t + 1 - rounds), video_end=float(t + 1)) for t in seconds
-            if t + 1 >= rounds]
+    ends = [w.end for w in whole.words]
+    return [replace(whole, video_start=float(t + 1 - rounds), video_end=float(t + 1),
+                    words=whole.words[:bisect.bisect_right(ends, float(t + 1))])
+            for t in seconds if t + 1 >= rounds]
 
 
 @dataclass(frozen=True)
@@ -300,7 +336,8 @@ def training_specs(spec: TrainingSetSpec, config: WorldConfig = TRAINING_WORLD) 
 
 
 def make_training_set(out_dir: str | Path, spec: TrainingSetSpec | None = None,
-                      config: WorldConfig = TRAINING_WORLD, progress: bool = True) -> dict[str, Path]:
+                      config: WorldConfig = TRAINING_WORLD, progress: bool = True,
+                      workers: int | None = None) -> dict[str, Path]:
     """Write the streams and the stage files (:func:`training_specs`); returns the files by name.
 
     ``stage1_windows.jsonl``, ``stage2_windows.jsonl`` and ``valid_windows.jsonl`` (24-s windows every 12 s, those
@@ -308,11 +345,13 @@ def make_training_set(out_dir: str | Path, spec: TrainingSetSpec | None = None,
     ``stage{1,2}_goals_windows.jsonl`` (the stages' gap and goal windows), each with its ``*_seeks.jsonl`` index,
     paths relative to ``out_dir`` (use it as ``$DATASET_PATH``); ``select`` is ``select.jsonl``, the whole
     validation streams for ``world/select.py``; ``pool`` is ``pool.jsonl``, the whole pool streams for
-    ``world/repair.py``.
+    ``world/repair.py``. The videos are written first, in ``workers`` processes (:func:`render_videos`; default:
+    one per CPU core).
     """
     out = Path(out_dir)
     spec = spec or TrainingSetSpec()
     parts = training_specs(spec, config)
+    render_videos(out, [s for part in parts.values() for s in part], workers, progress)
     cut = {"gaps": lambda stream: gap_records(stream, spec.gap_window, spec.gap_min),
            "goals": lambda stream: goal_records(stream, spec.gap_window, spec.goal_calls_after)}
     files = {}
