@@ -129,6 +129,14 @@ def test_command_prints_each_checkpoint_and_the_best_last(valid_dir, tmp_path, c
         assert saved["checkpoints"][str(DEMO_MODEL)][quantity] >= 0.9
     assert (tmp_path / "streamed" / f"00_{DEMO_MODEL.name}" / "report.json").is_file()
     assert not (tmp_path / "teacher-forced").exists()
+    # teacher-forced in two processes: each checkpoint's accuracy as one process reads it, printed in order
+    twice = [str(out), str(DEMO_MODEL), str(DEMO_MODEL)]
+    reports = []
+    for workers in ("1", "2"):
+        assert select.main(twice + ["--workers", workers, "--report", str(tmp_path / f"w{workers}.json")]) == 0
+        reports.append(capsys.readouterr().out)
+    assert reports[0] == reports[1] and reports[0].count(f"{DEMO_MODEL}: {{") == 2
+    assert (tmp_path / "w1.json").read_text() == (tmp_path / "w2.json").read_text()
     assert select.main([str(tmp_path / "none"), str(DEMO_MODEL)]) == 2
     assert select.main([str(tmp_path), str(DEMO_MODEL)]) == 2
     # outputs checked before any work: not an input, the right kind, in an existing folder

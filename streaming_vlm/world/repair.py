@@ -25,9 +25,8 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from tqdm import tqdm
-
 from streaming_vlm.argtypes import positive_int
+from streaming_vlm.world.workers import default_workers
 
 POOL = "pool.jsonl"
 """The pool streams' annotation file in ``DATA_DIR``."""
@@ -63,27 +62,39 @@ def call_windows(record, rounds: int, text_sink: int | None, text_window: int | 
             if t + 1 - rounds >= record.video_start]
 
 
-def read_calls(model_dir: str | Path, data_dir: str | Path, annotation: str = POOL, batch_size: int = 16,
-               progress: bool = True) -> list[CallReading]:
-    """Every call of ``data_dir/annotation``'s streams read by the checkpoint ``model_dir`` (module doc)."""
-    from streaming_vlm.world.select import TeacherForced, stream_records
+def read_stream_calls(model_dir: str | Path, data_dir: str | Path, record, batch_size: int = 16) -> list[CallReading]:
+    """Every call of one pool stream (``record``, its video under ``data_dir``) read by the checkpoint ``model_dir``
+    (module doc), ``batch_size`` windows at a time."""
+    from streaming_vlm.world.workers import reader as teacher_forced
 
-    reader = TeacherForced(model_dir, frame_cache_mb=1024)  # each stream decoded once for all its windows
+    reader = teacher_forced(str(model_dir), 1024)  # the stream decoded once for all its windows
     settings = reader.settings
     data = Path(data_dir)
-    items = [(rec.video, t, w) for rec in stream_records(data / annotation)
-             for t, w in call_windows(rec, settings.text_rounds, settings.text_sink, settings.text_window)]
+    items = call_windows(record, settings.text_rounds, settings.text_sink, settings.text_window)
     out = []
     decode = reader.tokenizer.decode
-    for i in tqdm(range(0, len(items), batch_size), desc="reading the pool's calls", unit="batch",
-                  disable=not progress):
+    for i in range(0, len(items), batch_size):
         group = items[i:i + batch_size]
-        for (video, t, _), (rows, truth) in zip(group, reader.score_logits([(w, data / v) for v, _, w in group]),
-                                                strict=True):
+        for (t, _), (rows, truth) in zip(group, reader.score_logits([(w, data / record.video) for _, w in group]),
+                                         strict=True):
             probs = rows[-1].softmax(-1)  # the window's last score word: the call's
-            out.append(CallReading(video, t, decode(int(truth[-1])).strip(), decode(int(probs.argmax())).strip(),
+            out.append(CallReading(record.video, t, decode(int(truth[-1])).strip(), decode(int(probs.argmax())).strip(),
                                    float(probs[truth[-1]])))
     return out
+
+
+def read_calls(model_dir: str | Path, data_dir: str | Path, annotation: str = POOL, batch_size: int = 16,
+               progress: bool = True, workers: int = 1) -> list[CallReading]:
+    """Every call of ``data_dir/annotation``'s streams read by the checkpoint ``model_dir`` (module doc), in stream
+    order; the streams shared out among ``workers`` processes (:mod:`streaming_vlm.world.workers`: the same
+    readings as one process, sooner)."""
+    from streaming_vlm.world.select import stream_records
+    from streaming_vlm.world.workers import map_in_processes
+
+    jobs = [(str(model_dir), str(data_dir), rec, batch_size) for rec in stream_records(Path(data_dir) / annotation)]
+    per_stream = map_in_processes(read_stream_calls, jobs, workers, desc="reading the pool's calls", unit="stream",
+                                  progress=progress)
+    return [reading for readings in per_stream for reading in readings]
 
 
 def write_hard_windows(data_dir: str | Path, readings: list[CallReading], out: str | Path, rounds: int,
@@ -115,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threshold", type=float, default=THRESHOLD,
                    help="hard below this probability of the right score word (default %(default)s)")
     p.add_argument("--batch-size", type=positive_int, default=16)
+    p.add_argument("--workers", type=positive_int, default=default_workers(),
+                   help="processes that read the streams, each with torch's threads shared out (default: one per "
+                        "CPU core, %(default)s here)")
     args = p.parse_args(argv)
     data, ckpt, out = Path(args.data_dir), Path(args.checkpoint), Path(args.out)
     if not (data / POOL).is_file():
@@ -131,11 +145,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"streaming-vlm: error: --out {out}: must be a file in an existing folder, not an input",
               file=sys.stderr)
         return 2
-    from streaming_vlm.world.select import TeacherForced
+    from streaming_vlm.world.workers import reader
 
     try:
-        rounds = TeacherForced.stream_settings(ckpt).text_rounds
-        readings = read_calls(ckpt, data, batch_size=args.batch_size)
+        rounds = reader(str(ckpt), 1024).settings.text_rounds  # a checkpoint (loaded here first: nothing started)
+        readings = read_calls(ckpt, data, batch_size=args.batch_size, workers=args.workers)
     except (OSError, ValueError) as exc:  # not a checkpoint, a bad line or video: nothing written yet
         print(f"streaming-vlm: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2

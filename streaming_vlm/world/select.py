@@ -48,6 +48,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from streaming_vlm.argtypes import positive_int
+from streaming_vlm.world.workers import default_workers, map_in_processes
 
 ANNOTATION = "select.jsonl"
 """The validation streams' annotation file in ``VALID_DIR``."""
@@ -298,6 +299,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="--by streamed: folder of the per-chunk records, one folder per checkpoint, resumable "
                         "(default: a temporary folder)")
     p.add_argument("--threads", type=positive_int, default=None, help="--by streamed: CPU threads (default: torch's)")
+    p.add_argument("--workers", type=positive_int, default=default_workers(),
+                   help="--by teacher-forced: processes that read the checkpoints, each with torch's threads shared "
+                        "out (the same accuracies as one process, sooner; default: one per CPU core, %(default)s "
+                        "here)")
     p.add_argument("--report", default=None, help="also write the accuracies and the choice to this JSON file")
     args = p.parse_args(argv)
     for path in [args.valid_dir, *args.checkpoints]:
@@ -323,18 +328,22 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out
         if args.by == "streamed" and out is None:  # teacher forcing writes no records
             out = stack.enter_context(tempfile.TemporaryDirectory(prefix="select-"))
-        for i, ckpt in enumerate(args.checkpoints):
-            try:
-                if args.by == "streamed":
+        try:
+            if args.by == "streamed":  # one at a time, each printed when done
+                for i, ckpt in enumerate(args.checkpoints):
                     acc = streamed_accuracy(ckpt, args.valid_dir, Path(out) / f"{i:02d}_{Path(ckpt).name}",
                                             args.threads)
-                else:
-                    acc = validation_accuracy(ckpt, args.valid_dir)
-            except ValueError as exc:
-                print(f"streaming-vlm: error: {exc}", file=sys.stderr)
-                return 2
-            results.append((ckpt, acc))
-            print(f"{ckpt}: " + json.dumps(acc.as_dict()), flush=True)
+                    results.append((ckpt, acc))
+                    print(f"{ckpt}: " + json.dumps(acc.as_dict()), flush=True)
+            else:
+                accuracies = map_in_processes(validation_accuracy, [(c, args.valid_dir) for c in args.checkpoints],
+                                              args.workers)
+                for ckpt, acc in zip(args.checkpoints, accuracies, strict=True):
+                    results.append((ckpt, acc))
+                    print(f"{ckpt}: " + json.dumps(acc.as_dict()), flush=True)
+        except ValueError as exc:
+            print(f"streaming-vlm: error: {exc}", file=sys.stderr)
+            return 2
     try:
         best = choose(results)
     except ValueError as exc:
