@@ -356,6 +356,13 @@ def test_a_gap_window_ends_with_the_call_and_holds_the_last_score_in_its_previou
             long_gaps += 1
             assert win.previous.endswith(" " + before.text) and " ".join(w.text for w in win.words) == call.text
     assert long_gaps >= 3 and len(recs) >= 10
+    # the records stop at their end: the windows are those of the whole stream's record cut there
+    whole = dataset.record(spec, titled=False)
+    for rec in recs + dataset.goal_records(spec, 16, (10, 23)):
+        assert rec.words and rec.words[-1].end <= rec.video_end < whole.words[-1].end
+        assert rec.words == [w for w in whole.words if w.end <= rec.video_end]
+        uncut = replace(whole, video_start=rec.video_start, video_end=rec.video_end)
+        assert list(windows_of(rec, window=16, stride=16)) == list(windows_of(uncut, window=16, stride=16))
     # a whistle every minute on average: some of those long gaps follow a whistle, the score to carry is its zero
     assert any(evs[i - 1].score == 0 and evs[i].kind != WHISTLE and evs[i].second + 1 in {r.video_end for r in recs}
                for i in range(1, len(evs)))
