@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Train the demo model from scratch on the synthetic world, choose its checkpoint and repair it (on 2 CPU cores,
-# alone, seed 11: 49 min 10 s in all: the training set and initial model 4 min 52 s, stage 1 30 min 31 s, stage 2
-# 4 min, the choice 1 min 48 s, the repair stage about 7 min 45 s, of which reading the pool's 6,618 calls 6.5 min):
+# Train the demo model from scratch on the synthetic world, choose its checkpoint and repair it (alone on 2 CPU
+# cores, seed 12: 34 min 53 s in all: the training set and initial model 2 min 53 s, stage 1 23 min 50 s, stage 2
+# 2 min, the choice 1 min 15 s, the repair stage about 4.5 min, of which reading the pool's 6,618 calls 3 min 52 s;
+# seed 11, before the training set and the readings used both cores and with the host busier: 49 min 10 s):
 #   bash scripts/train_demo.sh            # then: streaming-vlm infer demo --model checkpoints/demo_best
 # Stage 1 (3,000 steps) and stage 2 (annealing, 400 steps, a checkpoint every 100) run the project's SFT trainer;
 # then `python -m streaming_vlm.world.select` reads the validation streams ($DATA/select.jsonl) teacher-forced with
