@@ -138,7 +138,8 @@ def test_rewriting_a_stream_gives_the_same_video_frames(tmp_path):
 def test_videos_are_written_byte_for_byte_the_same_every_time(tmp_path):
     """With macroblock-tree rate control, libx264 encoded the synthetic test videos' frames differently from run to
     run (2-6 different files in 12 writes), which decode to different frames: they turn it off. The world's flat
-    pictures encode the same every time with it (and the bundled clip was encoded with it, so it stays on there)."""
+    pictures encode the same every time with it (and the bundled clip was encoded with it, so it stays on there);
+    six-minute streams rarely do not (dataset.render_videos)."""
     from streaming_vlm.synthetic import write_synthetic_video
 
     spec = dataset.StreamSpec(9, 20, WorldConfig(), "s")

@@ -3,8 +3,8 @@
 ``map_in_processes(fn, jobs, workers)`` is ``[fn(*job) for job in jobs]`` in order, computed in ``workers``
 processes (spawned: the parent may hold torch's OpenMP threads, which a forked child must not inherit), each
 running torch with ``threads`` threads (default: this process's threads shared out among them, at least one);
-with one worker, in this process. :func:`reader` gives each process one :class:`~streaming_vlm.world.select.
-TeacherForced` per checkpoint, loaded on first use.
+with one worker, in this process. :func:`reader` gives each process one
+:class:`~streaming_vlm.world.select.TeacherForced` per checkpoint, loaded on first use.
 
 Why: on the demo's small model a 2-thread forward leaves much of the 2 cores idle (a pool call read teacher-forced:
 45 ms with 2 threads, 72 ms with 1, so two 1-thread processes read one every 36 ms), and a 1-thread forward gives
