@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import bisect
 import json
-import multiprocessing
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -26,6 +24,7 @@ from streaming_vlm.data.windows import build_windows
 from streaming_vlm.settings import DEFAULTS
 from streaming_vlm.world.render import write_video
 from streaming_vlm.world.script import DEFAULT_WORLD, GOAL, WHISTLE, WorldConfig, events, words
+from streaming_vlm.world.workers import default_workers, map_in_processes
 
 SPLIT_BASE = {"train": 0, "valid": 1_000_000, "test": 2_000_000, "heldout": 3_000_000}
 """Seed of stream ``i`` of a split = base + i. The ranges never meet (a split holds < 1,000,000 streams)."""
@@ -81,22 +80,11 @@ def render_videos(out_dir: str | Path, specs: list[StreamSpec], workers: int | N
     beside, then renamed). Which process writes a video does not matter, but libx264 itself is not always
     deterministic on long streams: of two writings of the 298 training-set videos (one process each time), 2 files
     differed, in at most 5 frames by at most 8 levels."""
-    from streaming_vlm.world.workers import default_workers
-
     out = Path(out_dir)
     todo = sorted({spec.video: spec for spec in specs if not (out / spec.video).exists()}.values(),
                   key=lambda spec: -spec.seconds)
-    workers = min(workers or default_workers(), len(todo))
-    if workers <= 1:
-        for spec in tqdm(todo, desc="writing videos", unit="video", disable=not progress or not todo):
-            _render(out, spec)
-        return len(todo)
-    # spawn: the parent may hold OpenMP threads (torch) that a forked child must not inherit
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        jobs = [pool.submit(_render, out, spec) for spec in todo]
-        for job in tqdm(as_completed(jobs), total=len(jobs), desc=f"writing videos ({workers} processes)",
-                        unit="video", disable=not progress):
-            job.result()
+    map_in_processes(_render, [(out, spec) for spec in todo], workers or default_workers(), threads=0,
+                     desc="writing videos", unit="video", progress=progress)
     return len(todo)
 
 

@@ -330,17 +330,14 @@ def main(argv: list[str] | None = None) -> int:
             out = stack.enter_context(tempfile.TemporaryDirectory(prefix="select-"))
         try:
             if args.by == "streamed":  # one at a time, each printed when done
-                for i, ckpt in enumerate(args.checkpoints):
-                    acc = streamed_accuracy(ckpt, args.valid_dir, Path(out) / f"{i:02d}_{Path(ckpt).name}",
-                                            args.threads)
-                    results.append((ckpt, acc))
-                    print(f"{ckpt}: " + json.dumps(acc.as_dict()), flush=True)
+                accuracies = (streamed_accuracy(ckpt, args.valid_dir, Path(out) / f"{i:02d}_{Path(ckpt).name}",
+                                                args.threads) for i, ckpt in enumerate(args.checkpoints))
             else:
                 accuracies = map_in_processes(validation_accuracy, [(c, args.valid_dir) for c in args.checkpoints],
                                               args.workers)
-                for ckpt, acc in zip(args.checkpoints, accuracies, strict=True):
-                    results.append((ckpt, acc))
-                    print(f"{ckpt}: " + json.dumps(acc.as_dict()), flush=True)
+            for ckpt, acc in zip(args.checkpoints, accuracies, strict=True):
+                results.append((ckpt, acc))
+                print(f"{ckpt}: " + json.dumps(acc.as_dict()), flush=True)
         except ValueError as exc:
             print(f"streaming-vlm: error: {exc}", file=sys.stderr)
             return 2

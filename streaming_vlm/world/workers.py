@@ -40,11 +40,13 @@ def _set_threads(threads: int) -> None:
 def map_in_processes(fn: Callable[..., T], jobs: Sequence[tuple], workers: int = 1, threads: int | None = None,
                      desc: str | None = None, unit: str = "job", progress: bool = False) -> list[T]:
     """``[fn(*job) for job in jobs]``, in ``min(workers, len(jobs))`` processes (module doc); ``fn`` must be a
-    module-level function and the jobs picklable. A job that raises stops the rest and raises here."""
+    module-level function and the jobs picklable. A job that raises stops the rest and raises here. ``threads``:
+    torch's threads in each process (``None``: this process's shared out; 0: torch left alone, for jobs without
+    it)."""
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     workers = min(workers, len(jobs))
-    bar = tqdm(total=len(jobs), desc=desc, unit=unit, disable=not progress)
+    bar = tqdm(total=len(jobs), desc=desc, unit=unit, disable=not progress or not jobs)
     if workers <= 1:
         out = []
         for job in jobs:
@@ -56,8 +58,9 @@ def map_in_processes(fn: Callable[..., T], jobs: Sequence[tuple], workers: int =
         import torch
 
         threads = max(1, torch.get_num_threads() // workers)
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_set_threads,
-                             initargs=(threads,)) as pool:
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_set_threads if threads else None, initargs=(threads,) if threads else ()
+                             ) as pool:
         futures = [pool.submit(fn, *job) for job in jobs]
         for future in futures:
             future.add_done_callback(lambda _: bar.update())
