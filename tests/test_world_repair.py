@@ -130,7 +130,34 @@ def test_repair_command_checks_its_paths_before_reading(pool_dir, tmp_path, caps
     assert not (tmp_path / "o.jsonl").exists()
     before = (out / repair.POOL).read_bytes()
     assert repair.main([str(out), str(DEMO_MODEL), "--out", str(tmp_path / "o.jsonl")]) == 0
-    printed = capsys.readouterr().out
-    assert printed.startswith(f"{sum(1 for _ in iter_records(tmp_path / 'o.jsonl'))} hard call(s) of ")
+    printed = capsys.readouterr().out.splitlines()
+    n = sum(1 for _ in iter_records(tmp_path / "o.jsonl"))
+    assert printed[0].startswith(f"{n} hard call(s) of ") and len(printed) == 1 + n
     assert (out / repair.POOL).read_bytes() == before
     assert json.loads((tmp_path / "o_build.json").read_text())["window"] == 16
+
+
+def test_repair_command_reads_another_streams_file(pool_dir, tmp_path, capsys):
+    """--streams NAME: another annotation file of the folder (a held-out set's heldout.jsonl), every call of it read;
+    each hard call printed after the count, as a model that knows nothing gets nearly all of them wrong."""
+    from streaming_vlm.world.demo import build_demo_init
+
+    out, _ = pool_dir
+    other = tmp_path / "data"
+    other.mkdir()
+    (other / "videos").symlink_to(out / "videos")
+    (other / "heldout.jsonl").write_bytes((out / repair.POOL).read_bytes())
+    argv = [str(other), str(DEMO_MODEL), "--out", str(tmp_path / "o.jsonl")]
+    assert repair.main(argv) == 2  # no pool.jsonl in that folder
+    assert "pool.jsonl: not found" in capsys.readouterr().err
+    assert repair.main([*argv, "--streams", "none.jsonl"]) == 2
+    assert "none.jsonl: not found" in capsys.readouterr().err
+    init = build_demo_init(tmp_path / "init")
+    assert repair.main([str(other), str(init), "--out", str(tmp_path / "o.jsonl"), "--streams", "heldout.jsonl"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    readings = repair.read_calls(init, other, "heldout.jsonl", progress=False)
+    hard = [r for r in readings if r.hard()]
+    assert printed[0].startswith(f"{len(hard)} hard call(s) of {len(readings)} ") and len(hard) >= len(readings) - 2
+    assert printed[1:] == [f"  {r.video} second {r.t}: {r.truth}, read as {r.said} ({r.p_truth:.3f} for {r.truth})"
+                           for r in hard]
+    assert sum(1 for _ in iter_records(tmp_path / "o.jsonl")) == len(hard)

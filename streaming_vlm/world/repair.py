@@ -8,7 +8,10 @@ the train split that no stage trains on, half with a whistle every 100 s on aver
 window the streaming cache holds when the call is made: the ``text_rounds`` seconds ending with it (its verbatim
 turns and vision window), the earlier commentary as previous text (:func:`select.cut`). A call is *hard* when the
 checkpoint's most likely score word there is not the right one, or gives the right one less than ``threshold``.
-FILE gets the window of each hard call (a window file with its seek index, video paths relative to ``DATA_DIR``).
+FILE gets the window of each hard call (a window file with its seek index, video paths relative to ``DATA_DIR``),
+and each hard call is printed. ``--streams NAME`` reads another annotation file of ``DATA_DIR`` instead of the pool:
+``--streams heldout.jsonl`` on a held-out folder lists the held-out calls a checkpoint gets wrong by itself (a
+streamed slip the reading does not list can come from the streaming cache instead: README, the repair stage).
 
 Why: a demo model's remaining score errors are few and its own. A run's held-out slips are calls it gets wrong in
 that window with the right commentary before it, and the same run gets calls of the same kind wrong in fresh
@@ -121,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
                                             "streaming cache holds then, and write the window of each call the "
                                             "checkpoint gets wrong (or gives its right score less than --threshold).")
     p.add_argument("data_dir", help=f"folder holding {POOL} and its videos (make_training_set writes them)")
+    p.add_argument("--streams", default=POOL, metavar="NAME",
+                   help="the annotation file in data_dir whose streams to read (default %(default)s; heldout.jsonl "
+                        "in a held-out folder: the held-out calls)")
     p.add_argument("checkpoint", help="the checkpoint to read them with")
     p.add_argument("--out", required=True, help="the window file to write (JSONL; its seek index beside it)")
     p.add_argument("--threshold", type=float, default=THRESHOLD,
@@ -131,8 +137,9 @@ def main(argv: list[str] | None = None) -> int:
                         "CPU core, %(default)s here)")
     args = p.parse_args(argv)
     data, ckpt, out = Path(args.data_dir), Path(args.checkpoint), Path(args.out)
-    if not (data / POOL).is_file():
-        print(f"streaming-vlm: error: {data / POOL}: not found", file=sys.stderr)
+    streams = data / args.streams
+    if not streams.is_file():
+        print(f"streaming-vlm: error: {streams}: not found", file=sys.stderr)
         return 2
     if not ckpt.is_dir():
         print(f"streaming-vlm: error: {ckpt}: not a directory", file=sys.stderr)
@@ -140,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     if not 0.0 <= args.threshold <= 1.0:
         print(f"streaming-vlm: error: --threshold {args.threshold}: must be in [0, 1]", file=sys.stderr)
         return 2
-    inputs = {data.resolve(), ckpt.resolve(), (data / POOL).resolve()}
+    inputs = {data.resolve(), ckpt.resolve(), streams.resolve()}
     if out.is_dir() or out.resolve() in inputs or not out.resolve().parent.is_dir():
         print(f"streaming-vlm: error: --out {out}: must be a file in an existing folder, not an input",
               file=sys.stderr)
@@ -149,12 +156,15 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         rounds = reader(str(ckpt), 1024).settings.text_rounds  # a checkpoint (loaded here first: nothing started)
-        readings = read_calls(ckpt, data, batch_size=args.batch_size, workers=args.workers)
+        readings = read_calls(ckpt, data, args.streams, batch_size=args.batch_size, workers=args.workers)
     except (OSError, ValueError) as exc:  # not a checkpoint, a bad line or video: nothing written yet
         print(f"streaming-vlm: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
-    n = write_hard_windows(data, readings, out, rounds, args.threshold)
+    n = write_hard_windows(data, readings, out, rounds, args.threshold, args.streams)
     print(f"{n} hard call(s) of {len(readings)} ({ckpt}): {out}")
+    for r in readings:
+        if r.hard(args.threshold):
+            print(f"  {r.video} second {r.t}: {r.truth}, read as {r.said} ({r.p_truth:.3f} for {r.truth})")
     return 0
 
 
