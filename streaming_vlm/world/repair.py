@@ -95,8 +95,8 @@ def read_calls(model_dir: str | Path, data_dir: str | Path, annotation: str = PO
     from streaming_vlm.world.workers import map_in_processes
 
     jobs = [(str(model_dir), str(data_dir), rec, batch_size) for rec in stream_records(Path(data_dir) / annotation)]
-    per_stream = map_in_processes(read_stream_calls, jobs, workers, desc="reading the pool's calls", unit="stream",
-                                  progress=progress)
+    per_stream = map_in_processes(read_stream_calls, jobs, workers, desc=f"reading the calls of {annotation}",
+                                  unit="stream", progress=progress)
     return [reading for readings in per_stream for reading in readings]
 
 
