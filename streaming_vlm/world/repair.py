@@ -120,15 +120,16 @@ def write_hard_windows(data_dir: str | Path, readings: list[CallReading], out: s
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m streaming_vlm.world.repair",
-                                description="Read every call of the pool streams teacher-forced in the window the "
-                                            "streaming cache holds then, and write the window of each call the "
-                                            "checkpoint gets wrong (or gives its right score less than --threshold).")
+                                description="Read every call of the pool streams (or --streams) teacher-forced in "
+                                            "the window the streaming cache holds then, and write the window of each "
+                                            "call the checkpoint gets wrong (or gives its right score less than "
+                                            "--threshold).")
     p.add_argument("data_dir", help=f"folder holding {POOL} and its videos (make_training_set writes them)")
+    p.add_argument("checkpoint", help="the checkpoint to read them with")
+    p.add_argument("--out", required=True, help="the window file to write (JSONL; its seek index beside it)")
     p.add_argument("--streams", default=POOL, metavar="NAME",
                    help="the annotation file in data_dir whose streams to read (default %(default)s; heldout.jsonl "
                         "in a held-out folder: the held-out calls)")
-    p.add_argument("checkpoint", help="the checkpoint to read them with")
-    p.add_argument("--out", required=True, help="the window file to write (JSONL; its seek index beside it)")
     p.add_argument("--threshold", type=float, default=THRESHOLD,
                    help="hard below this probability of the right score word (default %(default)s)")
     p.add_argument("--batch-size", type=positive_int, default=16)
