@@ -32,6 +32,8 @@ def default_workers() -> int:
 
 
 def _set_threads(threads: int) -> None:
+    if not threads:  # 0: jobs without torch, which is then never imported
+        return
     import torch
 
     torch.set_num_threads(threads)
@@ -58,9 +60,8 @@ def map_in_processes(fn: Callable[..., T], jobs: Sequence[tuple], workers: int =
         import torch
 
         threads = max(1, torch.get_num_threads() // workers)
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_set_threads if threads else None, initargs=(threads,) if threads else ()
-                             ) as pool:
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_set_threads,
+                             initargs=(threads,)) as pool:
         futures = [pool.submit(fn, *job) for job in jobs]
         for future in futures:
             future.add_done_callback(lambda _: bar.update())
