@@ -18,7 +18,8 @@
 # SHIP=1 copies the demo model into the package (streaming_vlm/assets/demo_model, the default model of
 # `streaming-vlm infer`). Each step is skipped when its output exists (a finished stage: train_results.json); a
 # stage cut short resumes from its newest checkpoint. Extra arguments go to every stage; STAGE1_ARGS and
-# STAGE2_ARGS (split at spaces) to one stage only, after them: STAGE1_ARGS="--max_steps 3600" (as in the README).
+# STAGE2_ARGS (split at spaces) to one stage only, after them: STAGE1_ARGS="--max_steps 3600"
+# (docs/demo_model.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SELECT_BY="${SELECT_BY:-teacher-forced}"

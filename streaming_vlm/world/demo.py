@@ -30,7 +30,7 @@ DEMO_TEXT: dict[str, Any] = {
 10^4 rather than Qwen's 10^6: the demo's context is under 1,000 tokens, and a base of 10^6 leaves most of a
 32-wide head's frequencies turning too slowly to tell those distances apart. Six layers (tried with 2,600 stage-1
 steps, the most the 40-minute budget allows at 1.29x the step time) did not make seeds 3 and 7 keep the score
-(README: The synthetic world and the demo model)."""
+(docs/demo_model.md)."""
 
 DEMO_VOCAB = 640
 
@@ -43,8 +43,8 @@ the defaults', and top-p/top-k come from its ``generation_config.json`` (moot at
 def demo_settings(config: WorldConfig = DEFAULT_WORLD) -> StreamSettings:
     """The stream settings the demo is trained and run with: frames kept at the world's size, short text windows,
     short greedy commentary without a repetition penalty, and the kept context re-prefilled every 8 chunks (its
-    deeper layers then match what training computes: fewer scores misread after a quiet stretch; README: The
-    synthetic world and the demo model)."""
+    deeper layers then match what training computes: fewer scores misread after a quiet stretch; docs/demo_model.md,
+    the cache's deeper layers)."""
     pixels = config.size * config.size
     return StreamSettings(min_pixels=pixels, max_pixels=pixels, text_sink=32, text_window=64, refresh_every=8,
                           max_new_tokens=12, temperature=0.0, repetition_penalty=1.0)

@@ -11,14 +11,14 @@ checkpoint's most likely score word there is not the right one, or gives the rig
 FILE gets the window of each hard call (a window file with its seek index, video paths relative to ``DATA_DIR``),
 and each hard call is printed. ``--streams NAME`` reads another annotation file of ``DATA_DIR`` instead of the pool:
 ``--streams heldout.jsonl`` on a held-out folder lists the held-out calls a checkpoint gets wrong by itself (a
-streamed slip the reading does not list can come from the streaming cache instead: README, the repair stage).
+streamed slip the reading does not list can come from the streaming cache instead: docs/demo_model.md).
 
 Why: a demo model's remaining score errors are few and its own. A run's held-out slips are calls it gets wrong in
 that window with the right commentary before it, and the same run gets calls of the same kind wrong in fresh
 streams (seed 10 of the recipe: 7 of the 3,625 held-out 10-minute calls, all ``score two`` where it was ``one``;
 29 of the pool's 6,618 calls, all one too high, 25 of them less than 40 s after a whistle with a goal since);
 stage 2's windows, the same for every run, do not single them out, and a run's validation streams hold too few of
-them to choose by (README: The synthetic world and the demo model).
+them to choose by (docs/demo_model.md, the repair stage).
 """
 
 from __future__ import annotations
