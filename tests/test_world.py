@@ -383,3 +383,32 @@ def test_synth_cli(tmp_path, capsys):
     assert cli_main(["synth", str(tmp_path / "f"), "--split", "heldout", "--first", "2", "--minutes", "0.05",
                      "--quiet"]) == 0
     assert [r.video for _, r in iter_records(tmp_path / "f" / "heldout.jsonl")] == ["videos/heldout_3000002.mp4"]
+
+
+def test_synth_cli_cuts_the_training_windows_it_is_told_to(tmp_path, capsys, monkeypatch):
+    written = []
+    monkeypatch.setattr(dataset, "make_training_set", lambda out, spec, config, progress, workers: written.append(
+        (out, spec)) or {})
+    assert cli_main(["synth", str(tmp_path / "w"), "--training-set", "--window", "16", "--stride", "8"]) == 0
+    assert cli_main(["synth", str(tmp_path / "d"), "--training-set", "--minutes", "3"]) == 0
+    assert written == [(str(tmp_path / "w"), replace(dataset.TrainingSetSpec(), minutes=10.0, window=16.0,
+                                                      stride=8.0)),
+                       (str(tmp_path / "d"), replace(dataset.TrainingSetSpec(), minutes=3.0))]
+    capsys.readouterr()
+    # without --training-set they have nothing to cut: refused before anything is written
+    assert cli_main(["synth", str(tmp_path / "s"), "--split", "test", "--window", "16", "--quiet"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "streaming-vlm: error: --window and --stride cut the training set's windows: use them with --training-set"]
+    assert not (tmp_path / "s").exists()
+    for flag in ("--window", "--stride"):
+        with pytest.raises(SystemExit) as exc:
+            cli_main(["synth", str(tmp_path / "z"), "--training-set", flag, "0"])
+        assert exc.value.code == 2 and f"argument {flag}: must be a positive number" in capsys.readouterr().err
+    assert not (tmp_path / "z").exists() and len(written) == 2
+    # the help states the spec's defaults
+    spec = dataset.TrainingSetSpec()
+    with pytest.raises(SystemExit):
+        cli_main(["synth", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert f"main training windows (default {spec.window:g})" in help_text
+    assert f"between their starts (default {spec.stride:g})" in help_text

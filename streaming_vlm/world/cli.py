@@ -28,6 +28,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--first", type=non_negative_int, default=0,
                    help="with --split: index of the first stream in the split (default 0)")
     p.add_argument("--minutes", type=positive_float, default=10.0, help="length of each stream (default 10)")
+    p.add_argument("--window", type=positive_float, default=None,
+                   help="with --training-set: seconds of each stage's main training windows (default 24)")
+    p.add_argument("--stride", type=positive_float, default=None,
+                   help="with --training-set: seconds between their starts (default 12)")
     world = WorldConfig()
     p.add_argument("--density", type=float, default=None,
                    help=f"probability that a second shows an object ({world.density:g})")
@@ -52,8 +56,11 @@ def main(args: argparse.Namespace) -> int:
         changes = {k: v for k, v in (("density", args.density), ("speed", args.speed),
                                      ("whistle_rate", args.whistle_rate), ("kickoff", args.kickoff)) if v is not None}
         config = replace(dataset.TRAINING_WORLD if args.training_set else WorldConfig(), **changes)
+        cut = {k: v for k, v in (("window", args.window), ("stride", args.stride)) if v is not None}
+        if cut and not args.training_set:
+            raise ValueError("--window and --stride cut the training set's windows: use them with --training-set")
         if args.training_set:
-            spec = replace(dataset.TrainingSetSpec(), minutes=args.minutes)
+            spec = replace(dataset.TrainingSetSpec(), minutes=args.minutes, **cut)
             files = dataset.make_training_set(args.out_dir, spec, config, progress=not args.quiet,
                                               workers=args.workers)
             print("wrote " + ", ".join(str(f) for f in files.values()))
