@@ -209,10 +209,11 @@ def test_training_set_windows(tmp_path):
                                    stage2_short_streams=2, stage2_quiet_streams=1, valid_streams=1, select_streams=1,
                                    select_quiet_streams=1, stage1_reset_streams=1, stage2_reset_streams=1,
                                    select_reset_streams=1, minutes=1.0, long_minutes=1.5, short_minutes=0.5,
-                                   select_minutes=0.5, pool_streams=1, pool_whistle_streams=1, pool_first=20)
+                                   select_minutes=0.5, pool_streams=1, pool_whistle_streams=1, pool_first=20,
+                                   stage1_reset_goal_streams=2)
     files = dataset.make_training_set(tmp_path, spec, progress=False)
     assert set(files) == {"stage1", "stage2", "valid", "select", "stage1_gaps", "stage2_gaps", "stage1_goals",
-                          "stage2_goals", "pool"}
+                          "stage2_goals", "stage1_resets", "pool"}
     n = {}
     for name, path in files.items():
         report = validate_file(path, dataset_path=tmp_path)
@@ -259,8 +260,8 @@ def test_training_set_windows(tmp_path):
     pool_worlds = [w["config"] for w in json.loads((tmp_path / "pool_world.json").read_text())]
     assert pool_worlds == [json.loads(json.dumps(WorldConfig().__dict__)),
                            json.loads(json.dumps(replace(WorldConfig(), whistle_rate=1 / 100).__dict__))]
-    with pytest.raises(ValueError, match="pool_first must be >= 10"):
-        dataset.training_specs(replace(spec, pool_first=9))
+    with pytest.raises(ValueError, match="pool_first must be >= 12"):
+        dataset.training_specs(replace(spec, pool_first=11))
     # gap windows: 16 s ending with each call whose previous call is >= 10 s back, in every stream of the stage
     for name in ("stage1", "stage2"):
         gaps = [r for _, r in iter_records(files[f"{name}_gaps"])]
@@ -304,6 +305,19 @@ def test_training_set_windows(tmp_path):
     assert sum(len([r for _, r in iter_records(files[f"{s}_goals"])]) for s in ("stage1", "stage2")) >= 2
     assert tails >= 1  # some end with a call that is not black (a goal's last call, or one 10 to 23 s on)
     assert late >= 1  # some end 16 to 23 s after a goal: only its call is left in the window, not its frames
+    # reset-goal windows (stage 1 only): 16 s ending with each call less than 16 s after the first goal since a
+    # whistle, when that goal is at most 5 s after the whistle, cut from stage 1's streams, then from the
+    # whistle-and-goal streams (train seeds 10 and 11, after every other stage's), whose 24-s windows no stage has
+    busy = json.loads((tmp_path / "stage1_resets_streams_world.json").read_text())
+    assert [w["seed"] for w in busy] == [10, 11]
+    assert all(0.3 <= w["config"]["density"] <= 0.6 and 1 / 30 <= w["config"]["whistle_rate"] <= 1 / 12 for w in busy)
+    assert not {w["seed"] for w in busy} & {w["seed"] for ws in worlds.values() for w in ws}
+    expected = [(f"videos/train_{w['seed']}.mp4", t + 1 - 16.0, t + 1.0) for w in worlds["stage1"] + busy
+                for t in _reset_goal_call_seconds(events(w["seed"], w["seconds"], WorldConfig(**w["config"])), 16, 5)
+                if t >= 15]
+    assert [(r.video, r.video_start, r.video_end) for _, r in iter_records(files["stage1_resets"])] == expected
+    assert len(expected) >= 2 and {v for v, _, _ in expected} & {f"videos/train_{w['seed']}.mp4" for w in busy}
+    assert json.loads(build_settings_path(files["stage1_resets"]).read_text())["window"] == 16
     # the demo recipe's stages train on exactly these files
     for stage in ("stage1", "stage2"):
         config = yaml.safe_load((Path(__file__).parents[1] / "configs" / f"demo_{stage}.yaml").read_text())
@@ -314,6 +328,50 @@ def test_training_set_windows(tmp_path):
     repair = yaml.safe_load((Path(__file__).parents[1] / "configs" / "demo_repair.yaml").read_text())
     assert repair["train_annotation_paths"] == [files["stage2"].name, files["stage2_gaps"].name,
                                                 files["stage2_goals"].name]
+
+
+def _reset_goal_call_seconds(evs, rounds, within):
+    """Oracle of ``dataset.reset_goal_records``, per call: its latest whistle, the first goal since, the gaps."""
+    evs = list(evs)
+    out = []
+    for i, e in enumerate(evs):
+        whistles = [p for p in evs[:i] if p.label == WHISTLE]
+        if e.label == WHISTLE or not whistles:
+            continue
+        goals = [p for p in evs[:i + 1] if p.second > whistles[-1].second and p.label == "black ball"]
+        if goals and goals[0].second - whistles[-1].second <= within and e.second - goals[0].second < rounds:
+            out.append(e.second)
+    return out
+
+
+def test_reset_goal_windows_end_with_each_call_just_after_a_goal_that_follows_a_whistle_closely():
+    specs = dataset.whistle_goal_specs("train", 2, 10.0, first=500)
+    assert all(0.3 <= s.config.density <= 0.6 and 1 / 30 <= s.config.whistle_rate <= 1 / 12 for s in specs)
+    assert specs == dataset.whistle_goal_specs("train", 2, 10.0, first=500)  # a pure function of the seed
+    carried = 0
+    for spec in specs:
+        evs = list(events(spec.seed, spec.seconds, spec.config))
+        recs = dataset.reset_goal_records(spec, rounds=16, goal_within=5)
+        ends = [t for t in _reset_goal_call_seconds(evs, 16, 5) if t >= 15]
+        assert [(r.video_start, r.video_end) for r in recs] == [(t - 15.0, t + 1.0) for t in ends] and len(ends) >= 10
+        by_second = {e.second: e for e in evs}
+        for rec in recs:
+            win, _, _ = next(windows_of(rec, window=16, stride=16))
+            assert " ".join(w.text for w in win.words).endswith(by_second[int(rec.video_end) - 1].text)
+            turns = " ".join(w.text for w in win.words)
+            assert "black ball" in turns  # the goal is in the window (and in its vision window for 16 s)
+            # the goal's score is one more than the whistle's zero: one, or more after later goals
+            assert by_second[int(rec.video_end) - 1].score >= 1
+            # when the whistle is in the turns too, the previous text may end with the score before it
+            carried += "whistle!" in turns and win.previous.rsplit("score ", 1)[-1].split()[:1] not in ([], ["zero"])
+        # every record is a cut of the whole stream's, without what follows its end
+        whole = dataset.record(spec, titled=False)
+        assert all(rec.words == [w for w in whole.words if w.end <= rec.video_end] for rec in recs)
+    assert carried >= 1  # some windows' previous text ends with the score before the whistle, not zero
+    # in the default world the context is rare: the held-out set's 380 minutes hold 144 such calls past their first
+    # 15 s (after 31 goals)
+    held = [dataset.reset_goal_records(s, 16, 5) for s in dataset.HELDOUT.specs()]
+    assert sum(len(r) for r in held) == 144
 
 
 def test_the_demo_recipe_weighs_the_score_words_then_also_every_call_word_each_one_demo_token():

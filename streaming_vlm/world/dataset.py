@@ -14,6 +14,7 @@ import bisect
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -180,6 +181,21 @@ def reset_specs(split: str, streams: int, minutes: float, config: WorldConfig = 
     return quiet_specs(split, streams, minutes, replace(config, whistle_rate=whistle_rate), first)
 
 
+def whistle_goal_specs(split: str, streams: int, minutes: float, config: WorldConfig = DEFAULT_WORLD, first: int = 0,
+                       density: tuple[float, float] = (0.3, 0.6),
+                       whistle_rate: tuple[float, float] = (1 / 30, 1 / 12)) -> list[StreamSpec]:
+    """Busy streams with frequent whistles: density and whistle rate uniform in ``density`` and ``whistle_rate``
+    (a whistle every 12 to 30 s on average), so that many goals come a few seconds after a whistle, the context of
+    :func:`reset_goal_records` (in the default world one goal in 27, about five an hour: 31 of the held-out set's
+    848 goals in 380 minutes)."""
+    out = []
+    for spec in split_specs(split, streams, minutes, config, first):
+        rng = np.random.default_rng([spec.seed, 0x7E5E])
+        out.append(replace(spec, config=replace(config, density=float(rng.uniform(*density)),
+                                                whistle_rate=float(rng.uniform(*whistle_rate)))))
+    return out
+
+
 def gap_records(spec: StreamSpec, rounds: int, min_gap: int) -> list[StreamRecord]:
     """One record per call of ``spec`` whose previous call is at least ``min_gap`` seconds back: its video from
     ``rounds`` seconds before the call's second to the end of that second, so that the call is the record's last
@@ -223,6 +239,26 @@ def goal_records(spec: StreamSpec, rounds: int, calls_after: tuple[int, int]) ->
     return _windows_ending_at(spec, sorted(ends | set(tails.values())), rounds)
 
 
+def reset_goal_records(spec: StreamSpec, rounds: int, goal_within: int) -> list[StreamRecord]:
+    """Records of ``spec`` cut to ``rounds`` seconds (as :func:`gap_records` cuts them) ending with each call less
+    than ``rounds`` seconds after a goal that is the first since a whistle and at most ``goal_within`` seconds after
+    it (the goal's own call included; a later whistle ends the run). The score such a goal makes is one, and the
+    window's turns hold the whistle's zero and often the score before the whistle too, a context default-world
+    streams hold about five times an hour (:func:`whistle_goal_specs` makes it common), where the free-running score
+    still slipped after the other windows were learnt. Calls in the first ``rounds - 1`` seconds are left out."""
+    ends, whistle, goal = [], None, None
+    for event in events(spec.seed, spec.seconds, spec.config):
+        if event.kind == WHISTLE:
+            whistle, goal = event.second, None
+            continue
+        if (goal is None and whistle is not None and (event.colour, event.shape) == GOAL
+                and event.second - whistle <= goal_within):
+            goal = event.second
+        if goal is not None and event.second - goal < rounds:
+            ends.append(event.second)
+    return _windows_ending_at(spec, ends, rounds)
+
+
 def _windows_ending_at(spec: StreamSpec, seconds: list[int], rounds: int) -> list[StreamRecord]:
     """The stream's record cut to ``rounds`` seconds ending with each of ``seconds`` (those in the first
     ``rounds - 1`` seconds left out), without the words after its end (no window of it reads them: the file is
@@ -250,7 +286,11 @@ class TrainingSetSpec:
     and 397 of stage 2's 2,295; and on *goal windows* (:func:`goal_records`): as many seconds ending with each goal
     or black bar less than that after a goal, with each goal's last call less than that after it, and with every
     call ``goal_calls_after`` (10 to 23) seconds after the latest goal (5,564 of stage 1's 12,460 windows and 1,005
-    of stage 2's 2,765).
+    of stage 2's 2,765). Stage 1 also has *reset-goal windows* (:func:`reset_goal_records`): as many seconds ending
+    with each call less than that after the first goal since a whistle, when that goal is at most
+    ``reset_goal_within`` (5) seconds after the whistle: 332 from stage 1's streams and 1,068 from
+    ``stage1_reset_goal_streams`` busy streams with frequent whistles (:func:`whistle_goal_specs`; no stage trains on
+    their 24-s windows).
     ``select`` (validation split, after the ``valid`` streams): default-world and quiet streams whose score accuracy
     (teacher-forced by default, or streamed) chooses the checkpoint (``world/select.py``).
     ``pool`` (train split, indexes from ``pool_first``, which no stage takes): default-world streams, then as many
@@ -273,10 +313,12 @@ class TrainingSetSpec:
     pool_streams: int = 32
     pool_whistle_streams: int = 32
     pool_whistle_rate: float = 1 / 100
+    stage1_reset_goal_streams: int = 48
     pool_first: int = 300
     gap_window: int = DEFAULTS.text_rounds  # 16: the verbatim turns of the cache
     gap_min: int = 10
     goal_calls_after: tuple[int, int] = (10, 24)
+    reset_goal_within: int = 5
     minutes: float = 6.0
     long_minutes: float = 60.0
     short_minutes: float = 1.0
@@ -312,6 +354,9 @@ def training_specs(spec: TrainingSetSpec, config: WorldConfig = TRAINING_WORLD) 
     stage2 += quiet_specs("train", spec.stage2_quiet_streams, spec.minutes, config, take(spec.stage2_quiet_streams))
     stage1 += reset_specs("train", spec.stage1_reset_streams, spec.minutes, config, take(spec.stage1_reset_streams))
     stage2 += reset_specs("train", spec.stage2_reset_streams, spec.minutes, config, take(spec.stage2_reset_streams))
+    # streams only stage 1's reset-goal windows are cut from (no 24-s windows)
+    resets = whistle_goal_specs("train", spec.stage1_reset_goal_streams, spec.minutes, config,
+                                take(spec.stage1_reset_goal_streams))
     valid = split_specs("valid", spec.valid_streams, spec.minutes, config)
     select = split_specs("valid", spec.select_streams, spec.select_minutes, config, first=spec.valid_streams)
     select += quiet_specs("valid", spec.select_quiet_streams, spec.select_minutes, config,
@@ -323,7 +368,8 @@ def training_specs(spec: TrainingSetSpec, config: WorldConfig = TRAINING_WORLD) 
     pool = split_specs("train", spec.pool_streams, spec.minutes, config, spec.pool_first)
     pool += split_specs("train", spec.pool_whistle_streams, spec.minutes,
                         replace(config, whistle_rate=spec.pool_whistle_rate), spec.pool_first + spec.pool_streams)
-    return {"stage1": stage1, "stage2": stage2, "valid": valid, "select": select, "pool": pool}
+    return {"stage1": stage1, "stage2": stage2, "valid": valid, "select": select, "pool": pool,
+            "stage1_resets": resets}
 
 
 def make_training_set(out_dir: str | Path, spec: TrainingSetSpec | None = None,
@@ -333,7 +379,8 @@ def make_training_set(out_dir: str | Path, spec: TrainingSetSpec | None = None,
 
     ``stage1_windows.jsonl``, ``stage2_windows.jsonl`` and ``valid_windows.jsonl`` (24-s windows every 12 s, those
     with no words left out, previous text without a title), ``stage{1,2}_gaps_windows.jsonl`` and
-    ``stage{1,2}_goals_windows.jsonl`` (the stages' gap and goal windows), each with its ``*_seeks.jsonl`` index,
+    ``stage{1,2}_goals_windows.jsonl`` (the stages' gap and goal windows) and ``stage1_resets_windows.jsonl`` (stage
+    1's reset-goal windows, :func:`reset_goal_records`), each with its ``*_seeks.jsonl`` index,
     paths relative to ``out_dir`` (use it as ``$DATASET_PATH``); ``select`` is ``select.jsonl``, the whole
     validation streams for ``world/select.py``; ``pool`` is ``pool.jsonl``, the whole pool streams for
     ``world/repair.py``. The videos are written first, in ``workers`` processes (:func:`render_videos`; default:
@@ -343,8 +390,14 @@ def make_training_set(out_dir: str | Path, spec: TrainingSetSpec | None = None,
     spec = spec or TrainingSetSpec()
     parts = training_specs(spec, config)
     render_videos(out, [s for part in parts.values() for s in part], workers, progress)
-    cut = {"gaps": lambda stream: gap_records(stream, spec.gap_window, spec.gap_min),
-           "goals": lambda stream: goal_records(stream, spec.gap_window, spec.goal_calls_after)}
+    gaps = partial(gap_records, rounds=spec.gap_window, min_gap=spec.gap_min)
+    goals = partial(goal_records, rounds=spec.gap_window, calls_after=spec.goal_calls_after)
+    resets = partial(reset_goal_records, rounds=spec.gap_window, goal_within=spec.reset_goal_within)
+    # each stage's short windows: (kind, how a stream is cut, the streams cut); stage 1's reset-goal windows come
+    # from its streams and its whistle-and-goal streams (whose 24-s windows no stage trains on)
+    short = {"stage1": [("gaps", gaps, parts["stage1"]), ("goals", goals, parts["stage1"]),
+                        ("resets", resets, parts["stage1"] + parts["stage1_resets"])],
+             "stage2": [("gaps", gaps, parts["stage2"]), ("goals", goals, parts["stage2"])]}
     files = {}
     for name in ("stage1", "stage2", "valid"):
         streams = write_streams(out, parts[name], f"{name}_streams.jsonl", progress, titled=False)
@@ -352,10 +405,10 @@ def make_training_set(out_dir: str | Path, spec: TrainingSetSpec | None = None,
         build_windows(streams, windows, window=spec.window, stride=spec.stride, variant="overlap", resume=False,
                       drop_empty=True)
         files[name] = windows
-        if name == "valid":
-            continue
-        for kind, records in cut.items():
-            part = write_records(out / f"{name}_{kind}.jsonl", (rec for s in parts[name] for rec in records(s)))
+    write_streams(out, parts["stage1_resets"], "stage1_resets_streams.jsonl", progress, titled=False)
+    for name, cuts in short.items():
+        for kind, records, specs in cuts:
+            part = write_records(out / f"{name}_{kind}.jsonl", (rec for s in specs for rec in records(s)))
             windows = out / f"{name}_{kind}_windows.jsonl"
             build_windows(part, windows, window=spec.gap_window, stride=spec.gap_window, variant="overlap",
                           resume=False)
