@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The demo recipe's robustness check: train it from several seeds, stream each chosen checkpoint over the held-out
 # set (streaming mode, greedy) and print one row per seed with the targets of issue 17:
-#   SEEDS="2 3 4" bash scripts/train_demo_seeds.sh     # per seed on 2 CPU cores: 30-37 min training before the
-#                                                        repair stage (see train_demo.sh), ~10 min held out
+#   SEEDS="2 3 4" bash scripts/train_demo_seeds.sh     # per seed on 2 CPU cores: about 36 min training (see
+#                                                        train_demo.sh), ~10 min held out
 # Each seed runs scripts/train_demo.sh (CKPT=$ROOT/seed<N>, so a finished stage is skipped and an interrupted one
 # resumes), then `streaming-vlm eval synth` over $HELDOUT/heldout_10min and heldout_60min in one report
 # ($ROOT/seed<N>/heldout.json; per-chunk records in $ROOT/seed<N>/heldout/, resumable), then
@@ -33,7 +33,7 @@ for seed in $SEEDS; do
   run="$ROOT/seed$seed"
   SECONDS=0
   DATA="$DATA" CKPT="$run" SEED="$seed" SHIP=0 bash scripts/train_demo.sh "$@"
-  echo "seed $seed: trained and chose a checkpoint in $((SECONDS / 60)) min $((SECONDS % 60)) s"
+  echo "seed $seed: trained in $((SECONDS / 60)) min $((SECONDS % 60)) s"
   [ -f "$run/heldout.json" ] || "$PYTHON" -m streaming_vlm eval synth --split heldout --modes streaming \
       --data "$HELDOUT/heldout_10min" "$HELDOUT/heldout_60min" --model "$run/demo_best" \
       --report "$run/heldout.json" --figure '' --out "$run/heldout" --quiet

@@ -126,6 +126,10 @@ def test_the_real_check_accepts_this_interpreter(repo):
 
 def test_train_demo_refuses_an_unknown_select_by_before_anything_runs(repo):
     environment(repo / ".venv" / "bin")
+    for stages in ("2", "one"):
+        proc = run(repo, "train_demo.sh", STAGES=stages)
+        assert (proc.returncode, proc.stdout) == (2, "")
+        assert proc.stderr == f"train_demo.sh: error: STAGES={stages}: use 1 or all\n"
     proc = run(repo, "train_demo.sh", SELECT_BY="best")
     assert (proc.returncode, proc.stdout) == (2, "")
     assert proc.stderr == "train_demo.sh: error: SELECT_BY=best: use teacher-forced or streamed\n"
@@ -150,7 +154,7 @@ def test_train_demo_gives_each_stage_its_own_extra_arguments(repo):
         (repo / made).parent.mkdir(parents=True, exist_ok=True)
         (repo / made).write_text("")
     proc = run(repo, "train_demo.sh", "--logging_steps", "5", STAGE1_ARGS="--max_steps 3600  --learning_rate 2e-3",
-               STAGE2_ARGS="--warmup_ratio 0.1", REPAIR_REPEAT="3")
+               STAGE2_ARGS="--warmup_ratio 0.1", REPAIR_REPEAT="3", STAGES="all")
     assert proc.returncode == 0, proc.stderr
     calls = [line.split() for line in (bin_dir / "calls").read_text().splitlines()]
     stages = [call for call in calls if "streaming_vlm.train" in call]
@@ -174,9 +178,32 @@ def test_train_demo_gives_each_stage_its_own_extra_arguments(repo):
     # a training set written before the repair stage (no pool) is written again
     (repo / "data/world/pool.jsonl").unlink()
     (bin_dir / "calls").unlink()
-    assert run(repo, "train_demo.sh").returncode == 0
+    assert run(repo, "train_demo.sh", STAGES="all").returncode == 0
     synth = "-m streaming_vlm synth data/world --training-set --minutes 6"
     assert (bin_dir / "calls").read_text().splitlines()[1] == synth
+
+
+def test_train_demo_by_default_trains_stage_1_alone_and_ships_it(repo):
+    """The default recipe (STAGES=1): stage 1 with its own arguments, whose result is the demo model; no stage 2,
+    choice or repair stage runs (their settings change nothing); SHIP=1 copies it into the package."""
+    bin_dir = repo / ".venv" / "bin"
+    executable(bin_dir / "python", 'echo "$*" >> "$(dirname "$0")/calls"; echo "$(dirname "$0")"')
+    for made in ("data/world/select.jsonl", "data/world/pool.jsonl", "checkpoints/demo_init/model.safetensors"):
+        (repo / made).parent.mkdir(parents=True, exist_ok=True)
+        (repo / made).write_text("")
+    proc = run(repo, "train_demo.sh", "--logging_steps", "5", STAGE1_ARGS="--max_steps 10", STAGE2_ARGS="--x 1",
+               SELECT_BY="streamed", SHIP="1")
+    assert proc.returncode == 0, proc.stderr
+    calls = [line.split() for line in (bin_dir / "calls").read_text().splitlines()]
+    calls = [call for call in calls if call[:1] != ["-c"]]  # the import check and the device probe
+    assert [call[:4] for call in calls] == [["-m", "streaming_vlm.train", "--config", "configs/demo_stage1.yaml"],
+                                            ["-m", "streaming_vlm.world.ship", "checkpoints/demo_stage1",
+                                             "checkpoints/demo_best"],
+                                            ["-m", "streaming_vlm.world.ship", "checkpoints/demo_best",
+                                             "streaming_vlm/assets/demo_model"]]
+    assert calls[0][calls[0].index("--output_dir") + 1:] == ["checkpoints/demo_stage1", "--logging_steps", "5",
+                                                             "--max_steps", "10"]
+    assert "trained stage 1 in " in proc.stdout
 
 
 def test_train_demo_seeds_refuses_a_bad_seed_before_anything_runs(repo):

@@ -318,11 +318,11 @@ def test_training_set_windows(tmp_path):
     assert [(r.video, r.video_start, r.video_end) for _, r in iter_records(files["stage1_resets"])] == expected
     assert len(expected) >= 2 and {v for v, _, _ in expected} & {f"videos/train_{w['seed']}.mp4" for w in busy}
     assert json.loads(build_settings_path(files["stage1_resets"]).read_text())["window"] == 16
-    # the demo recipe's stages train on exactly these files
+    # the demo recipe's stages train on exactly these files (stage 1 also on its reset-goal windows)
     for stage in ("stage1", "stage2"):
         config = yaml.safe_load((Path(__file__).parents[1] / "configs" / f"demo_{stage}.yaml").read_text())
-        assert config["train_annotation_paths"] == [files[stage].name, files[f"{stage}_gaps"].name,
-                                                    files[f"{stage}_goals"].name]
+        kinds = ("", "_gaps", "_goals", "_resets") if stage == "stage1" else ("", "_gaps", "_goals")
+        assert config["train_annotation_paths"] == [files[stage + kind].name for kind in kinds]
         assert config["eval_annotation_paths"] == [files["valid"].name]
     # the repair stage trains on stage 2's windows (train_demo.sh adds the hard calls' windows after them)
     repair = yaml.safe_load((Path(__file__).parents[1] / "configs" / "demo_repair.yaml").read_text())
