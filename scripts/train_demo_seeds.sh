@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The demo recipe's robustness check: train it from several seeds, stream each chosen checkpoint over the held-out
+# The demo recipe's robustness check: train it from several seeds, stream each run's demo model over the held-out
 # set (streaming mode, greedy) and print one row per seed with the targets of issue 17:
 #   SEEDS="2 3 4" bash scripts/train_demo_seeds.sh     # per seed on 2 CPU cores: about 36 min training (see
 #                                                        train_demo.sh), ~10 min held out
