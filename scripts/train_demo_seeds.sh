@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The demo recipe's robustness check: train it from several seeds, stream each run's demo model over the held-out
 # set (streaming mode, greedy) and print one row per seed with the targets of issue 17:
-#   SEEDS="2 3 4" bash scripts/train_demo_seeds.sh     # per seed on 2 CPU cores: about 36 min training (see
+#   SEEDS="2 3 4" bash scripts/train_demo_seeds.sh     # per seed on 2 CPU cores: 24-34 min training (see
 #                                                        train_demo.sh), ~10 min held out
 # Each seed runs scripts/train_demo.sh (CKPT=$ROOT/seed<N>, so a finished stage is skipped and an interrupted one
 # resumes), then `streaming-vlm eval synth` over $HELDOUT/heldout_10min and heldout_60min in one report
