@@ -62,48 +62,48 @@ SECONDS=0
   "${DEVICE[@]}" --seed "$SEED" --pretrained_model_name_or_path "$CKPT/demo_init" --output_dir "$CKPT/demo_stage1" \
   "$@" "${STAGE1_EXTRA[@]}"
 echo "trained stage 1 in $((SECONDS / 60)) min $((SECONDS % 60)) s"
-if [ "$STAGES" = 1 ]; then
-  [ -f "$CKPT/demo_best/model.safetensors" ] || "$PYTHON" -m streaming_vlm.world.ship "$CKPT/demo_stage1" \
-    "$CKPT/demo_best"
-  if [ "${SHIP:-0}" = 1 ]; then
-    "$PYTHON" -m streaming_vlm.world.ship "$CKPT/demo_best" streaming_vlm/assets/demo_model
-  fi
-  exit 0
-fi
+# STAGES=all: the older recipe's stage 2, checkpoint choice and repair stage after stage 1
+older_recipe() {
+  [ -f "$CKPT/demo_stage2/train_results.json" ] || "$PYTHON" -m streaming_vlm.train --config configs/demo_stage2.yaml \
+    "${DEVICE[@]}" --seed "$SEED" --pretrained_model_name_or_path "$CKPT/demo_stage1" --output_dir "$CKPT/demo_stage2" \
+    "$@" "${STAGE2_EXTRA[@]}"
+  echo "trained both stages in $((SECONDS / 60)) min $((SECONDS % 60)) s"
 
-[ -f "$CKPT/demo_stage2/train_results.json" ] || "$PYTHON" -m streaming_vlm.train --config configs/demo_stage2.yaml \
-  "${DEVICE[@]}" --seed "$SEED" --pretrained_model_name_or_path "$CKPT/demo_stage1" --output_dir "$CKPT/demo_stage2" \
-  "$@" "${STAGE2_EXTRA[@]}"
-echo "trained both stages in $((SECONDS / 60)) min $((SECONDS % 60)) s"
-
-if [ ! -f "$CKPT/demo_chosen/model.safetensors" ]; then
-  CANDIDATES=()
-  for dir in $(ls -d "$CKPT"/demo_stage2/checkpoint-* | sort -t- -k2 -n); do
-    # intermediate checkpoints lack the stream settings and preprocessor config the final save copies
-    for name in preprocessor_config.json streaming_vlm.json; do
-      [ -f "$dir/$name" ] || cp "$CKPT/demo_stage2/$name" "$dir/$name"
+  if [ ! -f "$CKPT/demo_chosen/model.safetensors" ]; then
+    CANDIDATES=()
+    for dir in $(ls -d "$CKPT"/demo_stage2/checkpoint-* | sort -t- -k2 -n); do
+      # intermediate checkpoints lack the stream settings and preprocessor config the final save copies
+      for name in preprocessor_config.json streaming_vlm.json; do
+        [ -f "$dir/$name" ] || cp "$CKPT/demo_stage2/$name" "$dir/$name"
+      done
+      CANDIDATES+=("$dir")
     done
-    CANDIDATES+=("$dir")
-  done
-  "$PYTHON" -m streaming_vlm.world.select "$DATA" "${CANDIDATES[@]}" --by "$SELECT_BY" \
-    --out "$CKPT/selection" --report "$CKPT/selection.json" | tee "$CKPT/selection.log"
-  "$PYTHON" -m streaming_vlm.world.ship "$(tail -n 1 "$CKPT/selection.log")" "$CKPT/demo_chosen"
-  echo "trained and chose a checkpoint in $((SECONDS / 60)) min $((SECONDS % 60)) s"
-fi
+    "$PYTHON" -m streaming_vlm.world.select "$DATA" "${CANDIDATES[@]}" --by "$SELECT_BY" \
+      --out "$CKPT/selection" --report "$CKPT/selection.json" | tee "$CKPT/selection.log"
+    "$PYTHON" -m streaming_vlm.world.ship "$(tail -n 1 "$CKPT/selection.log")" "$CKPT/demo_chosen"
+    echo "trained and chose a checkpoint in $((SECONDS / 60)) min $((SECONDS % 60)) s"
+  fi
 
-# the repair stage: the windows of the calls the chosen model gets wrong in the pool streams, REPAIR_REPEAT times,
-# after stage 2's (the config's list), 100 steps from the chosen model
-if [ ! -f "$CKPT/demo_repair/train_results.json" ]; then
-  "$PYTHON" -m streaming_vlm.world.repair "$DATA" "$CKPT/demo_chosen" --out "$CKPT/repair_windows.jsonl"
-  mapfile -t REPAIR_PATHS < <("$PYTHON" -c "import sys, yaml; print(*yaml.safe_load(open(sys.argv[1]))\
-['train_annotation_paths'], sep='\n')" configs/demo_repair.yaml)
-  for _ in $(seq "$REPAIR_REPEAT"); do REPAIR_PATHS+=("$(cd "$CKPT" && pwd)/repair_windows.jsonl"); done
-  "$PYTHON" -m streaming_vlm.train --config configs/demo_repair.yaml "${DEVICE[@]}" --seed "$SEED" \
-    --pretrained_model_name_or_path "$CKPT/demo_chosen" --output_dir "$CKPT/demo_repair" \
-    --train_annotation_paths "${REPAIR_PATHS[@]}" "$@"
-  echo "trained, chose and repaired in $((SECONDS / 60)) min $((SECONDS % 60)) s"
+  # the repair stage: the windows of the calls the chosen model gets wrong in the pool streams, REPAIR_REPEAT times,
+  # after stage 2's (the config's list), 100 steps from the chosen model
+  if [ ! -f "$CKPT/demo_repair/train_results.json" ]; then
+    "$PYTHON" -m streaming_vlm.world.repair "$DATA" "$CKPT/demo_chosen" --out "$CKPT/repair_windows.jsonl"
+    mapfile -t REPAIR_PATHS < <("$PYTHON" -c "import sys, yaml; print(*yaml.safe_load(open(sys.argv[1]))\
+  ['train_annotation_paths'], sep='\n')" configs/demo_repair.yaml)
+    for _ in $(seq "$REPAIR_REPEAT"); do REPAIR_PATHS+=("$(cd "$CKPT" && pwd)/repair_windows.jsonl"); done
+    "$PYTHON" -m streaming_vlm.train --config configs/demo_repair.yaml "${DEVICE[@]}" --seed "$SEED" \
+      --pretrained_model_name_or_path "$CKPT/demo_chosen" --output_dir "$CKPT/demo_repair" \
+      --train_annotation_paths "${REPAIR_PATHS[@]}" "$@"
+    echo "trained, chose and repaired in $((SECONDS / 60)) min $((SECONDS % 60)) s"
+  fi
+}
+
+FINAL="$CKPT/demo_stage1"
+if [ "$STAGES" = all ]; then
+  older_recipe "$@"
+  FINAL="$CKPT/demo_repair"
 fi
-[ -f "$CKPT/demo_best/model.safetensors" ] || "$PYTHON" -m streaming_vlm.world.ship "$CKPT/demo_repair" "$CKPT/demo_best"
+[ -f "$CKPT/demo_best/model.safetensors" ] || "$PYTHON" -m streaming_vlm.world.ship "$FINAL" "$CKPT/demo_best"
 
 if [ "${SHIP:-0}" = 1 ]; then
   "$PYTHON" -m streaming_vlm.world.ship "$CKPT/demo_best" streaming_vlm/assets/demo_model

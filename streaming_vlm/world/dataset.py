@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import bisect
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -123,16 +123,20 @@ def split_specs(split: str, streams: int, minutes: float, config: WorldConfig = 
     return [StreamSpec(s, seconds, config, f"{split}_{s}") for s in seeds]
 
 
+def _drawn_specs(specs: list[StreamSpec], key: int,
+                 draw: Callable[[np.random.Generator], dict[str, float]]) -> list[StreamSpec]:
+    """``specs`` with each stream's world settings replaced by ``draw(rng)``, ``rng`` seeded by its seed and ``key``
+    (so a stream's world is a pure function of its seed)."""
+    return [replace(spec, config=replace(spec.config, **draw(np.random.default_rng([spec.seed, key]))))
+            for spec in specs]
+
+
 def varied_specs(split: str, streams: int, minutes: float, config: WorldConfig = DEFAULT_WORLD,
                  first: int = 0) -> list[StreamSpec]:
     """Streams whose density and speed vary around ``config`` (x0.6 to x1.6 density, x0.5 to x1.7 speed)."""
-    out = []
-    for spec in split_specs(split, streams, minutes, config, first):
-        rng = np.random.default_rng([spec.seed, 0xD1CE])
-        density = min(config.density * rng.uniform(0.6, 1.6), 1 - config.whistle_rate)
-        out.append(replace(spec, config=replace(config, density=float(density),
-                                                speed=float(config.speed * rng.uniform(0.5, 1.7)))))
-    return out
+    return _drawn_specs(split_specs(split, streams, minutes, config, first), 0xD1CE, lambda rng: {
+        "density": float(min(config.density * rng.uniform(0.6, 1.6), 1 - config.whistle_rate)),
+        "speed": float(config.speed * rng.uniform(0.5, 1.7))})
 
 
 @dataclass(frozen=True)
@@ -164,12 +168,8 @@ def quiet_specs(split: str, streams: int, minutes: float, config: WorldConfig = 
     cache's text rounds (16) back, the score survives only in the previous text. At the default density that happens
     before about one call in 200; at 0.1, before one in five.
     """
-    out = []
-    for spec in split_specs(split, streams, minutes, config, first):
-        rng = np.random.default_rng([spec.seed, 0x5A5E])
-        out.append(replace(spec, config=replace(config, density=float(rng.uniform(low, high)),
-                                                speed=float(config.speed * rng.uniform(0.5, 1.7)))))
-    return out
+    return _drawn_specs(split_specs(split, streams, minutes, config, first), 0x5A5E, lambda rng: {
+        "density": float(rng.uniform(low, high)), "speed": float(config.speed * rng.uniform(0.5, 1.7))})
 
 
 def reset_specs(split: str, streams: int, minutes: float, config: WorldConfig = DEFAULT_WORLD, first: int = 0,
@@ -188,12 +188,8 @@ def whistle_goal_specs(split: str, streams: int, minutes: float, config: WorldCo
     (a whistle every 12 to 30 s on average), so that many goals come a few seconds after a whistle, the context of
     :func:`reset_goal_records` (in the default world one goal in 27, about five an hour: 31 of the held-out set's
     848 goals in 380 minutes)."""
-    out = []
-    for spec in split_specs(split, streams, minutes, config, first):
-        rng = np.random.default_rng([spec.seed, 0x7E5E])
-        out.append(replace(spec, config=replace(config, density=float(rng.uniform(*density)),
-                                                whistle_rate=float(rng.uniform(*whistle_rate)))))
-    return out
+    return _drawn_specs(split_specs(split, streams, minutes, config, first), 0x7E5E, lambda rng: {
+        "density": float(rng.uniform(*density)), "whistle_rate": float(rng.uniform(*whistle_rate))})
 
 
 def gap_records(spec: StreamSpec, rounds: int, min_gap: int) -> list[StreamRecord]:
