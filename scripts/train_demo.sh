@@ -2,7 +2,8 @@
 # Train the demo model from scratch on the synthetic world: the training set, the initial model, then stage 1 of
 # the project's SFT trainer (configs/demo_stage1.yaml, 4,000 steps), whose result is the demo model,
 # $CKPT/demo_best (alone on 2 CPU cores, seed 5: 23 min 59 s in all, the training set and initial model 1 min 50 s,
-# stage 1 22 min 9 s at 3.0 steps/s; at the 2.1 steps/s a busier host gave, about 34 min):
+# stage 1 22 min 9 s at 3.0 steps/s; at the 2.1 steps/s a busier host gave, about 34 min; that run is the shipped
+# model):
 #   bash scripts/train_demo.sh            # then: streaming-vlm infer demo --model checkpoints/demo_best
 # STAGES=all runs the older recipe instead (docs/demo_model.md: on its held-out streams, 4 of 7 seeds met every
 # target; alone on 2 cores, seed 12: 34 min 53 s in all): after stage 1, stage 2 (annealing, 400 steps, a checkpoint
