@@ -124,7 +124,7 @@ def test_the_real_check_accepts_this_interpreter(repo):
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, f"{python}\n", "")
 
 
-def test_train_demo_refuses_an_unknown_select_by_before_anything_runs(repo):
+def test_train_demo_refuses_unknown_stages_or_select_by_before_anything_runs(repo):
     environment(repo / ".venv" / "bin")
     for stages in ("2", "one"):
         proc = run(repo, "train_demo.sh", STAGES=stages)
